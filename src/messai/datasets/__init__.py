@@ -1,0 +1,1 @@
+"""Datasets: turn a folder into track ids, audio paths and labels."""
