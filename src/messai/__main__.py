@@ -1,0 +1,3 @@
+from messai.cli import main
+
+main()

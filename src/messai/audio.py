@@ -1,0 +1,258 @@
+"""Audio in: decode (soundfile), downmix, resample (torchaudio), window, normalise.
+
+Everything streams: a file is read in blocks, resampled block by block with enough context
+that the result equals resampling the whole file at once, and cut into windows as it goes,
+so memory does not grow with the file's length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from messai.errors import AudioError
+
+#: Variance floor of per-window normalisation, as in transformers' Wav2Vec2FeatureExtractor.
+NORM_EPS = 1e-7
+_BLOCK_SECONDS = 20.0
+# torchaudio's sinc kernel is [new, 1, 2*width + orig] for the reduced rate ratio orig:new;
+# past this many elements (coprime, odd rates like 44101 Hz) we use scipy's polyphase filter.
+_MAX_SINC_KERNEL = 4_000_000
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the file header says: ``sample_rate`` (Hz), ``channels``, ``frames`` per channel."""
+
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read the header; an empty, non-audio or unsupported file raises AudioError."""
+    import soundfile as sf
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise AudioError(f"{path}: empty file")
+    if path.suffix.lower() == ".mp3" and not _looks_like_mp3(path):
+        raise AudioError(f"{path}: not an MP3 file (no ID3 tag or MPEG frame header at the start)")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+        raise AudioError(f"{path}: not a readable audio file ({_short(exc)})") from None
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise AudioError(f"{path}: invalid header (sample rate {info.samplerate}, {info.channels} channels)")
+    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
+
+
+def _looks_like_mp3(path: Path) -> bool:
+    """Sniff the first bytes, so libmpg123 is not asked (noisily) to decode arbitrary data."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _sinc_width(orig: int, new: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> int:
+    """torchaudio's kernel half-width in input samples for the reduced ratio ``orig:new``."""
+    base = min(orig, new) * rolloff
+    return math.ceil(lowpass_filter_width * orig / base)
+
+
+class StreamResampler:
+    """Resample a stream of mono blocks from ``orig_rate`` to ``new_rate`` exactly as one call
+    of ``torchaudio.functional.resample`` on the whole signal would (to float rounding).
+
+    Works on chunks aligned to the reduced ratio's input period, each with real neighbouring
+    samples as context on both sides, and keeps only the exact middle of each chunk's output.
+    """
+
+    def __init__(self, orig_rate: int, new_rate: int, *, chunk_seconds: float = _BLOCK_SECONDS):
+        g = math.gcd(orig_rate, new_rate)
+        self.orig_rate, self.new_rate = orig_rate, new_rate
+        self.orig, self.new = orig_rate // g, new_rate // g
+        width = _sinc_width(self.orig, self.new)
+        self.use_sinc = self.new * (2 * width + self.orig) <= _MAX_SINC_KERNEL
+        if not self.use_sinc:  # scipy resample_poly: half-length 10*max(up, down) at the up rate
+            width = math.ceil(10 * max(self.orig, self.new) / self.new) + 1
+        # context and chunk sizes in input samples, both multiples of the input period
+        self.context = self.orig * (math.ceil(width / self.orig) + 1)
+        self.chunk = self.orig * max(1, round(chunk_seconds * orig_rate / self.orig))
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # absolute input index of _buf[0]
+        self._done = 0  # absolute input index up to which output has been emitted
+        self._total_in = 0
+
+    def _resample(self, x: np.ndarray) -> np.ndarray:
+        if self.orig == self.new:
+            return x
+        if self.use_sinc:
+            import torch
+            import torchaudio.functional as AF
+
+            with torch.inference_mode():
+                y = AF.resample(torch.from_numpy(np.ascontiguousarray(x)), self.orig, self.new)
+            return y.numpy()
+        from scipy.signal import resample_poly
+
+        return resample_poly(x, self.new, self.orig).astype(np.float32)
+
+    def _emit(self, end: int, *, final: bool) -> np.ndarray:
+        """Output for input ``[self._done, end)``; ``end`` is a period multiple unless final."""
+        start = self._done
+        lo = max(0, start - self.context)
+        hi = min(self._total_in, end + self.context)
+        piece = self._buf[lo - self._buf_start : hi - self._buf_start]
+        out = self._resample(piece)
+        skip = (start - lo) // self.orig * self.new
+        if final:
+            n_out = math.ceil(self.new * self._total_in / self.orig) - start // self.orig * self.new
+        else:
+            n_out = (end - start) // self.orig * self.new
+        self._done = end
+        # drop input no longer needed as left context
+        keep_from = max(0, self._done - self.context) - self._buf_start
+        if keep_from > 0:
+            self._buf = self._buf[keep_from:]
+            self._buf_start += keep_from
+        return out[skip : skip + n_out]
+
+    def push(self, block: np.ndarray) -> Iterator[np.ndarray]:
+        """Feed one mono float32 block; yields resampled output as soon as it is final."""
+        if self.orig == self.new:
+            yield block
+            return
+        self._buf = np.concatenate([self._buf, block.astype(np.float32, copy=False)])
+        self._total_in += len(block)
+        while self._total_in - self._done >= self.chunk + self.context:
+            yield self._emit(self._done + self.chunk, final=False)
+
+    def flush(self) -> Iterator[np.ndarray]:
+        """Emit everything left (the end of the signal, zero-padded like torchaudio)."""
+        if self.orig == self.new or self._done >= self._total_in:
+            return
+        yield self._emit(self._total_in, final=True)
+
+
+def stream_mono(path: str | Path, sample_rate: int, *, block_seconds: float = _BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Decode ``path`` block by block: downmix (channel mean), resample to ``sample_rate``.
+
+    Yields float32 blocks ``[n]``. Raises AudioError for unreadable, truncated files and for
+    NaN/inf samples (checked per block, before any output containing them is yielded).
+    """
+    import soundfile as sf
+
+    info = audio_info(path)
+    resampler = StreamResampler(info.sample_rate, sample_rate, chunk_seconds=block_seconds)
+    block_frames = max(1024, int(block_seconds * info.sample_rate))
+    read = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                data = f.read(block_frames, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                read += data.shape[0]
+                if not np.isfinite(data).all():
+                    raise AudioError(f"{path}: contains NaN or infinite samples near {read / info.sample_rate:.1f} s")
+                mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+                yield from resampler.push(np.ascontiguousarray(mono, dtype=np.float32))
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"{path}: decoding failed after {read / info.sample_rate:.1f} s ({_short(exc)})") from None
+    if info.frames > 0 and read < info.frames:
+        raise AudioError(f"{path}: truncated: header says {info.frames} frames, only {read} could be read")
+    yield from resampler.flush()
+
+
+def decode(path: str | Path, sample_rate: int) -> np.ndarray:
+    """The whole file as mono float32 at ``sample_rate`` (use ``stream_mono`` for long files)."""
+    blocks = list(stream_mono(path, sample_rate))
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Windowing in seconds; converted to samples at the model's rate by ``samples()``."""
+
+    segment_seconds: float = 5.0
+    hop_seconds: float = 5.0
+    min_seconds: float = 1.0
+
+    def samples(self, sample_rate: int) -> tuple[int, int, int]:
+        return (
+            round(self.segment_seconds * sample_rate),
+            round(self.hop_seconds * sample_rate),
+            round(self.min_seconds * sample_rate),
+        )
+
+    def to_dict(self) -> dict:
+        return {"segment_seconds": self.segment_seconds, "hop_seconds": self.hop_seconds, "min_seconds": self.min_seconds}
+
+
+def window_starts(n_samples: int, segment: int, hop: int, minimum: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of each window of a signal of ``n_samples``: full windows every
+    ``hop``, then one tail at its own length if at least ``minimum`` samples remain uncovered
+    by a window start. No window is ever zero-padded."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    while start + segment <= n_samples:
+        out.append((start, segment))
+        start += hop
+    if n_samples - start >= minimum and start < n_samples:
+        out.append((start, n_samples - start))
+    return out
+
+
+def iter_windows(blocks: Iterator[np.ndarray], spec: WindowSpec, sample_rate: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Cut a stream of blocks into windows: yields ``(start_sample, samples [length])``.
+
+    Same windows as ``window_starts`` on the concatenated signal, holding at most one window
+    plus one block in memory.
+    """
+    segment, hop, minimum = spec.samples(sample_rate)
+    buf = np.zeros(0, dtype=np.float32)
+    buf_start = 0  # absolute sample index of buf[0]
+    next_start = 0
+    for block in blocks:
+        buf = np.concatenate([buf, block]) if len(buf) else block
+        while next_start + segment <= buf_start + len(buf):
+            i = next_start - buf_start
+            yield next_start, buf[i : i + segment].copy()
+            next_start += hop
+        drop = min(next_start - buf_start, len(buf))
+        if drop > 0:
+            buf = buf[drop:]
+            buf_start += drop
+    total = buf_start + len(buf)
+    if total - next_start >= minimum and next_start < total:
+        yield next_start, buf[next_start - buf_start :].copy()
+
+
+def normalize_window(x: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance, variance floor 1e-7 (silence stays finite: all zeros)."""
+    x = x.astype(np.float32, copy=False)
+    mean = x.mean(dtype=np.float64)
+    var = x.var(dtype=np.float64)
+    return ((x - mean) / np.sqrt(var + NORM_EPS)).astype(np.float32)

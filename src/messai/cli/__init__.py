@@ -1,0 +1,28 @@
+"""The ``mess`` command: a thin Typer layer over the library. Heavy imports happen inside
+commands, so ``mess --help`` and ``mess recommend`` start fast."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from messai.cli import app_commands  # noqa: F401  (registers the commands)
+from messai.cli.common import app, err_console
+
+
+def main() -> None:
+    """Entry point: run the app; turn MessError into one line on stderr and an exit status."""
+    from messai.errors import MessError
+
+    try:
+        app()
+    except MessError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "main", "typer"]

@@ -1,0 +1,3 @@
+"""Import every command module so each registers itself on the app."""
+
+from messai.cli import cmd_config, cmd_extract, cmd_model, cmd_stores  # noqa: F401

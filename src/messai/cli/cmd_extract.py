@@ -1,0 +1,160 @@
+"""``mess extract``: audio folder → feature store (resumable)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from messai.cli.common import (
+    DeviceOpt, ModelOpt, PrecisionOpt, RevisionOpt, app, err_console, notice, print_json, settings_from,
+)  # fmt: skip
+
+
+@app.command("extract")
+def extract_command(
+    path: Annotated[Optional[Path], typer.Argument(help="Folder of audio (recursive). Optional when --dataset is configured.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Store name (default: the folder's name).")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="Dataset layout: folder, smd, maestro (auto-detected).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="MAESTRO split to extract (train/validation/test).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Extract at most this many tracks (MAESTRO).")] = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Windows per forward (default: 2 on CPU, 16 on CUDA, 8 on MPS).")] = None,
+    segment_seconds: Annotated[Optional[float], typer.Option("--segment-seconds", help="Window length in seconds [default: 5].")] = None,
+    hop_seconds: Annotated[Optional[float], typer.Option("--hop-seconds", help="Window hop in seconds [default: 5].")] = None,
+    min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Shortest tail window kept, seconds [default: 1].")] = None,
+    store_dtype: Annotated[Optional[str], typer.Option("--store-dtype", help="float16 (default) or float32.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-extract every track, even up-to-date ones.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; failures and the summary only.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON on stdout.")] = False,
+) -> None:
+    """Extract the time-averaged hidden states of every MERT layer, per window, for every audio
+    file under PATH, into the dataset's feature store. Re-running skips up-to-date tracks."""
+    from messai.extract import extract_dataset
+
+    settings = settings_from(
+        model=model, revision=revision, device=device, precision=precision, batch_size=batch_size,
+        segment_seconds=segment_seconds, hop_seconds=hop_seconds, min_seconds=min_seconds, store_dtype=store_dtype,
+    )  # fmt: skip
+    path, dataset, kind = _resolve_path(path, dataset, kind, settings)
+    scan_options = {k: v for k, v in (("split", split), ("limit", limit)) if v is not None}
+    progress = None if quiet else _Progress()
+    try:
+        report = extract_dataset(
+            path, dataset=dataset, settings=settings, kind=kind, force=force, scan_options=scan_options,
+            on_plan=progress.plan if progress else None, on_window=progress.window if progress else None,
+            on_track=progress.track if progress else _print_failure,
+        )  # fmt: skip
+    finally:
+        if progress:
+            progress.stop()
+    for line in report.failures if progress else []:
+        pass  # already printed as they happened
+    if json_out:
+        print_json(report.to_dict())
+    if not quiet or report.failures:
+        notice(
+            f"{report.dataset}: {report.n_extracted} extracted, {report.n_skipped} up to date, "
+            f"{len(report.failures)} failed of {report.n_tracks} tracks; "
+            f"{report.audio_seconds / 3600:.3f} h of audio in {report.wall_seconds:.1f} s "
+            f"({report.realtime_factor:.2f}× real time) → {report.store_path}"
+        )
+    if report.failures:
+        raise typer.Exit(1)
+
+
+def _resolve_path(path, dataset, kind, settings):
+    from messai.errors import ConfigError
+
+    if path is not None:
+        return path, dataset, kind
+    if dataset and dataset in settings.datasets:
+        entry = settings.datasets[dataset]
+        return entry.path, dataset, kind or entry.kind
+    if dataset:
+        raise ConfigError(f"no PATH given and dataset {dataset!r} is not configured ([datasets.{dataset}] path = ... in the config file)")
+    raise ConfigError("give a folder of audio: mess extract PATH [--dataset NAME]")
+
+
+def _print_failure(result) -> None:
+    if not result.ok:
+        err_console.print(result.error, highlight=False, markup=False)
+
+
+class _Progress:
+    """Rich progress on stderr: files, audio hours, × real time, ETA."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[files]}"),
+            TextColumn("{task.fields[hours]}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.task = None
+        self.n_files = 0
+        self.done_files = 0
+        self.total_seconds = 0.0
+        self.done_seconds = 0.0
+        self.started = False
+
+    def plan(self, plan) -> None:
+        import time
+
+        from messai.audio import audio_info
+        from messai.errors import MessError
+
+        if plan.skipped:
+            notice(f"{len(plan.skipped)} tracks up to date, skipped")
+        total = 0.0
+        for t in plan.todo:
+            try:
+                total += audio_info(t.path).duration_seconds
+            except MessError:
+                pass
+        self.n_files, self.total_seconds = len(plan.todo), max(total, 1e-9)
+        if plan.todo:
+            self.progress.start()
+            self.started = True
+            self.t0 = time.perf_counter()
+            self.task = self.progress.add_task("extract", total=self.total_seconds, **self._fields())
+
+    def _fields(self) -> dict:
+        import time
+
+        elapsed = time.perf_counter() - getattr(self, "t0", time.perf_counter())
+        speed = self.done_seconds / elapsed if elapsed > 0 else 0.0
+        return {
+            "files": f"{self.done_files}/{self.n_files} files",
+            "hours": f"{self.done_seconds / 3600:.2f}/{self.total_seconds / 3600:.2f} h",
+            "speed": f"{speed:.2f}× rt",
+        }
+
+    def window(self, track, seconds: float) -> None:
+        self.done_seconds += seconds
+        if self.task is not None:
+            self.progress.update(self.task, completed=min(self.done_seconds, self.total_seconds), **self._fields())
+
+    def track(self, result) -> None:
+        self.done_files += 1
+        if not result.ok:
+            self.progress.console.print(result.error, highlight=False, markup=False)
+        if self.task is not None:
+            self.progress.update(self.task, **self._fields())
+
+    def stop(self) -> None:
+        if self.started:
+            self.progress.stop()

@@ -1,0 +1,138 @@
+"""Shared pieces of the CLI: the app, consoles, common options, settings, rendering."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="mess",
+    help="mess — music similarity research on MERT: extract every layer, find which layer "
+    "encodes which musical aspect, and search tracks by aspect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+out_console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    tsv = "tsv"
+
+
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class PrecisionChoice(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Hub id (default m-a-p/MERT-v1-95M) or a local checkpoint directory."),
+]
+RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
+DeviceOpt = Annotated[
+    Optional[DeviceChoice], typer.Option("--device", help="auto prefers Apple MPS, then CUDA, then CPU.")
+]
+PrecisionOpt = Annotated[
+    Optional[PrecisionChoice], typer.Option("--precision", help="Compute dtype (float16 only on GPU/MPS).")
+]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+
+
+def settings_from(**flags: Any):
+    """Resolve Settings with CLI flags on top (``None`` = flag not given)."""
+    from messai.config import resolve_settings
+
+    clean = {k: (v.value if isinstance(v, Enum) else v) for k, v in flags.items()}
+    return resolve_settings(clean)[0]
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2, default=_json_default) + "\n")
+
+
+def print_json_line(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def print_tsv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    columns = columns or _columns(rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
+    sys.stdout.write(buf.getvalue())
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None, *, title: str | None = None) -> None:
+    from rich.table import Table
+
+    columns = columns or _columns(rows)
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
+    out_console.print(table)
+
+
+def render_rows(rows: list[dict[str, Any]], fmt: Format, *, columns: list[str] | None = None, title: str | None = None) -> None:
+    if fmt == Format.json:
+        print_json(rows)
+    elif fmt == Format.tsv:
+        print_tsv(rows, columns)
+    else:
+        print_table(rows, columns, title=title)
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def notice(message: str) -> None:
+    """A one-line notice on stderr (never on stdout, which carries only results)."""
+    err_console.print(message, highlight=False, markup=False)

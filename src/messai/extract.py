@@ -1,0 +1,499 @@
+"""Extraction: audio → windows → MERT hidden states of every layer, time-averaged per window.
+
+``FeatureExtractor`` is the in-memory API (one file → arrays); ``extract_dataset`` runs it over a
+folder into a ``FeatureStore``: resumable, skipping up-to-date tracks, one bad file never
+stopping the run. A background thread decodes, resamples, windows the next files and computes
+the proxy targets while the model runs on the current batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from messai.audio import WindowSpec, audio_info, iter_windows, normalize_window, stream_mono
+from messai.datasets.base import TrackInfo
+from messai.errors import AudioError, MessError, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackResult:
+    """What extraction produced for one track (arrays float32 unless noted)."""
+
+    track: TrackInfo
+    segments: np.ndarray | None = None  # [n_segments, n_layers, dim]
+    starts: np.ndarray | None = None  # [n_segments] int64, samples at the model rate
+    lengths: np.ndarray | None = None  # [n_segments] int64
+    targets: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n_segments(, k)]
+    duration_seconds: float = 0.0
+    raw: list[np.ndarray] | None = None  # per window [n_layers, frames, dim] (keep_raw only)
+    error: str | None = None  # "path: reason" when the track failed
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Track:
+    info: TrackInfo
+    windows: int = 0
+    expected: int | None = None
+    duration: float = 0.0
+    pooled: dict[int, np.ndarray] = field(default_factory=dict)
+    raw: dict[int, np.ndarray] = field(default_factory=dict)
+    starts: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    targets: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+_END = object()
+
+
+class FeatureExtractor:
+    """Load a MERT checkpoint once; turn audio files into per-window, per-layer embeddings.
+
+    >>> fx = FeatureExtractor(model="path/to/ckpt", device="cpu")  # doctest: +SKIP
+    >>> out = fx.extract("song.flac")  # doctest: +SKIP
+    >>> out["segments"].shape  # [n_segments, n_layers, dim]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = "m-a-p/MERT-v1-95M",
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        precision: str = "float32",
+        batch_size: int | None = None,
+        segment_seconds: float = 5.0,
+        hop_seconds: float = 5.0,
+        min_seconds: float = 1.0,
+        compute_targets: bool = True,
+        prefetch_windows: int = 32,
+    ):
+        from messai.device import default_batch_size, select_device, select_dtype
+        from messai.models.mert import MertCheckpoint, resolve_checkpoint
+
+        self.device = select_device(device)
+        self.dtype = select_dtype(precision, self.device)
+        self.precision = precision
+        self.checkpoint = model if isinstance(model, MertCheckpoint) else resolve_checkpoint(model, revision=revision)
+        self.window = WindowSpec(segment_seconds, hop_seconds, min_seconds)
+        self.batch_size = batch_size or default_batch_size(self.device)
+        self.compute_targets = compute_targets
+        self.prefetch_windows = max(prefetch_windows, 2 * self.batch_size)
+        self._loaded = None
+
+    @property
+    def loaded(self):
+        """The model, loaded on first use (a run whose files all fail never loads it)."""
+        if self._loaded is None:
+            from messai.models.mert import load_mert
+
+            self._loaded = load_mert(self.checkpoint, device=self.device, dtype=self.dtype)
+        return self._loaded
+
+    @property
+    def sample_rate(self) -> int:
+        return self.checkpoint.sample_rate
+
+    # ------------------------------------------------------------------ public API
+    def extract(self, path: str | os.PathLike, *, keep_raw: bool = False) -> dict[str, Any]:
+        """One file → ``segments [n_segments, n_layers, dim]``, ``aggregated [n_layers, dim]``
+        (mean over segments), ``targets``, ``starts``/``lengths`` (samples), and with
+        ``keep_raw`` also ``raw [n_segments, n_layers, frames, dim]`` (needs equal-length
+        windows: a shorter tail window is dropped from ``raw`` only)."""
+        path = Path(path)
+        result = next(iter(self.run([TrackInfo(path.stem, path)], keep_raw=keep_raw)))
+        if not result.ok:
+            raise AudioError(result.error)
+        out = result_arrays(result, store_dtype="float32")
+        out = {
+            "segments": out["segments"], "aggregated": out["aggregated"], "starts": out["starts"],
+            "lengths": out["lengths"], "targets": result.targets, "duration_seconds": result.duration_seconds,
+        }  # fmt: skip
+        if keep_raw:
+            full = [r for r in result.raw if r.shape[1] == result.raw[0].shape[1]]
+            out["raw"] = np.stack(full)
+        return out
+
+    def run(
+        self,
+        tracks: Iterable[TrackInfo],
+        *,
+        keep_raw: bool = False,
+        on_window: Callable[[TrackInfo, float], None] | None = None,
+    ) -> Iterator[TrackResult]:
+        """Extract every track, yielding one ``TrackResult`` per track as soon as it is complete
+        (failed tracks too, with ``error`` set). Decoding runs ahead in a background thread."""
+        tracks = list(tracks)
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch_windows)
+        stop = threading.Event()
+        producer = threading.Thread(target=self._produce, args=(tracks, q, stop), daemon=True, name="mess-decode")
+        producer.start()
+        state: dict[int, _Track] = {}
+        pending: list[tuple[int, int, np.ndarray]] = []
+        segment_len = self.window.samples(self.sample_rate)[0]
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    break
+                kind, ti = item[0], item[1]
+                if kind == "start":
+                    state[ti] = _Track(tracks[ti])
+                elif kind == "window":
+                    _, _, start, samples, targets = item
+                    t = state[ti]
+                    wi = t.windows
+                    t.windows += 1
+                    t.starts.append(start)
+                    t.lengths.append(len(samples))
+                    t.targets.append(targets)
+                    if len(samples) != segment_len:  # a tail: run it alone, at its own length
+                        self._forward([(ti, wi, samples)], state, keep_raw)
+                    else:
+                        pending.append((ti, wi, samples))
+                        if len(pending) >= self.batch_size:
+                            self._forward(pending, state, keep_raw)
+                            pending = []
+                    if on_window is not None:
+                        on_window(t.info, len(samples) / self.sample_rate)
+                elif kind == "end":
+                    state[ti].expected = state[ti].windows
+                    state[ti].duration = item[2]
+                elif kind == "fail":
+                    state.pop(ti, None)
+                    pending = [p for p in pending if p[0] != ti]
+                    yield TrackResult(tracks[ti], error=item[2])
+                if kind == "end" and q.empty() and pending:
+                    # the decoder is behind: don't hold finished tracks hostage to a full batch
+                    self._forward(pending, state, keep_raw)
+                    pending = []
+                yield from self._finished(state, keep_raw)
+            if pending:
+                self._forward(pending, state, keep_raw)
+            yield from self._finished(state, keep_raw)
+        finally:
+            stop.set()
+            with _suppress_all():
+                while True:
+                    q.get_nowait()
+
+    # ------------------------------------------------------------------ internals
+    def _produce(self, tracks: list[TrackInfo], q: queue.Queue, stop: threading.Event) -> None:
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        for ti, track in enumerate(tracks):
+            if stop.is_set():
+                return
+            try:
+                info = audio_info(track.path)
+                if info.duration_seconds < self.window.min_seconds and info.frames > 0:
+                    raise AudioError(
+                        f"{track.path}: too short ({info.duration_seconds:.2f} s < --min-seconds {self.window.min_seconds:g})"
+                    )
+                if not put(("start", ti)):
+                    return
+                n_out = 0
+                blocks = stream_mono(track.path, self.sample_rate)
+                for start, samples in iter_windows(_counting(blocks, lambda n: None), self.window, self.sample_rate):
+                    targets = self._targets(samples)
+                    if not put(("window", ti, start, normalize_window(samples) if self.checkpoint.do_normalize else samples, targets)):
+                        return
+                    n_out += 1
+                if n_out == 0:
+                    raise AudioError(f"{track.path}: too short (no window of at least {self.window.min_seconds:g} s)")
+                if not put(("end", ti, info.duration_seconds)):
+                    return
+            except AudioError as exc:
+                if not put(("fail", ti, str(exc))):
+                    return
+            except MemoryError:
+                if not put(("fail", ti, f"{track.path}: out of memory while decoding")):
+                    return
+            except Exception as exc:  # one bad file never stops a run
+                log.exception("unexpected error decoding %s", track.path)
+                if not put(("fail", ti, f"{track.path}: {type(exc).__name__}: {exc}")):
+                    return
+        put(_END)
+
+    def _targets(self, samples: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.compute_targets:
+            return {}
+        from messai.targets import compute_targets
+
+        values = compute_targets([samples], self.sample_rate)
+        return {k: np.asarray(v)[0] for k, v in values.items()}
+
+    def _forward(self, items: list[tuple[int, int, np.ndarray]], state: dict[int, _Track], keep_raw: bool) -> None:
+        import torch
+
+        from messai.models.mert import pooled_hidden_states
+
+        batch = torch.from_numpy(np.stack([s for _, _, s in items]))
+        pooled, raw = pooled_hidden_states(self.loaded, batch, keep_raw=keep_raw)
+        pooled = pooled.numpy()
+        for j, (ti, wi, _) in enumerate(items):
+            t = state.get(ti)
+            if t is None:
+                continue
+            t.pooled[wi] = pooled[j]
+            if keep_raw:
+                t.raw[wi] = raw[j].numpy()
+
+    def _finished(self, state: dict[int, _Track], keep_raw: bool) -> Iterator[TrackResult]:
+        for ti in sorted(state):
+            t = state[ti]
+            if t.expected is None or len(t.pooled) < t.expected:
+                continue
+            del state[ti]
+            order = range(t.expected)
+            names = t.targets[0].keys() if t.targets else ()
+            yield TrackResult(
+                track=t.info,
+                segments=np.stack([t.pooled[i] for i in order]).astype(np.float32),
+                starts=np.asarray(t.starts, dtype=np.int64),
+                lengths=np.asarray(t.lengths, dtype=np.int64),
+                targets={n: np.stack([np.asarray(row[n]) for row in t.targets]) for n in names},
+                duration_seconds=t.duration,
+                raw=[t.raw[i] for i in order] if keep_raw else None,
+            )
+
+
+def _counting(blocks: Iterator[np.ndarray], on_samples: Callable[[int], None]) -> Iterator[np.ndarray]:
+    for b in blocks:
+        on_samples(len(b))
+        yield b
+
+
+class _suppress_all:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return True
+
+
+def result_arrays(result: TrackResult, *, store_dtype: str = "float16") -> dict[str, np.ndarray]:
+    """The arrays of one track as stored: segments in ``store_dtype``; aggregated float32 is the
+    mean of the float32 segments (before any rounding)."""
+    seg = result.segments
+    arrays = {
+        "segments": seg.astype(store_dtype),
+        "aggregated": seg.mean(axis=0).astype(np.float32),
+        "starts": result.starts,
+        "lengths": result.lengths,
+    }
+    for name, values in result.targets.items():
+        arrays[f"target__{name}"] = np.asarray(values, dtype=np.float32)
+    return arrays
+
+
+# ====================================================================== dataset → store
+@dataclass
+class ExtractionReport:
+    """Summary of one ``extract_dataset`` run."""
+
+    dataset: str
+    store_path: Path
+    n_tracks: int = 0
+    n_extracted: int = 0
+    n_skipped: int = 0
+    failures: list[str] = field(default_factory=list)  # "path: reason"
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["store_path"] = str(self.store_path)
+        d["realtime_factor"] = round(self.realtime_factor, 3)
+        return d
+
+
+@dataclass
+class ExtractionPlan:
+    tracks: list[TrackInfo]
+    todo: list[TrackInfo]
+    skipped: list[TrackInfo]
+    hashes: dict[str, tuple[int, int, str | None]]  # track_id -> (size, mtime_ns, content hash)
+
+
+def store_settings(extractor_settings: dict[str, Any]) -> dict[str, Any]:
+    keys = ("sample_rate", "segment_seconds", "hop_seconds", "min_seconds", "do_normalize", "store_dtype", "precision")
+    return {k: extractor_settings[k] for k in keys}
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def plan_extraction(store, tracks: list[TrackInfo], root: Path, *, force: bool) -> ExtractionPlan:
+    """Which tracks need work: new, changed (size/mtime differ and content hash differs), or all
+    with ``force``. Unchanged content with a new mtime is refreshed without model work."""
+    from messai.store import file_content_hash
+
+    todo, skipped, hashes = [], [], {}
+    for t in tracks:
+        try:
+            size, mtime = _stat(t.path)
+        except OSError:
+            todo.append(t)
+            continue
+        entry = store.entries.get(t.track_id)
+        if force or entry is None:
+            hashes[t.track_id] = (size, mtime, None)
+            todo.append(t)
+            continue
+        if entry.get("size") == size and entry.get("mtime_ns") == mtime:
+            skipped.append(t)
+            continue
+        digest = file_content_hash(t.path)
+        hashes[t.track_id] = (size, mtime, digest)
+        if digest == entry.get("content_hash"):
+            entry.update(size=size, mtime_ns=mtime)
+            skipped.append(t)
+        else:
+            todo.append(t)
+    return ExtractionPlan(tracks, todo, skipped, hashes)
+
+
+def open_store_for(settings, dataset: str, identity: dict[str, Any], ext_settings: dict[str, Any], *, force: bool):
+    """Open or create the store of ``dataset`` × model; refuse to mix incompatible settings."""
+    from messai.store import FeatureStore, model_slug
+
+    root = settings.stores_dir / dataset / model_slug(identity)
+    if (root / "manifest.json").is_file():
+        store = FeatureStore.at(root)
+        old = {k: store.settings.get(k) for k in ext_settings}
+        model_changed = {k: (store.model.get(k), v) for k, v in identity.items() if store.model.get(k) != v}
+        if (old != ext_settings or model_changed) and not force and store.entries:
+            diffs = [f"{k}: {old[k]} → {ext_settings[k]}" for k in ext_settings if old[k] != ext_settings[k]]
+            diffs += [f"model {k}: {a} → {b}" for k, (a, b) in model_changed.items()]
+            raise StoreError(
+                f"{root}: store was built with different settings ({'; '.join(diffs)}); "
+                "re-run with --force to rebuild it, or use another --dataset name"
+            )
+        store.manifest["model"] = identity
+        store.manifest["settings"] = ext_settings
+        return store
+    return FeatureStore.create(root, dataset=dataset, model=identity, settings=ext_settings)
+
+
+def extract_dataset(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    settings=None,
+    kind: str | None = None,
+    force: bool = False,
+    scan_options: dict[str, Any] | None = None,
+    on_plan: Callable[[ExtractionPlan], None] | None = None,
+    on_window: Callable[[TrackInfo, float], None] | None = None,
+    on_track: Callable[[TrackResult], None] | None = None,
+) -> ExtractionReport:
+    """Extract every audio file under ``path`` into the store of ``dataset`` (default: the
+    folder's name). Returns a report; failures are listed, never raised (exit status is the
+    caller's business)."""
+    from messai import datasets
+    from messai.config import load_settings, validate_dataset_name
+    from messai.models.mert import resolve_checkpoint
+
+    settings = settings or load_settings()
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise MessError(f"{root}: not a folder")
+    root = root.resolve()
+    dataset = validate_dataset_name(dataset or root.name)
+    tracks = datasets.scan(root, kind=kind, **(scan_options or {}))
+    checkpoint = resolve_checkpoint(settings.model, revision=settings.revision)
+    identity = checkpoint.identity()
+    if settings.revision:
+        identity["requested_revision"] = settings.revision
+    ext_settings = store_settings(
+        dict(sample_rate=checkpoint.sample_rate, segment_seconds=settings.segment_seconds,
+             hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
+             do_normalize=checkpoint.do_normalize, store_dtype=settings.store_dtype, precision=settings.precision)
+    )  # fmt: skip
+    store = open_store_for(settings, dataset, identity, ext_settings, force=force)
+    report = ExtractionReport(dataset=dataset, store_path=store.root, n_tracks=len(tracks))
+    t0 = time.perf_counter()
+    with store.writer():
+        store.manifest["source"] = {"root": str(root), "kind": kind or datasets.detect_kind(root)}
+        plan = plan_extraction(store, tracks, root, force=force)
+        report.n_skipped = len(plan.skipped)
+        if on_plan is not None:
+            on_plan(plan)
+        for t in plan.skipped:  # labels may have changed in metadata.csv
+            if t.track_id in store.entries:
+                store.entries[t.track_id]["labels"] = dict(t.labels)
+        store.save_manifest()
+        if plan.todo:
+            extractor = FeatureExtractor(
+                checkpoint, device=settings.device, precision=settings.precision,
+                batch_size=settings.batch_size, segment_seconds=settings.segment_seconds,
+                hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
+            )  # fmt: skip
+            for result in extractor.run(plan.todo, on_window=on_window):
+                _store_result(store, result, plan, root, settings.store_dtype, report)
+                if on_track is not None:
+                    on_track(result)
+    report.wall_seconds = time.perf_counter() - t0
+    return report
+
+
+def _store_result(store, result: TrackResult, plan: ExtractionPlan, root: Path, store_dtype: str, report) -> None:
+    from messai.store import file_content_hash
+
+    tid = result.track.track_id
+    source = result.track.path.relative_to(root).as_posix()
+    if not result.ok:
+        report.failures.append(result.error)
+        store.mark_failed(tid, source, result.error.split(": ", 1)[-1])
+        return
+    size, mtime, digest = plan.hashes.get(tid) or (*_stat(result.track.path), None)
+    entry = {
+        "source": source,
+        "size": size,
+        "mtime_ns": mtime,
+        "content_hash": digest or file_content_hash(result.track.path),
+        "duration_seconds": round(result.duration_seconds, 6),
+        "n_segments": int(result.segments.shape[0]),
+        "targets": sorted(result.targets),
+        "labels": dict(result.track.labels),
+    }
+    arrays = result_arrays(result, store_dtype=store_dtype)
+    arrays["meta"] = np.array(_json({"track_id": tid, **entry}))
+    store.put(tid, arrays, entry)
+    report.n_extracted += 1
+    report.audio_seconds += result.duration_seconds
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, ensure_ascii=False)

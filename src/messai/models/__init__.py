@@ -1,0 +1,1 @@
+"""Model families. Only MERT (HuBERT-shaped) for now: see ``messai.models.mert``."""

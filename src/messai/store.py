@@ -1,0 +1,400 @@
+"""FeatureStore: per-segment, time-averaged hidden states of every layer, on disk.
+
+Layout, one store per dataset × model under ``$MESS_HOME/stores/<dataset>/<model-slug>/``::
+
+    manifest.json        what the store was built from, and one entry per track
+    tracks/<h>.npz       one file per track (h = hash of the track id, never the id itself):
+                         segments [n_segments, n_layers, dim] (float16 by default),
+                         aggregated [n_layers, dim] float32 (mean over segments),
+                         starts / lengths [n_segments] (samples at the model rate),
+                         target__<name> [n_segments] or [n_segments, k], meta (JSON text)
+    .lock                held (flock) by the one process writing the store
+
+Every file is written to a temporary name in the same folder, fsynced and renamed into place,
+so a reader or a killed writer never sees half a file; the manifest is rewritten after each
+track, so a run killed at any moment loses at most the tracks in flight. Nothing is unpickled:
+arrays load with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from messai.errors import StoreError, TrackNotFoundError
+
+FORMAT = "mess-feature-store"
+FORMAT_VERSION = 1
+_SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def model_slug(identity: dict[str, Any]) -> str:
+    """Folder name for a model: ``m-a-p--MERT-v1-95M``, or ``local--<dir>-<hash>`` for directories."""
+    mid = str(identity["id"])
+    if identity.get("revision") == "local":
+        name = _SLUG_BAD.sub("_", Path(mid).name)[:40] or "model"
+        return f"local--{name}-{hashlib.sha1(mid.encode()).hexdigest()[:8]}"
+    slug = _SLUG_BAD.sub("_", mid.replace("/", "--"))
+    rev = identity.get("requested_revision")
+    return f"{slug}@{_SLUG_BAD.sub('_', rev)}" if rev else slug
+
+
+def track_file_name(track_id: str) -> str:
+    return hashlib.sha1(track_id.encode("utf-8")).hexdigest()[:24] + ".npz"
+
+
+def file_content_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file in the same folder + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode())
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """One line of ``mess datasets``."""
+
+    dataset: str
+    model: str
+    path: Path
+    n_tracks: int
+    n_failed: int
+    n_segments: int
+    hours: float
+    n_layers: int
+    dim: int
+    store_dtype: str
+    size_bytes: int
+
+    def to_dict(self) -> dict:
+        d = self.__dict__.copy()
+        d["path"] = str(self.path)
+        return d
+
+
+class FeatureStore:
+    """A feature store on disk. Open existing ones with ``FeatureStore.open(dataset)``."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = Path(root)
+        self.manifest = manifest
+
+    # ---------------------------------------------------------------- finding stores
+    @staticmethod
+    def _home(home: Path | str | None) -> Path:
+        if home is not None:
+            return Path(home)
+        from messai.config import load_settings
+
+        return load_settings().home
+
+    @classmethod
+    def list(cls, *, home: Path | str | None = None) -> list["FeatureStore"]:
+        """Every store under the data root, sorted by dataset then model."""
+        base = cls._home(home) / "stores"
+        stores = []
+        for manifest in sorted(base.glob("*/*/manifest.json")):
+            with contextlib.suppress(StoreError):
+                stores.append(cls.at(manifest.parent))
+        return stores
+
+    @classmethod
+    def at(cls, root: Path | str) -> "FeatureStore":
+        root = Path(root)
+        path = root / "manifest.json"
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StoreError(f"{root}: not a feature store (no manifest.json)") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: unreadable manifest ({exc})") from None
+        if manifest.get("format") != FORMAT:
+            raise StoreError(f"{path}: not a mess feature store manifest")
+        if manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise StoreError(f"{path}: written by a newer mess (format {manifest['format_version']}); upgrade mess")
+        return cls(root, manifest)
+
+    @classmethod
+    def open(cls, dataset: str, model: str | None = None, *, home: Path | str | None = None) -> "FeatureStore":
+        """The store of ``dataset``; ``model`` (hub id, directory, or slug) may be omitted when
+        the dataset has one store."""
+        from messai.config import validate_dataset_name
+
+        validate_dataset_name(dataset)
+        folder = cls._home(home) / "stores" / dataset
+        candidates = [cls.at(m.parent) for m in sorted(folder.glob("*/manifest.json"))]
+        if not candidates:
+            raise StoreError(f"no feature store for dataset {dataset!r} under {folder.parent}; run 'mess extract PATH --dataset {dataset}'")
+        if model is not None:
+            wanted = {str(model), str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else str(model)}
+            matches = [s for s in candidates if s.root.name in wanted or s.model_id in wanted]
+            if not matches:
+                have = ", ".join(s.model_id for s in candidates)
+                raise StoreError(f"dataset {dataset!r} has no store for model {model!r} (it has: {have})")
+            return matches[0]
+        if len(candidates) > 1:
+            have = ", ".join(s.model_id for s in candidates)
+            raise StoreError(f"dataset {dataset!r} has stores for several models ({have}); pass --model")
+        return candidates[0]
+
+    @classmethod
+    def create(cls, root: Path, *, dataset: str, model: dict[str, Any], settings: dict[str, Any]) -> "FeatureStore":
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dataset": dataset,
+            "model": model,
+            "settings": settings,
+            "code_version": _code_version(),
+            "created": now_iso(),
+            "updated": now_iso(),
+            "source": {},
+            "tracks": {},
+            "failures": {},
+        }
+        store = cls(root, manifest)
+        (root / "tracks").mkdir(parents=True, exist_ok=True)
+        store.save_manifest()
+        return store
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model"]["id"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest["model"]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.manifest["settings"]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.manifest["model"]["n_layers"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["model"]["dim"])
+
+    @property
+    def entries(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["tracks"]
+
+    def track_ids(self) -> list[str]:
+        """Ids of the stored tracks, sorted."""
+        return sorted(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, track_id: object) -> bool:
+        return track_id in self.entries
+
+    def labels(self, track_id: str) -> dict[str, str]:
+        return dict(self.entries[track_id].get("labels") or {})
+
+    def fingerprint(self) -> str:
+        """Changes whenever anything a derived artefact depends on changes."""
+        blob = json.dumps(
+            [self.manifest["model"], self.manifest["settings"],
+             sorted((t, e["content_hash"], e["n_segments"], e.get("extracted_at")) for t, e in self.entries.items())],
+            sort_keys=True,
+        )  # fmt: skip
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    # ---------------------------------------------------------------- reading
+    def _track_path(self, track_id: str) -> Path:
+        entry = self.entries.get(track_id)
+        if entry is None:
+            raise TrackNotFoundError(_unknown_track_message(track_id, self.track_ids(), self.dataset))
+        name = entry["file"]
+        if name != track_file_name(track_id):  # never follow a path taken from the manifest blindly
+            raise StoreError(f"{self.root / 'manifest.json'}: entry of {track_id!r} points at an unexpected file")
+        return self.root / "tracks" / name
+
+    def load(self, track_id: str) -> dict[str, Any]:
+        """``segments [n_segments, n_layers, dim]`` float32, ``aggregated [n_layers, dim]``,
+        ``targets`` name → array, ``starts``/``lengths`` (samples), ``meta`` (manifest entry)."""
+        path = self._track_path(track_id)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable track file for {track_id!r} ({exc}); re-run 'mess extract --force'") from None
+        out = {
+            "segments": data["segments"].astype(np.float32),
+            "aggregated": data["aggregated"].astype(np.float32),
+            "starts": data["starts"],
+            "lengths": data["lengths"],
+            "targets": {k[len("target__"):]: v for k, v in data.items() if k.startswith("target__")},
+            "meta": {**self.entries[track_id], "track_id": track_id},
+        }
+        return out
+
+    def iter_tracks(self, track_ids: list[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        for tid in track_ids if track_ids is not None else self.track_ids():
+            yield tid, self.load(tid)
+
+    def aggregated(self, *, layers: list[int] | None = None) -> tuple[list[str], np.ndarray]:
+        """Track-level vectors of every track: ``(ids, [n_tracks, n_layers, dim])`` float32."""
+        ids = self.track_ids()
+        out = np.zeros((len(ids), self.n_layers, self.dim), dtype=np.float32)
+        for i, tid in enumerate(ids):
+            out[i] = self.load(tid)["aggregated"]
+        if layers is not None:
+            out = out[:, layers]
+        return ids, out
+
+    # ---------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def writer(self) -> Iterator["FeatureStore"]:
+        """Hold the store's lock for the duration; a second writer gets a clear StoreError."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise StoreError(
+                    f"{self.root}: another mess process (pid {holder}) is writing this store; "
+                    "wait for it to finish and run again"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            # re-read: another writer may have finished between our open and our lock
+            with contextlib.suppress(StoreError):
+                self.manifest = FeatureStore.at(self.root).manifest
+            yield self
+        finally:
+            os.close(fd)
+
+    def save_manifest(self) -> None:
+        self.manifest["updated"] = now_iso()
+        atomic_write_json(self.root / "manifest.json", self.manifest)
+
+    def put(self, track_id: str, arrays: dict[str, np.ndarray], entry: dict[str, Any]) -> None:
+        """Store one track atomically (array file first, then the manifest that points at it)."""
+        name = track_file_name(track_id)
+        atomic_savez(self.root / "tracks" / name, arrays)
+        self.entries[track_id] = {**entry, "file": name, "extracted_at": now_iso()}
+        self.manifest["failures"].pop(track_id, None)
+        self.save_manifest()
+
+    def mark_failed(self, track_id: str, source: str, reason: str) -> None:
+        self.manifest["failures"][track_id] = {"source": source, "reason": reason, "at": now_iso()}
+        self.save_manifest()
+
+    def remove(self, track_id: str) -> None:
+        entry = self.entries.pop(track_id, None)
+        self.save_manifest()
+        if entry:
+            with contextlib.suppress(OSError):
+                (self.root / "tracks" / track_file_name(track_id)).unlink()
+
+    def summary(self) -> StoreSummary:
+        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return StoreSummary(
+            dataset=self.dataset,
+            model=self.model_id,
+            path=self.root,
+            n_tracks=len(self.entries),
+            n_failed=len(self.manifest.get("failures", {})),
+            n_segments=sum(int(e["n_segments"]) for e in self.entries.values()),
+            hours=sum(float(e["duration_seconds"]) for e in self.entries.values()) / 3600,
+            n_layers=self.n_layers,
+            dim=self.dim,
+            store_dtype=self.settings.get("store_dtype", "?"),
+            size_bytes=size,
+        )
+
+    def track_rows(self) -> list[dict[str, Any]]:
+        """``mess tracks``: one row per stored or failed track."""
+        rows = [
+            {"track_id": t, "duration_seconds": round(float(e["duration_seconds"]), 3),
+             "n_segments": int(e["n_segments"]), "status": "ok", "source": e.get("source", ""),
+             **{f"label_{k}": v for k, v in (e.get("labels") or {}).items()}}
+            for t, e in self.entries.items()
+        ]  # fmt: skip
+        for t, f in self.manifest.get("failures", {}).items():
+            if t not in self.entries:
+                rows.append({"track_id": t, "duration_seconds": None, "n_segments": 0,
+                             "status": f"failed: {f['reason']}", "source": f.get("source", "")})  # fmt: skip
+        return sorted(rows, key=lambda r: r["track_id"])
+
+
+def _code_version() -> str:
+    from messai import __version__
+
+    return __version__
+
+
+def _unknown_track_message(track_id: str, known: list[str], dataset: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(track_id, known, n=3, cutoff=0.0)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    return f"unknown track {track_id!r} in dataset {dataset!r}{hint}"
