@@ -1,2 +1,41 @@
-"""mess: music similarity research on MERT."""
+"""mess: music similarity research on MERT.
+
+Public API (imported lazily, so ``import messai`` stays light)::
+
+    from messai import FeatureExtractor, FeatureStore, LayerDiscovery, LayerBasedRecommender
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "FeatureExtractor": "messai.extract",
+    "extract_dataset": "messai.extract",
+    "FeatureStore": "messai.store",
+    "Settings": "messai.config",
+    "load_settings": "messai.config",
+    "probe_layers": "messai.probe",
+    "ProbeResults": "messai.probe",
+    "LayerDiscovery": "messai.discovery",
+    "LayerBasedRecommender": "messai.recommend",
+    "MessError": "messai.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'messai' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -12,9 +12,29 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+
+out_console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+class _MessGroup(TyperGroup):
+    """Turns a MessError raised by any command into one line on stderr and its exit status."""
+
+    def invoke(self, ctx):
+        from messai.errors import MessError
+
+        try:
+            return super().invoke(ctx)
+        except MessError as exc:
+            err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
 
 app = typer.Typer(
     name="mess",
+    cls=_MessGroup,
     help="mess — music similarity research on MERT: extract every layer, find which layer "
     "encodes which musical aspect, and search tracks by aspect.",
     no_args_is_help=True,
@@ -22,8 +42,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-out_console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 
 class Format(str, Enum):
