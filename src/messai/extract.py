@@ -497,3 +497,48 @@ def _json(obj: Any) -> str:
     import json
 
     return json.dumps(obj, ensure_ascii=False)
+
+
+def recompute_targets(dataset: str, model: str | None = None, *, settings=None) -> ExtractionReport:
+    """Recompute every stored track's proxy targets from its audio file (no model work).
+
+    The file must still be where extraction found it and have the same content; otherwise the
+    track is reported as failed and left untouched."""
+    from messai.config import load_settings
+    from messai.store import FeatureStore, atomic_savez, file_content_hash
+    from messai.targets import compute_targets
+
+    settings = settings or load_settings()
+    store = FeatureStore.open(dataset, model, home=settings.home)
+    root = Path(store.manifest.get("source", {}).get("root", ""))
+    s = store.settings
+    spec = WindowSpec(s["segment_seconds"], s["hop_seconds"], s["min_seconds"])
+    rate = int(s["sample_rate"])
+    report = ExtractionReport(dataset=store.dataset, store_path=store.root)
+    t0 = time.perf_counter()
+    with store.writer():
+        report.n_tracks = len(store.entries)
+        for tid in store.track_ids():
+            entry = store.entries[tid]
+            path = root / entry["source"]
+            try:
+                if not path.is_file():
+                    raise AudioError(f"{path}: audio file no longer there")
+                if file_content_hash(path) != entry["content_hash"]:
+                    raise AudioError(f"{path}: changed since extraction; re-run 'mess extract'")
+                windows = [w for _, w in iter_windows(stream_mono(path, rate), spec, rate)]
+                if len(windows) != entry["n_segments"]:
+                    raise AudioError(f"{path}: {len(windows)} windows now, {entry['n_segments']} stored")
+                values = compute_targets(windows, rate)
+            except AudioError as exc:
+                report.failures.append(str(exc))
+                continue
+            with np.load(store._track_path(tid), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files if not k.startswith("target__")}
+            arrays.update({f"target__{k}": np.asarray(v, dtype=np.float32) for k, v in values.items()})
+            atomic_savez(store._track_path(tid), arrays)
+            entry["targets"] = sorted(values)
+            store.save_manifest()
+            report.n_extracted += 1
+    report.wall_seconds = time.perf_counter() - t0
+    return report

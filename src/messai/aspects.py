@@ -1,0 +1,134 @@
+"""Musical aspects and the aspect → layer map.
+
+An aspect (spectral_brightness, timbral_texture ...) is what a user asks for; proxy targets
+stand for aspects (``messai.targets``). The map comes from this store's probe results when they
+exist: the aspect's best (target, layer) by R², *validated* when that R² is at least the
+threshold (0.5 by default) and its bootstrap CI clears the control. Without probe results, the
+prototype's three claims are used, clearly labelled unvalidated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from messai.errors import ConfigError
+
+#: aspect → one-line description
+ASPECTS: dict[str, str] = {
+    "spectral_brightness": "how bright the sound is: spectral centroid and roll-off",
+    "timbral_texture": "tone colour: the MFCC envelope",
+    "acoustic_structure": "spectral spread and peak/valley structure: bandwidth and contrast",
+    "noisiness": "noise-like vs tonal: spectral flatness, zero-crossing rate",
+    "dynamics": "loudness and its variation: RMS level in dB and its spread",
+    "rhythmic_density": "how many note onsets per second",
+    "harmony": "pitch-class content: the 12-bin chroma",
+    "harmonic_complexity": "how evenly spread the pitch classes are: chroma entropy",
+}
+
+#: The prototype's (MESS-AI) claimed layers. All three were really the spectral centroid
+#: predicted from different layers; they are a starting point, never evidence.
+PROTOTYPE_DEFAULTS: dict[str, int] = {"spectral_brightness": 0, "timbral_texture": 1, "acoustic_structure": 2}
+
+SOURCE_PROBE = "probe"
+SOURCE_PROBE_UNVALIDATED = "probe (not validated)"
+SOURCE_DEFAULT = "prototype default (unvalidated)"
+
+
+@dataclass(frozen=True)
+class AspectLayer:
+    """Which layer to use for an aspect, and the evidence for it."""
+
+    aspect: str
+    layer: int | None
+    source: str
+    validated: bool
+    target: str | None = None
+    r2: float | None = None
+    control_r2: float | None = None
+    random_model_r2: float | None = None
+    description: str = ""
+    stale: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _finite(x: Any) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), 4)
+
+
+def aspect_map_from_probe(probe: dict[str, Any] | None, *, min_r2: float = 0.5, stale: bool = False) -> dict[str, AspectLayer]:
+    """Aspect → ``AspectLayer`` from a saved probe-results dict (``ProbeResults.to_dict()``)."""
+    from messai.targets import ASPECTS_OF_TARGETS
+
+    out: dict[str, AspectLayer] = {}
+    results = None
+    if probe is not None:
+        from messai.probe import ProbeResults
+
+        results = ProbeResults.from_dict(probe)
+    for aspect, description in ASPECTS.items():
+        best: tuple[float, str, int, bool] | None = None
+        if results is not None:
+            for name, res in results.targets.items():
+                if ASPECTS_OF_TARGETS.get(name) != aspect:
+                    continue
+                for layer, r2 in enumerate(res.r2):
+                    if not math.isfinite(r2):
+                        continue
+                    ok = res.is_validated(layer, min_r2=min_r2)
+                    key = (ok, r2)
+                    if best is None or key > (best[3], best[0]):
+                        best = (r2, name, layer, ok)
+        if best is not None:
+            r2, name, layer, ok = best
+            res = results.targets[name]
+            out[aspect] = AspectLayer(
+                aspect, layer, SOURCE_PROBE if ok else SOURCE_PROBE_UNVALIDATED, ok, name, _finite(r2),
+                _finite(res.control_r2[layer]),
+                _finite(res.random_model_r2[layer]) if res.random_model_r2 is not None else None,
+                description, stale,
+            )  # fmt: skip
+        elif aspect in PROTOTYPE_DEFAULTS:
+            out[aspect] = AspectLayer(aspect, PROTOTYPE_DEFAULTS[aspect], SOURCE_DEFAULT, False, description=description)
+    return out
+
+
+def load_probe(store) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The saved probe results of a store and their metadata, or ``(None, None)``."""
+    path = store.root / "probe.json"
+    if not path.is_file():
+        return None, None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable probe results ({exc}); re-run 'mess probe'") from None
+    return saved.get("results"), saved.get("meta") or {}
+
+
+def aspect_map(store, *, min_r2: float | None = None) -> dict[str, AspectLayer]:
+    """The aspect → layer map of a store (its probe results, else the prototype defaults).
+
+    ``min_r2`` defaults to the threshold the probe was run with (0.5 unless changed). Entries
+    are marked ``stale`` when the store changed after the probe."""
+    probe, meta = load_probe(store)
+    stale = bool(meta) and meta.get("store_fingerprint") != store.fingerprint()
+    if min_r2 is None:
+        min_r2 = float((meta or {}).get("min_r2", 0.5))
+    return aspect_map_from_probe(probe, min_r2=min_r2, stale=stale)
+
+
+def resolve_aspect(mapping: dict[str, AspectLayer], aspect: str) -> AspectLayer:
+    """The entry for ``aspect``; a ConfigError listing the available aspects otherwise."""
+    entry = mapping.get(aspect)
+    if entry is None or entry.layer is None:
+        available = ", ".join(sorted(a for a, e in mapping.items() if e.layer is not None))
+        known = "" if aspect in ASPECTS else " (unknown aspect)"
+        raise ConfigError(
+            f"no layer for aspect {aspect!r}{known}; available: {available or 'none'}"
+            + ("" if aspect not in ASPECTS else "; run 'mess probe' to map it, or pass --layer")
+        )
+    return entry

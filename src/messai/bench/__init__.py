@@ -1,0 +1,1 @@
+"""Benchmarks: similarity-metric evaluation, retrieval quality and speed."""

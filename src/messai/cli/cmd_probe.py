@@ -1,0 +1,136 @@
+"""``mess probe``, ``mess aspects`` and ``mess targets``: layer discovery."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from messai.cli.common import DatasetOpt, Format, ModelOpt, app, notice, print_json, render_rows, settings_from
+
+
+class ProbeFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command("probe")
+def probe_command(
+    dataset: DatasetOpt,
+    model: ModelOpt = None,
+    targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated targets (default: all stored).")] = None,
+    folds: Annotated[Optional[int], typer.Option("--folds", help="Outer group folds [default: 5].")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of folds, permutation control and bootstrap.")] = None,
+    group_by: Annotated[str, typer.Option("--group-by", help="track, or a label such as work (no group on both sides of a split).")] = "track",
+    control_store: Annotated[Optional[str], typer.Option("--control-store", help="Dataset extracted from the same audio with a random-weight model ('mess model random --like').")] = None,
+    min_r2: Annotated[Optional[float], typer.Option("--min-r2", help="R² an aspect needs to count as validated [default: 0.5].")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Group-bootstrap resamples for the CIs.")] = 1000,
+    fmt: Annotated[ProbeFormat, typer.Option("--format", "-f")] = ProbeFormat.table,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a heat-map PNG of R² by layer × target.")] = None,
+) -> None:
+    """Layer discovery: regress every layer onto every proxy target with grouped CV, alpha tuned
+    inside training folds, a permuted-target control (and a random-model control), and save the
+    results with the store; they define 'mess aspects'."""
+    from messai.discovery import LayerDiscovery
+
+    settings = settings_from(folds=folds, seed=seed, r2_threshold=min_r2)
+    names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    discovery = LayerDiscovery(
+        dataset, model, home=settings.home, targets=names, folds=settings.folds, seed=settings.seed,
+        group_by=group_by, control_store=control_store, min_r2=settings.r2_threshold, n_bootstrap=bootstrap,
+    )  # fmt: skip
+    with _status(f"probing {discovery.store.n_layers} layers of {dataset} ..."):
+        results = discovery.run_full_discovery()
+    if plot is not None:
+        from messai.plots import probe_heatmap
+
+        probe_heatmap(results, plot, title=f"{dataset} · {discovery.store.model_id}")
+        notice(f"heat-map written to {plot}")
+    if fmt == ProbeFormat.json:
+        print_json(results.to_dict())
+    else:
+        _print_probe_table(results, settings.r2_threshold)
+
+
+def _status(text: str):
+    from messai.cli.common import err_console
+
+    return err_console.status(text)
+
+
+def _print_probe_table(results, min_r2: float) -> None:
+    from rich.table import Table
+
+    from messai.cli.common import out_console
+
+    table = Table(title=f"out-of-fold R² per layer (n={results.n_samples} windows, {results.n_groups} groups, "
+                        f"{results.folds} folds); * best layer, \\[control R²]", header_style="bold")  # fmt: skip
+    table.add_column("target", no_wrap=True)
+    for layer in range(results.n_layers):
+        table.add_column(str(layer), justify="right")
+    table.add_column("best", justify="right")
+    table.add_column("margin", justify="right")
+    table.add_column("validated", justify="center")
+    for name, res in results.targets.items():
+        cells = []
+        for layer, r2 in enumerate(res.r2):
+            txt = "—" if not math.isfinite(r2) else f"{r2:.2f}"
+            if layer == res.best_layer:
+                txt = f"[bold]{txt}*[/]"
+            cells.append(txt)
+        best = res.best_layer
+        ctrl = res.control_r2[best] if best is not None else math.nan
+        validated = best is not None and res.is_validated(best, min_r2=min_r2)
+        table.add_row(
+            name, *cells,
+            "—" if best is None else f"{best} [{ctrl:.2f}]",
+            "—" if not math.isfinite(res.margin_over_median) else f"{res.margin_over_median:+.2f}",
+            "yes" if validated else "no",
+        )  # fmt: skip
+    out_console.print(table)
+
+
+@app.command("aspects")
+def aspects_command(
+    dataset: DatasetOpt,
+    model: ModelOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+) -> None:
+    """Every aspect with its layer, R², control and source: this dataset's probe, or the
+    prototype's defaults (layer 0 brightness, 1 timbre, 2 structure) labelled unvalidated."""
+    from messai.aspects import aspect_map
+    from messai.store import FeatureStore
+
+    settings = settings_from()
+    store = FeatureStore.open(dataset, model, home=settings.home)
+    mapping = aspect_map(store)
+    if any(e.stale for e in mapping.values()):
+        notice(f"note: the store changed after the last probe; re-run 'mess probe --dataset {dataset}'")
+    rows = [e.to_dict() for e in mapping.values()]
+    if fmt == Format.json:
+        print_json(rows)
+        return
+    cols = ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"]
+    render_rows(rows, fmt, columns=cols, title=f"aspects · {store.dataset} · {store.model_id}")
+
+
+@app.command("targets")
+def targets_command(
+    dataset: DatasetOpt,
+    model: ModelOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """(Re)compute the proxy targets of an existing store from its audio files (no model work)."""
+    from messai.extract import recompute_targets
+
+    settings = settings_from()
+    report = recompute_targets(dataset, model, settings=settings)
+    for line in report.failures:
+        notice(line)
+    if not quiet or report.failures:
+        notice(f"{dataset}: targets computed for {report.n_extracted} tracks, {len(report.failures)} failed")
+    if report.failures:
+        raise typer.Exit(1)

@@ -1,0 +1,153 @@
+"""Layer discovery on a feature store: which layer encodes which proxy target.
+
+``LayerDiscovery(dataset=...).run_full_discovery()`` (the prototype's documented API) gathers
+every window's features and proxy targets from the store, groups windows by track (or by a
+label such as ``work``), runs ``probe_layers`` with its controls and saves the results beside
+the store (``probe.json``), where ``mess aspects`` and ``mess recommend`` find them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from messai.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProbeInputs:
+    """Window-level inputs of the probe, rows aligned across arrays."""
+
+    features: np.ndarray  # [n_windows, n_layers, dim] (store dtype)
+    targets: dict[str, np.ndarray]  # name -> [n_windows] or [n_windows, k], transformed
+    groups: np.ndarray  # [n_windows] group label per window
+    track_ids: list[str]  # per track, in row order
+    n_segments: list[int]  # per track
+
+
+def probe_inputs(store, *, targets: list[str] | None = None, group_by: str = "track",
+                 track_ids: list[str] | None = None) -> ProbeInputs:  # fmt: skip
+    """Stack the windows of every track (or ``track_ids``) with their (transformed) targets."""
+    from messai.targets import TARGETS
+
+    ids = track_ids if track_ids is not None else store.track_ids()
+    if not ids:
+        raise StoreError(f"dataset {store.dataset!r} has no tracks to probe")
+    if group_by != "track":
+        missing = [t for t in ids if not store.labels(t).get(group_by)]
+        if missing:
+            raise ConfigError(
+                f"--group-by {group_by}: {len(missing)} of {len(ids)} tracks have no {group_by!r} label "
+                f"(e.g. {missing[0]!r}); use a dataset kind or metadata.csv that provides it, or --group-by track"
+            )
+    n_seg = [int(store.entries[t]["n_segments"]) for t in ids]
+    total = sum(n_seg)
+    feats = np.empty((total, store.n_layers, store.dim), dtype=np.float16 if store.settings.get("store_dtype") == "float16" else np.float32)
+    groups = np.empty(total, dtype=object)
+    collected: dict[str, list[np.ndarray]] = {}
+    row = 0
+    for tid, n in zip(ids, n_seg):
+        data = store.load(tid)
+        feats[row : row + n] = data["segments"]
+        groups[row : row + n] = tid if group_by == "track" else store.labels(tid)[group_by]
+        for name, values in data["targets"].items():
+            collected.setdefault(name, []).append(values)
+        row += n
+    available = {k for k, v in collected.items() if len(v) == len(ids)}
+    wanted = list(targets) if targets else [t for t in TARGETS if t in collected]
+    if not wanted:
+        raise StoreError(f"store {store.dataset!r} has no proxy targets; run 'mess targets --dataset {store.dataset}'")
+    unknown = [t for t in wanted if t not in TARGETS]
+    if unknown:
+        raise ConfigError(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+    absent = [t for t in wanted if t not in available]
+    if absent:
+        raise StoreError(
+            f"store {store.dataset!r} has no stored values for {', '.join(absent)}; run 'mess targets --dataset {store.dataset}'"
+        )
+    values = {t: TARGETS[t].apply_transform(np.concatenate(collected[t]).astype(np.float64)) for t in wanted}
+    return ProbeInputs(feats, values, groups.astype(str), list(ids), n_seg)
+
+
+class LayerDiscovery:
+    """Probe every layer of a store against its proxy targets (with controls) and save the result.
+
+    >>> LayerDiscovery(dataset="smd").run_full_discovery().best_layers()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        model: str | None = None,
+        *,
+        home: str | Path | None = None,
+        targets: list[str] | None = None,
+        folds: int = 5,
+        seed: int = 0,
+        group_by: str = "track",
+        control_store: str | None = None,
+        min_r2: float = 0.5,
+        n_bootstrap: int = 1000,
+    ):
+        from messai.store import FeatureStore
+
+        self.store = FeatureStore.open(dataset, model, home=home)
+        self.control = FeatureStore.open(control_store, home=home) if control_store else None
+        self.targets, self.folds, self.seed, self.group_by = targets, folds, seed, group_by
+        self.min_r2, self.n_bootstrap = min_r2, n_bootstrap
+        self.results_ = None
+
+    def _control_features(self, inputs: ProbeInputs) -> np.ndarray | None:
+        if self.control is None:
+            return None
+        c = self.control
+        missing = [t for t in inputs.track_ids if t not in c]
+        if missing:
+            raise StoreError(f"control store {c.dataset!r} lacks {len(missing)} tracks (e.g. {missing[0]!r}); extract the same audio with the random model")
+        if c.n_layers != self.store.n_layers:
+            raise StoreError(f"control store {c.dataset!r} has {c.n_layers} layers, {self.store.dataset!r} has {self.store.n_layers}")
+        out = np.empty((len(inputs.features), c.n_layers, c.dim), dtype=np.float32)
+        row = 0
+        for tid, n in zip(inputs.track_ids, inputs.n_segments):
+            seg = c.load(tid)["segments"]
+            if len(seg) != n:
+                raise StoreError(f"control store {c.dataset!r}: track {tid!r} has {len(seg)} windows, expected {n} (same window settings needed)")
+            out[row : row + n] = seg
+            row += n
+        return out
+
+    def run_full_discovery(self, *, save: bool = True):
+        """Run the probe; return ``ProbeResults`` (and save them with the store)."""
+        from messai.probe import probe_layers
+
+        inputs = probe_inputs(self.store, targets=self.targets, group_by=self.group_by)
+        results = probe_layers(
+            inputs.features, inputs.targets, inputs.groups, folds=self.folds, seed=self.seed,
+            control_features=self._control_features(inputs), n_bootstrap=self.n_bootstrap,
+        )  # fmt: skip
+        self.results_ = results
+        if save:
+            self.save(results)
+        return results
+
+    def save(self, results) -> Path:
+        from messai.store import atomic_write_json, now_iso
+
+        meta: dict[str, Any] = {
+            "dataset": self.store.dataset,
+            "model": self.store.model_id,
+            "store_fingerprint": self.store.fingerprint(),
+            "group_by": self.group_by,
+            "control_store": self.control.dataset if self.control else None,
+            "min_r2": self.min_r2,
+            "created": now_iso(),
+        }
+        path = self.store.root / "probe.json"
+        atomic_write_json(path, {"meta": meta, "results": results.to_dict()})
+        return path

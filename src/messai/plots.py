@@ -1,0 +1,49 @@
+"""Figures (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def probe_heatmap(results, path: str | Path, *, title: str = "") -> Path:
+    """Heat-map of R² by layer × target: left the probe, right its selectivity (R² minus the
+    control); the best layer of each target is boxed. Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from messai.store import atomic_write_bytes
+
+    names = list(results.targets)
+    r2 = np.array([[v if v is not None else math.nan for v in results.targets[n].r2] for n in names])
+    sel = np.array([[v if v is not None else math.nan for v in results.targets[n].selectivity] for n in names])
+    fig, axes = plt.subplots(1, 2, figsize=(2 + 0.5 * r2.shape[1] * 2, 1.5 + 0.45 * len(names)), constrained_layout=True)
+    for ax, data, label in ((axes[0], r2, "R² (out-of-fold)"), (axes[1], sel, "selectivity (R² − control)")):
+        im = ax.imshow(np.clip(data, -0.2, 1.0), aspect="auto", cmap="viridis", vmin=-0.2, vmax=1.0)
+        ax.set_xticks(range(data.shape[1]))
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names if ax is axes[0] else [])
+        ax.set_xlabel("layer")
+        ax.set_title(label)
+        for i, n in enumerate(names):
+            best = results.targets[n].best_layer
+            if best is not None:
+                ax.add_patch(plt.Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+            for j in range(data.shape[1]):
+                if math.isfinite(data[i, j]) and data.shape[1] <= 25:
+                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if data[i, j] < 0.5 else "black")  # fmt: skip
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,75 @@
+"""`mess probe`, `mess aspects`, `mess targets` on a real (tiny) store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from messai.cli import app
+from messai.store import FeatureStore
+from tests.conftest import write_audio
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def small_store(tmp_path, tiny_ckpt):
+    d = tmp_path / "lib"
+    for i in range(8):
+        write_audio(d / f"w{i % 4}" / f"t{i}.wav", 6.5, 24000, freq=110 * (1 + i), seed=i)
+    r = runner.invoke(app, ["extract", str(d), "--dataset", "lib", "--model", str(tiny_ckpt), "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def test_probe_json_plot_and_aspects(small_store, tmp_path):
+    png = tmp_path / "heat.png"
+    r = runner.invoke(app, ["probe", "--dataset", "lib", "--folds", "4", "--bootstrap", "50", "--format", "json", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["n_groups"] == 8 and d["n_layers"] == 3 and d["folds"] == 4
+    cent = d["targets"]["spectral_centroid"]
+    assert len(cent["r2"]) == len(cent["r2_std"]) == len(cent["control_r2"]) == 3
+    assert cent["best_layer"] in (0, 1, 2)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    store = FeatureStore.open("lib")
+    saved = json.loads((store.root / "probe.json").read_text())
+    assert saved["results"]["targets"]["spectral_centroid"]["r2"] == cent["r2"]
+    rows = json.loads(runner.invoke(app, ["aspects", "--dataset", "lib", "--format", "json"]).stdout)
+    bright = next(r for r in rows if r["aspect"] == "spectral_brightness")
+    assert bright["source"].startswith("probe") and bright["target"] in ("spectral_centroid", "spectral_rolloff")
+    best = d["targets"][bright["target"]]
+    assert bright["layer"] == int(np.nanargmax([np.nan if v is None else v for v in best["r2"]])) or not bright["validated"]
+    table = runner.invoke(app, ["probe", "--dataset", "lib", "--folds", "4", "--bootstrap", "20"])
+    assert table.exit_code == 0 and "spectral_centroid" in table.stdout
+
+
+def test_aspects_without_probe_are_prototype_defaults_labelled_unvalidated(small_store):
+    rows = json.loads(runner.invoke(app, ["aspects", "--dataset", "lib", "--format", "json"]).stdout)
+    by = {r["aspect"]: r for r in rows}
+    assert by["spectral_brightness"]["layer"] == 0 and by["timbral_texture"]["layer"] == 1
+    assert by["acoustic_structure"]["layer"] == 2
+    assert all("unvalidated" in r["source"] and not r["validated"] for r in rows)
+
+
+def test_group_by_missing_label_is_clear(small_store):
+    r = runner.invoke(app, ["probe", "--dataset", "lib", "--group-by", "work"])
+    assert r.exit_code == 2 and "no 'work' label" in r.output
+
+
+def test_targets_recomputed_from_audio(small_store):
+    store = FeatureStore.open("lib")
+    before = store.load("w0/t0")["targets"]["spectral_centroid"].copy()
+    path = store._track_path("w0/t0")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("target__")}
+    np.savez(path, **arrays)  # a store extracted before targets existed
+    assert "spectral_centroid" not in FeatureStore.open("lib").load("w0/t0")["targets"]
+    r = runner.invoke(app, ["probe", "--dataset", "lib", "--folds", "3"])
+    assert r.exit_code == 2 and "mess targets" in r.output
+    r = runner.invoke(app, ["targets", "--dataset", "lib"])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(FeatureStore.open("lib").load("w0/t0")["targets"]["spectral_centroid"], before, rtol=1e-6)
