@@ -1,0 +1,166 @@
+"""``mess index`` and ``mess recommend``: layer-specific FAISS search."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from messai.cli.common import (
+    DatasetOpt, DeviceOpt, Format, ModelOpt, app, err_console, notice, print_json, print_json_line, print_table,
+    print_tsv, settings_from,
+)  # fmt: skip
+
+
+class Kind(str, Enum):
+    flat = "flat"
+    hnsw = "hnsw"
+    ivf = "ivf"
+
+
+class Normalize(str, Enum):
+    center = "center"
+    zscore = "zscore"
+    l2 = "l2"
+
+
+class RecFormat(str, Enum):
+    table = "table"
+    json = "json"
+    tsv = "tsv"
+    ids = "ids"
+
+
+KindOpt = Annotated[Optional[Kind], typer.Option("--kind", help="flat (exact; default up to ~100k tracks), hnsw or ivf.")]
+NormOpt = Annotated[
+    Optional[Normalize],
+    typer.Option("--normalize", help="center (default: subtract the layer mean, then cosine), zscore, or l2 (plain cosine)."),
+]
+
+
+def _parse_layers(text: str, n_layers: int) -> list[int]:
+    from messai.errors import ConfigError
+
+    if text == "all":
+        return list(range(n_layers))
+    try:
+        layers = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--layers {text!r}: expected 'all' or comma-separated integers") from None
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad or not layers:
+        raise ConfigError(f"--layers {text!r}: layers must be within 0..{n_layers - 1}")
+    return layers
+
+
+@app.command("index")
+def index_command(
+    dataset: DatasetOpt,
+    model: ModelOpt = None,
+    layers: Annotated[str, typer.Option("--layers", help="'all' or comma-separated layer numbers.")] = "all",
+    kind: KindOpt = None,
+    normalize: NormOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when up to date.")] = False,
+    m: Annotated[Optional[int], typer.Option("--hnsw-m", help="HNSW: links per node.")] = None,
+    ef_construction: Annotated[Optional[int], typer.Option("--ef-construction", help="HNSW: build beam width.")] = None,
+    ef_search: Annotated[Optional[int], typer.Option("--ef-search", help="HNSW: search beam width.")] = None,
+    nlist: Annotated[Optional[int], typer.Option("--nlist", help="IVF: number of lists.")] = None,
+    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF: lists searched per query.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+) -> None:
+    """Build per-layer FAISS indices of track vectors (mean of each track's windows), cached
+    under the data root and keyed by a fingerprint of the store; incremental when tracks were added."""
+    from messai.index_cache import build_layer_index
+    from messai.store import FeatureStore
+
+    settings = settings_from(index_kind=kind, normalize=normalize)
+    store = FeatureStore.open(dataset, model, home=settings.home)
+    named = {"M": m, "efConstruction": ef_construction, "efSearch": ef_search, "nlist": nlist, "nprobe": nprobe}
+    params = {k: v for k, v in named.items() if v is not None} or None
+    rows = []
+    for layer in _parse_layers(layers, store.n_layers):
+        out = build_layer_index(settings.home, store, layer, normalize=settings.normalize, kind=settings.index_kind,
+                                params=params, force=force)  # fmt: skip
+        rows.append(out.to_dict())
+    if fmt == Format.json:
+        print_json(rows)
+    elif fmt == Format.tsv:
+        print_tsv(rows)
+    else:
+        print_table(rows, ["layer", "action", "n_tracks", "seconds", "path"], title=f"{settings.index_kind}/{settings.normalize} indices of {dataset}")
+
+
+@app.command("recommend")
+def recommend_command(
+    dataset: DatasetOpt,
+    track: Annotated[Optional[str], typer.Option("--track", "-t", help="Query track id; '-' reads ids from stdin (one JSON line per query).")] = None,
+    aspect: Annotated[Optional[list[str]], typer.Option("--aspect", "-a", help="Aspect, or several as NAME[:WEIGHT] for weighted fusion.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of recommendations.")] = 5,
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Use this layer instead of the aspect's.")] = None,
+    normalize: NormOpt = None,
+    kind: KindOpt = None,
+    exclude_same: Annotated[Optional[list[str]], typer.Option("--exclude-same", help="Drop tracks sharing this label with the query (e.g. work).")] = None,
+    audio: Annotated[Optional[Path], typer.Option("--audio", help="Query with an audio file outside the store (loads the model).")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    fmt: Annotated[RecFormat, typer.Option("--format", "-f")] = RecFormat.table,
+) -> None:
+    """The nearest tracks for one aspect (layer from 'mess aspects'), never the query itself.
+    stdout carries only results; notices go to stderr."""
+    from messai.errors import ConfigError, MessError
+    from messai.recommend import LayerBasedRecommender
+
+    settings = settings_from(index_kind=kind, normalize=normalize)
+    aspects = aspect or ["spectral_brightness"]
+    if (track is None) == (audio is None):
+        raise ConfigError("give exactly one of --track ID (or '-') and --audio FILE")
+    rec = LayerBasedRecommender(dataset, model, home=settings.home, normalize=settings.normalize,
+                                kind=settings.index_kind, on_notice=notice)  # fmt: skip
+    if audio is not None:
+        result = rec.recommend_audio(audio, aspects, k, layer=layer, device=(device.value if device else settings.device))
+        _render(result, fmt)
+        return
+    if track != "-":
+        _render(rec.recommend(track, aspects, k, layer=layer, exclude_same=exclude_same or ()), fmt)
+        return
+    failed = 0
+    for line in sys.stdin:
+        tid = line.rstrip("\n").rstrip("\r")
+        if not tid.strip():
+            continue
+        try:
+            result = rec.recommend(tid, aspects, k, layer=layer, exclude_same=exclude_same or ())
+        except MessError as exc:
+            err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            failed += 1
+            continue
+        if fmt in (RecFormat.json, RecFormat.table):
+            print_json_line(result)
+        else:
+            _render(result, fmt, with_query=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _render(result: dict, fmt: RecFormat, *, with_query: bool = False) -> None:
+    recs = result["recommendations"]
+    if fmt == RecFormat.json:
+        print_json(result)
+    elif fmt == RecFormat.ids:
+        sys.stdout.write("".join(f"{r['track_id']}\n" for r in recs))
+        sys.stdout.flush()
+    elif fmt == RecFormat.tsv:
+        q = result["query"].get("track_id") or result["query"].get("audio")
+        rows = [{"query": q, **r} if with_query else r for r in recs]
+        cols = (["query"] if with_query else []) + ["rank", "track_id", "similarity"]
+        cols += [c for r in recs for c in r if c not in cols and c != "layer_similarities"]
+        print_tsv(rows, list(dict.fromkeys(cols)))
+        sys.stdout.flush()
+    else:
+        q = result["query"].get("track_id") or result["query"].get("audio")
+        title = f"{q} · aspect {result['aspect']} · layer {result['layer']} · {result['normalize']}"
+        cols = ["rank", "track_id", "similarity"] + [c for r in recs for c in r if c not in ("rank", "track_id", "similarity", "layer_similarities")]
+        print_table(recs, list(dict.fromkeys(cols)), title=title)

@@ -1,0 +1,209 @@
+"""Layer-based recommendations: the nearest tracks for one musical aspect (or a weighted mix).
+
+An aspect resolves to a layer through the store's probe results (``messai.aspects``); that
+layer's FAISS index (``messai.index_cache``) is searched with the query track's vector. The
+query is never among its results. Only ``recommend_audio`` (a file outside the store) loads
+torch; everything else needs numpy and faiss alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from messai.errors import ConfigError, MessError
+
+log = logging.getLogger(__name__)
+
+
+def parse_aspect_spec(spec: str) -> tuple[str, float]:
+    """``"timbral_texture:0.5"`` → ``("timbral_texture", 0.5)``; weight 1 when omitted."""
+    name, _, weight = spec.partition(":")
+    if not name:
+        raise ConfigError(f"invalid aspect {spec!r}: expected NAME or NAME:WEIGHT")
+    try:
+        w = float(weight) if weight else 1.0
+    except ValueError:
+        raise ConfigError(f"invalid aspect weight in {spec!r}: expected a number after ':'") from None
+    if not w > 0:
+        raise ConfigError(f"aspect weight must be positive in {spec!r}")
+    return name, w
+
+
+class LayerBasedRecommender:
+    """Recommend tracks of a dataset by aspect (the prototype's API, made honest).
+
+    >>> rec = LayerBasedRecommender(dataset="smd")  # doctest: +SKIP
+    >>> rec.recommend(reference_track="Beethoven_Op027No1-01", aspect="spectral_brightness")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        model: str | None = None,
+        *,
+        home: str | Path | None = None,
+        normalize: str = "center",
+        kind: str = "flat",
+        on_notice: Callable[[str], None] | None = None,
+    ):
+        from messai.store import FeatureStore
+
+        if home is None:
+            from messai.config import load_settings
+
+            home = load_settings().home
+        self.home = Path(home)
+        self.store = FeatureStore.open(dataset, model, home=self.home)
+        self.normalize, self.kind = normalize, kind
+        self.on_notice = on_notice or (lambda m: log.warning("%s", m))
+        self._indices: dict[int, Any] = {}
+        self._aspects = None
+
+    # ------------------------------------------------------------------ aspects
+    def aspect_map(self):
+        if self._aspects is None:
+            from messai.aspects import aspect_map
+
+            self._aspects = aspect_map(self.store)
+            if any(e.stale for e in self._aspects.values()):
+                self.on_notice(f"note: the store changed after the last probe; aspect layers may be outdated (re-run 'mess probe --dataset {self.store.dataset}')")
+        return self._aspects
+
+    def get_available_aspects(self) -> dict[str, dict[str, Any]]:
+        """Aspect → its layer and evidence (``AspectLayer.to_dict()``), for aspects with a layer."""
+        return {a: e.to_dict() for a, e in self.aspect_map().items() if e.layer is not None}
+
+    def layer_for(self, aspect: str) -> int:
+        from messai.aspects import resolve_aspect
+
+        return int(resolve_aspect(self.aspect_map(), aspect).layer)
+
+    # ------------------------------------------------------------------ indices
+    def index(self, layer: int):
+        if layer not in self._indices:
+            from messai.index_cache import load_layer_index
+
+            if not 0 <= layer < self.store.n_layers:
+                raise ConfigError(f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}")
+            self._indices[layer] = load_layer_index(
+                self.home, self.store, layer, normalize=self.normalize, kind=self.kind, on_notice=self.on_notice
+            )
+        return self._indices[layer]
+
+    # ------------------------------------------------------------------ queries
+    def _plan(self, aspect: str | Sequence[str], layer: int | None) -> list[tuple[str, int, float]]:
+        specs = [aspect] if isinstance(aspect, str) else list(aspect)
+        if not specs:
+            raise ConfigError("give at least one aspect")
+        parts = []
+        for spec in specs:
+            name, weight = parse_aspect_spec(spec)
+            parts.append((name, layer if layer is not None else self.layer_for(name), weight))
+        return parts
+
+    def _exclusions(self, track_id: str, exclude_same: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        labels = self.store.labels(track_id)
+        for label in exclude_same:
+            value = labels.get(label)
+            if value is None:
+                known = sorted({k for t in self.store.track_ids()[:1000] for k in self.store.labels(t)})
+                raise ConfigError(f"--exclude-same {label}: track {track_id!r} has no {label!r} label (labels here: {', '.join(known) or 'none'})")
+            out |= {t for t in self.store.track_ids() if self.store.labels(t).get(label) == value}
+        out.discard(track_id)
+        return out
+
+    def recommend(
+        self,
+        reference_track: str,
+        aspect: str | Sequence[str] = "spectral_brightness",
+        n_recommendations: int = 5,
+        *,
+        layer: int | None = None,
+        exclude_same: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The ``n_recommendations`` nearest tracks to ``reference_track`` for ``aspect``.
+
+        ``aspect`` may be a list of ``NAME`` or ``NAME:WEIGHT`` for weighted fusion of per-layer
+        similarities; ``layer`` overrides the aspect's layer. Returns the documented JSON dict:
+        ``query``, ``aspect``, ``layer``, ``normalize``, ``recommendations`` (rank, track_id,
+        similarity, labels...)."""
+        if reference_track not in self.store:
+            from messai.errors import TrackNotFoundError
+            from messai.store import _unknown_track_message
+
+            raise TrackNotFoundError(_unknown_track_message(reference_track, self.store.track_ids(), self.store.dataset))
+        if n_recommendations < 1:
+            raise ConfigError("the number of recommendations must be at least 1")
+        parts = self._plan(aspect, layer)
+        excluded = self._exclusions(reference_track, exclude_same)
+        if len(parts) == 1:
+            sims, ids = self.index(parts[0][1]).search_track(reference_track, n_recommendations, exclude_ids=excluded)
+            per_layer = None
+        else:
+            from messai.index import fuse
+
+            res = fuse([(w, self.index(lay), reference_track) for _, lay, w in parts], n_recommendations, exclude_ids=excluded)
+            sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
+        return self._result({"track_id": reference_track, "dataset": self.store.dataset}, parts, sims, ids, per_layer)
+
+    def recommend_audio(
+        self,
+        path: str | Path,
+        aspect: str | Sequence[str] = "spectral_brightness",
+        n_recommendations: int = 5,
+        *,
+        layer: int | None = None,
+        device: str = "auto",
+    ) -> dict[str, Any]:
+        """Recommend for an audio file outside the store: it is extracted with the store's model,
+        revision and window settings (this loads torch)."""
+        from messai.extract import FeatureExtractor
+
+        s, m = self.store.settings, self.store.model
+        model = m["id"]
+        if m.get("revision") not in (None, "local"):
+            model_rev = m.get("requested_revision") or m["revision"]
+        else:
+            model_rev = None
+        fx = FeatureExtractor(model, revision=model_rev, device=device, precision=s.get("precision", "float32"),
+                              segment_seconds=s["segment_seconds"], hop_seconds=s["hop_seconds"],
+                              min_seconds=s["min_seconds"], compute_targets=False)  # fmt: skip
+        if fx.checkpoint.config_hash != m.get("config_hash"):
+            raise MessError(f"the store's model {model} no longer matches the checkpoint on disk (config changed)")
+        aggregated = fx.extract(path)["aggregated"]  # [n_layers, dim]
+        parts = self._plan(aspect, layer)
+        if len(parts) == 1:
+            sims, pos = self.index(parts[0][1]).search(aggregated[parts[0][1]][None], n_recommendations)
+            keep = pos[0] >= 0
+            ids = [self.index(parts[0][1]).track_ids[p] for p in pos[0][keep]]
+            sims, per_layer = sims[0][keep], None
+        else:
+            from messai.index import fuse
+
+            res = fuse([(w, self.index(lay), aggregated[lay]) for _, lay, w in parts], n_recommendations)
+            sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
+        return self._result({"audio": str(path), "dataset": self.store.dataset}, parts, sims, ids, per_layer)
+
+    def _result(self, query: dict, parts, sims, ids, per_layer) -> dict[str, Any]:
+        single = len(parts) == 1
+        recs = []
+        for rank, (tid, sim) in enumerate(zip(ids, sims), start=1):
+            row = {"rank": rank, "track_id": tid, "similarity": round(float(sim), 6)}
+            if per_layer is not None:
+                row["layer_similarities"] = [round(float(v), 6) for v in per_layer[rank - 1]]
+            row.update(self.store.labels(tid))
+            recs.append(row)
+        return {
+            "query": query,
+            "aspect": parts[0][0] if single else [p[0] for p in parts],
+            "layer": parts[0][1] if single else [p[1] for p in parts],
+            **({} if single else {"weights": [p[2] for p in parts]}),
+            "normalize": self.normalize,
+            "recommendations": recs,
+        }
