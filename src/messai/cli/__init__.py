@@ -8,7 +8,7 @@ import sys
 import typer
 
 from messai.cli import app_commands  # noqa: F401  (registers the commands)
-from messai.cli.common import app, err_console
+from messai.cli.common import app, error_line
 
 
 def main() -> None:
@@ -18,10 +18,10 @@ def main() -> None:
     try:
         app()
     except MessError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        error_line(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        error_line("interrupted")
         sys.exit(130)
 
 

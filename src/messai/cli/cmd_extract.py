@@ -83,7 +83,7 @@ def _resolve_path(path, dataset, kind, settings):
 
 def _print_failure(result) -> None:
     if not result.ok:
-        err_console.print(result.error, highlight=False, markup=False)
+        notice(result.error)
 
 
 class _Progress:
@@ -101,7 +101,7 @@ class _Progress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=err_console,
+            console=err_console(),
             transient=False,
         )
         self.task = None

@@ -58,7 +58,7 @@ def probe_command(
 def _status(text: str):
     from messai.cli.common import err_console
 
-    return err_console.status(text)
+    return err_console().status(text)
 
 
 def _print_probe_table(results, min_r2: float) -> None:
@@ -90,7 +90,7 @@ def _print_probe_table(results, min_r2: float) -> None:
             "—" if not math.isfinite(res.margin_over_median) else f"{res.margin_over_median:+.2f}",
             "yes" if validated else "no",
         )  # fmt: skip
-    out_console.print(table)
+    out_console().print(table)
 
 
 @app.command("aspects")

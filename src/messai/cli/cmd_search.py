@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from messai.cli.common import (
-    DatasetOpt, DeviceOpt, Format, ModelOpt, app, err_console, notice, print_json, print_json_line, print_table,
+    DatasetOpt, DeviceOpt, Format, ModelOpt, app, error_line, notice, print_json, print_json_line, print_table,
     print_tsv, settings_from,
 )  # fmt: skip
 
@@ -110,10 +110,13 @@ def recommend_command(
 ) -> None:
     """The nearest tracks for one aspect (layer from 'mess aspects'), never the query itself.
     stdout carries only results; notices go to stderr."""
+    from messai.config import resolve_fields
     from messai.errors import ConfigError, MessError
     from messai.recommend import LayerBasedRecommender
 
-    settings = settings_from(index_kind=kind, normalize=normalize)
+    # the fast path: validate only what this command reads, without importing pydantic
+    settings = resolve_fields(["home", "index_kind", "normalize", "device"],
+                              {"index_kind": kind and kind.value, "normalize": normalize and normalize.value})
     aspects = aspect or ["spectral_brightness"]
     if (track is None) == (audio is None):
         raise ConfigError("give exactly one of --track ID (or '-') and --audio FILE")
@@ -134,7 +137,7 @@ def recommend_command(
         try:
             result = rec.recommend(tid, aspects, k, layer=layer, exclude_same=exclude_same or ())
         except MessError as exc:
-            err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            error_line(str(exc))
             failed += 1
             continue
         if fmt in (RecFormat.json, RecFormat.table):

@@ -10,13 +10,34 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import functools
+
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
 
-out_console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+
+
+@functools.cache
+def out_console():
+    """Rich console on stdout (created on first use: rich is not imported on the fast path)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+@functools.cache
+def err_console():
+    """Rich console on stderr, for progress bars and status spinners."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    """``error: message`` as one line on stderr."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
 
 
 class _MessGroup(TyperGroup):
@@ -28,7 +49,7 @@ class _MessGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except MessError as exc:
-            err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
 
 
@@ -124,7 +145,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None, *,
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
-    out_console.print(table)
+    out_console().print(table)
 
 
 def render_rows(rows: list[dict[str, Any]], fmt: Format, *, columns: list[str] | None = None, title: str | None = None) -> None:
@@ -153,4 +174,5 @@ def _cell(v: Any) -> str:
 
 def notice(message: str) -> None:
     """A one-line notice on stderr (never on stdout, which carries only results)."""
-    err_console.print(message, highlight=False, markup=False)
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
