@@ -320,6 +320,7 @@ class ExtractionReport:
     n_extracted: int = 0
     n_skipped: int = 0
     failures: list[str] = field(default_factory=list)  # "path: reason"
+    warnings: list[str] = field(default_factory=list)  # dataset scan notes (skipped names, unlabelled tracks)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -440,7 +441,8 @@ def extract_dataset(
              do_normalize=checkpoint.do_normalize, store_dtype=settings.store_dtype, precision=settings.precision)
     )  # fmt: skip
     store = open_store_for(settings, dataset, identity, ext_settings, force=force)
-    report = ExtractionReport(dataset=dataset, store_path=store.root, n_tracks=len(tracks))
+    report = ExtractionReport(dataset=dataset, store_path=store.root, n_tracks=len(tracks),
+                              warnings=list(getattr(tracks, "warnings", [])))
     t0 = time.perf_counter()
     with store.writer():
         store.manifest["source"] = {"root": str(root), "kind": kind or datasets.detect_kind(root)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -34,3 +35,76 @@ def bench_extract_command(
         batch_size=batch_size, n_files=files, seconds_per_file=seconds, repeats=repeats,
     )  # fmt: skip
     print_json(result)
+
+
+@bench_app.command("similarity")
+def bench_similarity_command(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")],
+    model: ModelOpt = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="Label for retrieval scores (composer, work, instrument ...).")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per query.")] = 10,
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated layers (default all).")] = None,
+    max_tracks: Annotated[int, typer.Option("--max-tracks", help="Subsample larger stores (seeded).")] = 4000,
+    fmt: Annotated[common.Format, typer.Option("--format", "-f")] = common.Format.table,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of spread, hubness and precision by layer.")] = None,
+) -> None:
+    """Per layer × metric (cosine, euclidean, dot) × normalisation (none, center, zscore):
+    similarity spread, hubness, retrieval against a label, and aspect fidelity."""
+    from messai.bench.similarity import evaluate_similarity, plot_similarity
+    from messai.store import FeatureStore
+
+    settings = common.settings_from()
+    store = FeatureStore.open(dataset, model, home=settings.home)
+    chosen = [int(x) for x in layers.split(",")] if layers else None
+    report = evaluate_similarity(store, label=label, k=k, layers=chosen, max_tracks=max_tracks)
+    if plot is not None:
+        plot_similarity(report, plot)
+        common.notice(f"plot written to {plot}")
+    if fmt == common.Format.json:
+        print_json(report)
+        return
+    rows = []
+    for r in report["results"]:
+        fid = r["aspect_fidelity"]
+        rows.append({
+            "layer": r["layer"], "metric": r["metric"], "normalize": r["normalize"],
+            "mean_sim": r["mean_similarity"], "frac>0.9": r["frac_above_0_9"], "hub_skew": r["hub_skewness"],
+            "max_hub": r["max_hub_occurrence"], "P@k": r.get("precision_at_k"), "MAP": r.get("map"), "MRR": r.get("mrr"),
+            "fidelity(mean)": (sum(fid.values()) / len(fid)) if fid else None,
+        })  # fmt: skip
+    common.render_rows(rows, fmt, title=f"{dataset}: {report['n_tracks']} tracks, k={report['k']}, label={label}")
+
+
+@bench_app.command("speed")
+def bench_speed_command(
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes (a few minutes less; figures not comparable to the goals).")] = False,
+    skip_extract: Annotated[bool, typer.Option("--skip-extract", help="Leave out the extraction benchmark.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the JSON to this file.")] = None,
+) -> None:
+    """Extraction (pipeline vs bare forward), probe time, index build, query latency p50/p99 for
+    flat and hnsw with recall@10, and cold start of 'mess recommend' — as JSON for tracking."""
+    import json
+    import platform
+
+    from messai.bench import speed
+
+    report: dict = {"benchmark": "speed", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus", "quick": quick}
+    if not skip_extract:
+        from messai.bench.extraction import bench_extraction
+
+        common.notice("extraction ...")
+        report["extraction"] = bench_extraction(model=model, device=(device.value if device else "cpu"),
+                                                n_files=2 if quick else 4, seconds_per_file=10.0, repeats=1 if quick else 2)  # fmt: skip
+    common.notice("probe ...")
+    report["probe"] = speed.bench_probe(n_samples=4000 if quick else 20000)
+    common.notice("queries ...")
+    report["queries"] = speed.bench_queries(n_flat=10_000, n_hnsw=20_000 if quick else 100_000)
+    common.notice("cold start ...")
+    report["cold_start"] = speed.bench_cold_start(n_tracks=1000, runs=3 if quick else 7)
+    print_json(report)
+    if out is not None:
+        from messai.store import atomic_write_bytes
+
+        atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())

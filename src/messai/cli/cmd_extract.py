@@ -53,8 +53,8 @@ def extract_command(
     finally:
         if progress:
             progress.stop()
-    for line in report.failures if progress else []:
-        pass  # already printed as they happened
+    for line in report.warnings:
+        notice(f"note: {line}")
     if json_out:
         print_json(report.to_dict())
     if not quiet or report.failures:

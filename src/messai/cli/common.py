@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import functools
+import os
 
 import typer
 from typer.core import TyperGroup
@@ -23,7 +24,10 @@ def out_console():
     """Rich console on stdout (created on first use: rich is not imported on the fast path)."""
     from rich.console import Console
 
-    return Console(soft_wrap=True)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(soft_wrap=True, width=200)  # piped tables: don't fold cells at 80 columns
+    return console
 
 
 @functools.cache

@@ -1,0 +1,78 @@
+"""``mess demo``: extract → probe → index → recommend on the bundled demo set, as one report.
+
+The demo set (``data/demo`` in a clone of the repository) is 24 short public-domain pieces:
+6 works × 4 General-MIDI instruments, with composer / work / instrument labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from messai.errors import ConfigError
+
+
+def find_demo_folder() -> Path:
+    """``data/demo`` of the source tree this package runs from (a clone or editable install)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "data" / "demo"
+        if (candidate / "metadata.csv").is_file():
+            return candidate
+    raise ConfigError("the demo audio (data/demo) is not next to this installation; run from a clone of the repository or pass --path")
+
+
+@dataclass
+class DemoReport:
+    dataset: str
+    model: str
+    extraction: dict[str, Any]
+    aspects: list[dict[str, Any]]
+    probe_summary: list[dict[str, Any]]
+    recommendations: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def run_demo(settings, *, path: Path | None = None, dataset: str = "demo", query: str = "piano/bach_bwv846_prelude",
+             aspect: str = "spectral_brightness", folds: int = 3,
+             on_step: Callable[[str], None] | None = None, on_window=None, on_plan=None) -> DemoReport:  # fmt: skip
+    """Run the whole tool on the demo set with ``settings`` (model, device, MESS_HOME ...)."""
+    from messai.aspects import aspect_map
+    from messai.discovery import LayerDiscovery
+    from messai.extract import extract_dataset
+    from messai.recommend import LayerBasedRecommender
+
+    step = on_step or (lambda s: None)
+    folder = path or find_demo_folder()
+    step(f"extracting {folder} with {settings.model}")
+    report = extract_dataset(folder, dataset=dataset, settings=settings, kind="folder", on_window=on_window, on_plan=on_plan)
+    notes = [f"{len(report.failures)} files failed: {report.failures[:3]}"] if report.failures else []
+    step("probing every layer (grouped by work: no work on both sides of a split)")
+    discovery = LayerDiscovery(dataset, settings.model, home=settings.home, folds=folds, seed=settings.seed,
+                               group_by="work", min_r2=settings.r2_threshold, n_bootstrap=300)  # fmt: skip
+    results = discovery.run_full_discovery()
+    summary = []
+    for name, res in results.targets.items():
+        b = res.best_layer
+        summary.append({
+            "target": name, "best_layer": b,
+            "r2": None if b is None or not math.isfinite(res.r2[b]) else round(res.r2[b], 3),
+            "control_r2": None if b is None or not math.isfinite(res.control_r2[b]) else round(res.control_r2[b], 3),
+            "margin_over_median": None if not math.isfinite(res.margin_over_median) else round(res.margin_over_median, 3),
+            "validated": bool(b is not None and res.is_validated(b, min_r2=settings.r2_threshold)),
+        })  # fmt: skip
+    mapping = aspect_map(discovery.store, min_r2=settings.r2_threshold)
+    step("indexing and recommending")
+    rec = LayerBasedRecommender(dataset, settings.model, home=settings.home, normalize=settings.normalize, kind="flat",
+                                on_notice=lambda m: None)  # fmt: skip
+    for layer in range(discovery.store.n_layers):
+        rec.index(layer)
+    recs = rec.recommend(query, aspect, 5)
+    return DemoReport(dataset, discovery.store.model_id, report.to_dict(), [e.to_dict() for e in mapping.values()],
+                      summary, recs, notes)  # fmt: skip

@@ -1,0 +1,81 @@
+"""`mess benchmark similarity`, the similarity statistics, and `mess demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from messai.bench.similarity import aspect_fidelity, retrieval_scores, similarity_matrix
+from messai.cli import app
+from tests.synthetic_store import make_store
+
+runner = CliRunner()
+
+
+def test_retrieval_scores_by_hand():
+    # 4 items, labels a a b b; rankings chosen by hand
+    order = np.array([[2, 1, 3], [0, 2, 3], [3, 0, 1], [0, 1, 2]])
+    labels = np.array(["a", "a", "b", "b"], dtype=object)
+    s = retrieval_scores(order, labels, 1)
+    assert s["precision_at_k"] == pytest.approx((0 + 1 + 1 + 0) / 4)
+    # AP: q0 relevant at rank 2 → 1/2; q1 rank 1 → 1; q2 rank 1 → 1; q3 rank 3 → 1/3
+    assert s["map"] == pytest.approx((0.5 + 1 + 1 + 1 / 3) / 4)
+    assert s["mrr"] == pytest.approx((0.5 + 1 + 1 + 1 / 3) / 4)
+
+
+def test_fidelity_is_below_one_when_neighbours_share_the_value():
+    v = np.array([0.0, 0.1, 5.0, 5.1])
+    order = np.array([[1, 2, 3], [0, 2, 3], [3, 0, 1], [2, 0, 1]])
+    r = aspect_fidelity(order, {"t": v}, 1)["t"]
+    pairs = np.abs(v[:, None] - v[None, :])[np.triu_indices(4, 1)].mean()
+    assert r == pytest.approx(0.1 / pairs)
+
+
+def test_similarity_matrix_metrics():
+    X = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_allclose(similarity_matrix(X, "dot"), X @ X.T)
+    np.testing.assert_allclose(similarity_matrix(X, "cosine")[0, 2], 3 / 5)
+    np.testing.assert_allclose(similarity_matrix(X, "euclidean")[0, 1], -np.sqrt(5))
+
+
+def test_benchmark_similarity_shows_offset_problem_and_centering(isolated_env, tmp_path):
+    make_store(Path(isolated_env), n_tracks=40, offset=20.0)
+    png = tmp_path / "sim.png"
+    r = runner.invoke(app, ["benchmark", "similarity", "-d", "syn", "--label", "work", "-k", "5", "-f", "json", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["n_tracks"] == 40 and d["k"] == 5 and len(d["results"]) == 4 * 3 * 3
+    get = {(x["layer"], x["metric"], x["normalize"]): x for x in d["results"]}
+    raw, cen = get[(0, "cosine", "none")], get[(0, "cosine", "center")]
+    assert raw["mean_similarity"] > 0.9 and raw["frac_above_0_9"] > 0.9  # the prototype's problem
+    assert abs(cen["mean_similarity"]) < 0.1  # centring removes it
+    assert cen["precision_at_k"] > 0.9  # clusters are the works
+    assert {"spectral_brightness"} <= set(cen["aspect_fidelity"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    table = runner.invoke(app, ["benchmark", "similarity", "-d", "syn", "--layers", "0"])
+    assert table.exit_code == 0 and "cosine" in table.stdout
+
+
+def test_demo_runs_end_to_end(tiny_ckpt, tmp_path):
+    from messai.demo import find_demo_folder
+
+    demo = find_demo_folder()
+    assert (demo / "metadata.csv").is_file()
+    r = runner.invoke(app, ["demo", "--model", str(tiny_ckpt), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["extraction"]["n_extracted"] == 24 and not d["extraction"]["failures"]
+    assert {x["aspect"] for x in d["aspects"]} >= {"spectral_brightness", "dynamics"}
+    recs = d["recommendations"]["recommendations"]
+    assert len(recs) == 5 and all(x["track_id"] != "piano/bach_bwv846_prelude" for x in recs)
+    assert {"composer", "work", "instrument"} <= set(recs[0])
+
+
+def test_demo_offline_default_model_says_what_to_do():
+    r = runner.invoke(app, ["demo", "--device", "cpu"])
+    assert r.exit_code == 2
+    assert "not in the Hugging Face cache" in r.output and "--model DIR" in r.output
