@@ -241,3 +241,53 @@ def test_unsupported_device_is_an_error(music_dir, tiny_ckpt):
     assert r.exit_code == 2 and "no CUDA device" in r.output
     r = runner.invoke(app, ["extract", str(music_dir), "--model", str(tiny_ckpt), "--device", "cpu", "--precision", "float16"])
     assert r.exit_code == 2 and "float16" in r.output
+
+
+def test_default_dataset_name_and_configured_dataset(tmp_path, tiny_ckpt):
+    d = tmp_path / "My Music!"
+    write_audio(d / "x.wav", 2.0, 24000)
+    r = mess("extract", d, "--model", tiny_ckpt, "--device", "cpu", "-q")
+    assert r.exit_code == 0 and FeatureStore.open("My_Music").track_ids() == ["x"]
+    with open(os.environ["MESS_CONFIG"], "w") as f:
+        f.write(f'[datasets.mine]\npath = "{d}"\nkind = "folder"\n')
+    r = mess("extract", "--dataset", "mine", "--model", tiny_ckpt, "--device", "cpu", "-q")
+    assert r.exit_code == 0 and FeatureStore.open("mine").track_ids() == ["x"]
+    r = runner.invoke(app, ["extract", "--dataset", "unknown"])
+    assert r.exit_code == 2 and "not configured" in r.output
+
+
+def test_smd_tree_gets_ids_and_labels_and_probes_by_work(tmp_path, tiny_ckpt):
+    d = tmp_path / "SMD"
+    names = ["Bach_BWV849-01_001_20090916-SMD", "Bach_BWV849-02_001_20090916-SMD", "Chopin_Op028-01_003_20100611-SMD",
+             "Chopin_Op028-04_003_20100611-SMD", "Ravel_JeuxDEau_008_20110315-SMD", "Mozart_KV265_006_20110315-SMD",
+             "Brahms_Op005-01_002_20110315-SMD"]  # fmt: skip
+    for i, n in enumerate(names):
+        write_audio(d / f"{n}.wav", 2.2, 22050, freq=200 + 60 * i, seed=i)
+    r = mess("extract", d, "--model", tiny_ckpt, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    store = FeatureStore.open("SMD")
+    assert store.manifest["source"]["kind"] == "smd"
+    assert "Bach_BWV849-01" in store.track_ids() and "Ravel_JeuxDEau" in store.track_ids()
+    assert store.labels("Chopin_Op028-04") == {"composer": "Chopin", "work": "Chopin_Op028", "movement": "04",
+                                               "performer": "003", "date": "20100611"}  # fmt: skip
+    r = runner.invoke(app, ["probe", "--dataset", "SMD", "--group-by", "work", "--folds", "3", "--bootstrap", "20", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_groups"] == 5
+
+
+def test_orphaned_track_files_are_adopted_not_recomputed(music_dir, tiny_ckpt, monkeypatch):
+    """A writer killed between a track file and the manifest update loses nothing: the next run
+    lists the finished file (same model and settings) without model work."""
+    assert mess("extract", music_dir, "--dataset", "o", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
+    store = FeatureStore.open("o")
+    before = store.load("a")["segments"]
+    manifest = json.loads((store.root / "manifest.json").read_text())
+    manifest["tracks"].pop("a")
+    (store.root / "manifest.json").write_text(json.dumps(manifest))  # as if killed before listing "a"
+    import messai.models.mert as mert
+
+    with monkeypatch.context() as m:
+        m.setattr(mert, "load_mert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model work")))
+        r = runner.invoke(app, ["extract", str(music_dir), "--dataset", "o", "--model", str(tiny_ckpt)])
+    assert r.exit_code == 0 and "2 up to date" in r.output
+    np.testing.assert_array_equal(FeatureStore.open("o").load("a")["segments"], before)

@@ -216,7 +216,7 @@ class FeatureExtractor:
                     return
                 n_out = 0
                 blocks = stream_mono(track.path, self.sample_rate)
-                for start, samples in iter_windows(_counting(blocks, lambda n: None), self.window, self.sample_rate):
+                for start, samples in iter_windows(blocks, self.window, self.sample_rate):
                     targets = self._targets(samples)
                     if not put(("window", ti, start, normalize_window(samples) if self.checkpoint.do_normalize else samples, targets)):
                         return
@@ -278,12 +278,6 @@ class FeatureExtractor:
                 duration_seconds=t.duration,
                 raw=[t.raw[i] for i in order] if keep_raw else None,
             )
-
-
-def _counting(blocks: Iterator[np.ndarray], on_samples: Callable[[int], None]) -> Iterator[np.ndarray]:
-    for b in blocks:
-        on_samples(len(b))
-        yield b
 
 
 class _suppress_all:
@@ -405,6 +399,14 @@ def open_store_for(settings, dataset: str, identity: dict[str, Any], ext_setting
     return FeatureStore.create(root, dataset=dataset, model=identity, settings=ext_settings)
 
 
+def default_dataset_name(root: Path) -> str:
+    """The folder's name, made a valid dataset name (``My Music!`` → ``My_Music``)."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.name).strip("._-")[:128]
+    return name or "dataset"
+
+
 def extract_dataset(
     path: str | os.PathLike,
     *,
@@ -429,7 +431,7 @@ def extract_dataset(
     if not root.is_dir():
         raise MessError(f"{root}: not a folder")
     root = root.resolve()
-    dataset = validate_dataset_name(dataset or root.name)
+    dataset = validate_dataset_name(dataset or default_dataset_name(root))
     tracks = datasets.scan(root, kind=kind, **(scan_options or {}))
     checkpoint = resolve_checkpoint(settings.model, revision=settings.revision)
     identity = checkpoint.identity()
@@ -446,6 +448,7 @@ def extract_dataset(
     t0 = time.perf_counter()
     with store.writer():
         store.manifest["source"] = {"root": str(root), "kind": kind or datasets.detect_kind(root)}
+        store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
         plan = plan_extraction(store, tracks, root, force=force)
         report.n_skipped = len(plan.skipped)
         if on_plan is not None:
@@ -489,16 +492,9 @@ def _store_result(store, result: TrackResult, plan: ExtractionPlan, root: Path, 
         "labels": dict(result.track.labels),
     }
     arrays = result_arrays(result, store_dtype=store_dtype)
-    arrays["meta"] = np.array(_json({"track_id": tid, **entry}))
     store.put(tid, arrays, entry)
     report.n_extracted += 1
     report.audio_seconds += result.duration_seconds
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, ensure_ascii=False)
 
 
 def recompute_targets(dataset: str, model: str | None = None, *, settings=None) -> ExtractionReport:
@@ -507,7 +503,7 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
     The file must still be where extraction found it and have the same content; otherwise the
     track is reported as failed and left untouched."""
     from messai.config import load_settings
-    from messai.store import FeatureStore, atomic_savez, file_content_hash
+    from messai.store import FeatureStore, file_content_hash
     from messai.targets import compute_targets
 
     settings = settings or load_settings()
@@ -536,11 +532,10 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
                 report.failures.append(str(exc))
                 continue
             with np.load(store._track_path(tid), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files if not k.startswith("target__")}
+                arrays = {k: z[k] for k in z.files if not k.startswith("target__") and k != "meta"}
             arrays.update({f"target__{k}": np.asarray(v, dtype=np.float32) for k, v in values.items()})
-            atomic_savez(store._track_path(tid), arrays)
-            entry["targets"] = sorted(values)
-            store.save_manifest()
+            entry = {k: v for k, v in entry.items() if k != "file"}  # features unchanged: keep extracted_at
+            store.put(tid, arrays, {**entry, "targets": sorted(values)})
             report.n_extracted += 1
     report.wall_seconds = time.perf_counter() - t0
     return report

@@ -1214,7 +1214,4 @@ def _without_controls(task: _Task) -> _Task:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# LayerDiscovery (store → probe_layers → results saved with the store) goes here: it reads a
-# FeatureStore's features, targets and track ids, calls `probe_layers`, and saves
-# `ProbeResults.to_dict()` as JSON beside the store.
+# LayerDiscovery (store → probe_layers → results saved with the store) is in messai.discovery.

@@ -129,9 +129,16 @@ class StoreSummary:
 class FeatureStore:
     """A feature store on disk. Open existing ones with ``FeatureStore.open(dataset)``."""
 
+    #: while writing, the manifest is rewritten at most this often (and when the writer ends);
+    #: track files written in between are adopted from their embedded metadata after a crash.
+    MANIFEST_INTERVAL_SECONDS = 1.0
+
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root = Path(root)
         self.manifest = manifest
+        self._dirty = False
+        self._saved_at = 0.0
+        self._writing = False  # inside writer(): manifest saves may be batched
 
     # ---------------------------------------------------------------- finding stores
     @staticmethod
@@ -328,25 +335,75 @@ class FeatureStore:
             # re-read: another writer may have finished between our open and our lock
             with contextlib.suppress(StoreError):
                 self.manifest = FeatureStore.at(self.root).manifest
-            yield self
+            self._writing = True
+            try:
+                yield self
+            finally:
+                self._writing = False
+                if self._dirty:
+                    self.save_manifest()
         finally:
             os.close(fd)
 
     def save_manifest(self) -> None:
+        import time
+
         self.manifest["updated"] = now_iso()
         atomic_write_json(self.root / "manifest.json", self.manifest)
+        self._dirty = False
+        self._saved_at = time.monotonic()
+
+    def _maybe_save(self) -> None:
+        import time
+
+        self._dirty = True
+        if not self._writing or time.monotonic() - self._saved_at >= self.MANIFEST_INTERVAL_SECONDS:
+            self.save_manifest()
+
+    def build_stamp(self) -> str:
+        """Hash of the model and settings: embedded in every track file, so an orphaned file is
+        adopted only by a store built the same way."""
+        blob = json.dumps([self.manifest["model"], self.manifest["settings"]], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def put(self, track_id: str, arrays: dict[str, np.ndarray], entry: dict[str, Any]) -> None:
-        """Store one track atomically (array file first, then the manifest that points at it)."""
+        """Store one track atomically: the array file (with its manifest entry embedded) first,
+        then the manifest that lists it (rewritten at most once a second while writing)."""
         name = track_file_name(track_id)
-        atomic_savez(self.root / "tracks" / name, arrays)
-        self.entries[track_id] = {**entry, "file": name, "extracted_at": now_iso()}
+        full = {"extracted_at": now_iso(), **entry, "file": name}  # callers may keep an extraction time
+        meta = json.dumps({"track_id": track_id, "build_stamp": self.build_stamp(), "entry": full}, ensure_ascii=False)
+        atomic_savez(self.root / "tracks" / name, {**arrays, "meta": np.array(meta)})
+        self.entries[track_id] = full
         self.manifest["failures"].pop(track_id, None)
-        self.save_manifest()
+        self._maybe_save()
+
+    def adopt_orphans(self) -> list[str]:
+        """List track files that a killed writer finished but never put in the manifest, when
+        they were built with this store's model and settings. Returns the adopted ids."""
+        listed = {e["file"] for e in self.entries.values()}
+        stamp, adopted = self.build_stamp(), []
+        for path in sorted((self.root / "tracks").glob("*.npz")):
+            if path.name in listed:
+                continue
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+            except (OSError, ValueError, KeyError):
+                meta = None
+            if not meta or meta.get("build_stamp") != stamp:
+                continue
+            tid = meta.get("track_id")
+            if not isinstance(tid, str) or track_file_name(tid) != path.name:
+                continue
+            self.entries[tid] = meta["entry"]
+            adopted.append(tid)
+        if adopted:
+            self.save_manifest()
+        return adopted
 
     def mark_failed(self, track_id: str, source: str, reason: str) -> None:
         self.manifest["failures"][track_id] = {"source": source, "reason": reason, "at": now_iso()}
-        self.save_manifest()
+        self._maybe_save()
 
     def remove(self, track_id: str) -> None:
         entry = self.entries.pop(track_id, None)

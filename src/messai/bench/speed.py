@@ -69,8 +69,14 @@ def _time_command(cmd: list[str], env: dict[str, str], runs: int) -> list[float]
 def bench_cold_start(*, n_tracks: int = 1000, runs: int = 7) -> dict[str, Any]:
     """Wall time of a cold ``mess recommend`` process on an ``n_tracks`` store (flat index
     cached) against ``python -c "import numpy, faiss, typer, rich"``, interleaved runs."""
+    import compileall
+
+    import messai
     from messai.index_cache import build_layer_index
 
+    # an editable install's modules are compiled on first import; with PYTHONDONTWRITEBYTECODE
+    # they never get cached, so compile them once, as uv's compile-bytecode does for dependencies
+    compileall.compile_dir(str(Path(messai.__file__).parent), quiet=1)
     mess = str(Path(sys.executable).with_name("mess"))
     with tempfile.TemporaryDirectory(prefix="mess-bench-") as tmp:
         home = Path(tmp)
