@@ -79,3 +79,18 @@ def test_demo_offline_default_model_says_what_to_do():
     r = runner.invoke(app, ["demo", "--device", "cpu"])
     assert r.exit_code == 2
     assert "not in the Hugging Face cache" in r.output and "--model DIR" in r.output
+
+
+def test_speed_benchmarks_run_at_small_sizes(tiny_ckpt):
+    """Structure only: speed targets are measured by `mess benchmark speed`, never asserted here."""
+    from messai.bench.extraction import bench_extraction
+    from messai.bench.speed import bench_cold_start, bench_probe, bench_queries
+
+    ext = bench_extraction(model=str(tiny_ckpt), n_files=1, seconds_per_file=3.0, repeats=1)
+    assert ext["n_windows"] == 1 and ext["pipeline_over_bare"] > 0 and ext["audio_seconds"] == 3.0
+    q = bench_queries(n_flat=300, n_hnsw=1000, dim=16, n_queries=20)
+    assert q["flat"]["n"] == 300 and 0 <= q["hnsw"]["recall_at_10"] <= 1 and q["hnsw"]["p50_ms"] > 0
+    p = bench_probe(n_samples=200, n_layers=2, dim=8, n_groups=20, folds=3)
+    assert p["n_outputs"] == 41 and p["seconds"] > 0
+    c = bench_cold_start(n_tracks=20, runs=1)
+    assert c["ratio"] > 0 and c["n_tracks"] == 20

@@ -73,3 +73,21 @@ def test_targets_recomputed_from_audio(small_store):
     r = runner.invoke(app, ["targets", "--dataset", "lib"])
     assert r.exit_code == 0, r.output
     np.testing.assert_allclose(FeatureStore.open("lib").load("w0/t0")["targets"]["spectral_centroid"], before, rtol=1e-6)
+
+
+def test_random_model_control_store(small_store, tmp_path):
+    from messai.models.mert import write_random_checkpoint
+
+    rand = write_random_checkpoint(tmp_path / "rand", like=FeatureStore.open("lib").model_id, seed=3)
+    r = runner.invoke(app, ["extract", str(small_store), "--dataset", "lib-rand", "--model", str(rand), "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["probe", "--dataset", "lib", "--control-store", "lib-rand", "--folds", "4", "--bootstrap", "20", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["random_model"] is True
+    cent = d["targets"]["spectral_centroid"]
+    assert len(cent["random_model_r2"]) == 3 and cent["selectivity_baseline"] == "random_model"
+    expected = [a - b for a, b in zip(cent["r2"], cent["random_model_r2"])]
+    np.testing.assert_allclose(cent["selectivity"], expected, atol=1e-9)
+    r = runner.invoke(app, ["probe", "--dataset", "lib", "--control-store", "nope"])
+    assert r.exit_code == 2 and "nope" in r.output

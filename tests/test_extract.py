@@ -291,3 +291,20 @@ def test_orphaned_track_files_are_adopted_not_recomputed(music_dir, tiny_ckpt, m
         r = runner.invoke(app, ["extract", str(music_dir), "--dataset", "o", "--model", str(tiny_ckpt)])
     assert r.exit_code == 0 and "2 up to date" in r.output
     np.testing.assert_array_equal(FeatureStore.open("o").load("a")["segments"], before)
+
+
+def test_maestro_tree_with_split_and_limit(tmp_path, tiny_ckpt):
+    from tests.dataset_fixtures import make_maestro
+
+    d = tmp_path / "maestro-v3.0.0"
+    expected = make_maestro(d)
+    for tid in expected:  # the fixture's tones are shorter than a window: make them 1.5 s
+        write_audio(d / f"{tid}.wav", 1.5, 44100)
+    train = sorted(t for t, lab in expected.items() if lab["split"] == "train")
+    r = mess("extract", d, "--dataset", "m", "--split", "train", "--limit", "1", "--model", tiny_ckpt, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    store = FeatureStore.open("m")
+    assert store.manifest["source"]["kind"] == "maestro"
+    assert len(store.track_ids()) == 1 and store.track_ids()[0] in train
+    labels = store.labels(store.track_ids()[0])
+    assert labels["split"] == "train" and labels["work"] == labels["title"]
