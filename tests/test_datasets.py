@@ -147,11 +147,15 @@ def test_folder_decomposed_unicode_file_names_match_metadata(tmp_path):
     assert track.labels == {"composer": "Dvořák"}
 
 
-def test_folder_same_id_twice_is_an_error(tmp_path):
+def test_folder_same_id_twice_rejects_both_and_keeps_the_rest(tmp_path):
     write_tone(tmp_path / "x.wav")
     write_tone(tmp_path / "x.flac")
-    with pytest.raises(DatasetError, match="same track id 'x'"):
-        folder.scan(tmp_path)
+    write_tone(tmp_path / "y.wav")
+    tracks = folder.scan(tmp_path)
+    assert [t.track_id for t in tracks] == ["y"]
+    assert len(tracks.rejected) == 2
+    assert all("same track id 'x'" in line and "both skipped" in line for line in tracks.rejected)
+    assert {line.split(": ")[0] for line in tracks.rejected} == {str(tmp_path / "x.wav"), str(tmp_path / "x.flac")}
 
 
 def test_folder_metadata_variants(tmp_path):

@@ -55,7 +55,7 @@ def test_stdout_is_clean_and_notices_go_to_stderr(store):
                        capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
     assert p.returncode == 0, p.stderr
     json.loads(p.stdout)  # nothing but the result on stdout
-    assert "built the layer 0 index" in p.stderr
+    assert "building the layer 0 index" in p.stderr
 
 
 def test_pipeline_from_tracks_ids(store):
@@ -116,7 +116,7 @@ def test_stale_index_is_rebuilt_with_notice_or_refused(store, isolated_env):
     r = runner.invoke(app, ["recommend", "-d", "syn", "--track", "c0/track 004", "--layer", "0", "-f", "json"])
     assert r.exit_code == 0 and "stale" in r.stderr
     r = runner.invoke(app, ["recommend", "-d", "syn", "--track", "c0/track 004", "--layer", "0", "--kind", "hnsw"])
-    assert r.exit_code == 2 and "stale" in r.output and "mess index --dataset syn --layers 0 --kind hnsw" in r.output
+    assert r.exit_code == 2 and "stale" in r.output and "mess index --dataset syn --model synthetic/model --layers 0 --kind hnsw --normalize center" in r.output
 
 
 def test_index_is_incremental_when_tracks_are_added(store, isolated_env):

@@ -115,7 +115,7 @@ def aspect_map(store, *, min_r2: float | None = None) -> dict[str, AspectLayer]:
     ``min_r2`` defaults to the threshold the probe was run with (0.5 unless changed). Entries
     are marked ``stale`` when the store changed after the probe."""
     probe, meta = load_probe(store)
-    stale = bool(meta) and meta.get("store_fingerprint") != store.fingerprint()
+    stale = bool(meta) and meta.get("store_fingerprint") != store.fingerprint(probe_inputs=True)
     if min_r2 is None:
         min_r2 = float((meta or {}).get("min_r2", 0.5))
     return aspect_map_from_probe(probe, min_r2=min_r2, stale=stale)

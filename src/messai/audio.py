@@ -58,7 +58,58 @@ def audio_info(path: str | Path) -> AudioInfo:
         raise AudioError(f"{path}: not a readable audio file ({_short(exc)})") from None
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioError(f"{path}: invalid header (sample rate {info.samplerate}, {info.channels} channels)")
+    truncated = _container_truncation(path, str(info.format), size)
+    if truncated:
+        raise AudioError(f"{path}: truncated: {truncated}")
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
+
+
+def _container_truncation(path: Path, fmt: str, size: int) -> str | None:
+    """Why the container says the file is cut short, or None. libsndfile silently decodes what is
+    there for WAV/AIFF/Ogg (its frame count follows the bytes present), so check the container:
+    the data chunk's declared size (RIFF/RF64/AIFF) or the final Ogg page (complete, end of stream)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if fmt in ("WAV", "WAVEX") and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                pos = 12
+                while pos + 8 <= size:
+                    f.seek(pos)
+                    cid, length = struct.unpack("<4sI", f.read(8))
+                    if cid == b"data":
+                        if length not in (0, 0xFFFFFFFF) and pos + 8 + length > size:
+                            return f"the data chunk declares {length} bytes, {size - pos - 8} are present"
+                        return None
+                    pos += 8 + length + (length & 1)
+                return "no data chunk"
+            if fmt == "AIFF" and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+                pos = 12
+                while pos + 8 <= size:
+                    f.seek(pos)
+                    cid, length = struct.unpack(">4sI", f.read(8))
+                    if cid == b"SSND":
+                        if pos + 8 + length > size:
+                            return f"the sound data chunk declares {length} bytes, {size - pos - 8} are present"
+                        return None
+                    pos += 8 + length + (length & 1)
+                return "no sound data chunk"
+            if fmt == "OGG" and head[:4] == b"OggS":
+                f.seek(max(0, size - 65536))
+                tail = f.read()
+                last = tail.rfind(b"OggS")
+                if last < 0 or last + 27 > len(tail):
+                    return "the last Ogg page is incomplete"
+                n_segments = tail[last + 26]
+                lacing = tail[last + 27 : last + 27 + n_segments]
+                if len(lacing) < n_segments or last + 27 + n_segments + sum(lacing) > len(tail):
+                    return "the last Ogg page is incomplete"
+                if not tail[last + 5] & 0x04:
+                    return "the Ogg stream has no end-of-stream page"
+    except (OSError, struct.error):
+        return None
+    return None
 
 
 def _looks_like_mp3(path: Path) -> bool:
@@ -213,14 +264,16 @@ class WindowSpec:
 
 def window_starts(n_samples: int, segment: int, hop: int, minimum: int) -> list[tuple[int, int]]:
     """``(start, length)`` of each window of a signal of ``n_samples``: full windows every
-    ``hop``, then one tail at its own length if at least ``minimum`` samples remain uncovered
-    by a window start. No window is ever zero-padded."""
+    ``hop``, then one tail at its own length if at least ``minimum`` samples remain from the
+    next start and it reaches past the last full window (with hop < segment a tail inside the
+    last window would only repeat it). No window is ever zero-padded."""
     out: list[tuple[int, int]] = []
     start = 0
     while start + segment <= n_samples:
         out.append((start, segment))
         start += hop
-    if n_samples - start >= minimum and start < n_samples:
+    covered = out[-1][0] + segment if out else 0
+    if n_samples - start >= minimum and start < n_samples and n_samples > covered:
         out.append((start, n_samples - start))
     return out
 
@@ -246,7 +299,8 @@ def iter_windows(blocks: Iterator[np.ndarray], spec: WindowSpec, sample_rate: in
             buf = buf[drop:]
             buf_start += drop
     total = buf_start + len(buf)
-    if total - next_start >= minimum and next_start < total:
+    covered = next_start - hop + segment if next_start > 0 else 0
+    if total - next_start >= minimum and next_start < total and total > covered:
         yield next_start, buf[next_start - buf_start :].copy()
 
 

@@ -142,7 +142,7 @@ class LayerDiscovery:
         meta: dict[str, Any] = {
             "dataset": self.store.dataset,
             "model": self.store.model_id,
-            "store_fingerprint": self.store.fingerprint(),
+            "store_fingerprint": self.store.fingerprint(probe_inputs=True),
             "group_by": self.group_by,
             "control_store": self.control.dataset if self.control else None,
             "min_r2": self.min_r2,

@@ -8,6 +8,7 @@ the proxy targets while the model runs on the current batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -22,7 +23,7 @@ import numpy as np
 
 from messai.audio import WindowSpec, audio_info, iter_windows, normalize_window, stream_mono
 from messai.datasets.base import TrackInfo
-from messai.errors import AudioError, MessError, StoreError
+from messai.errors import AudioError, ConfigError, MessError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class TrackResult:
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n_segments(, k)]
     duration_seconds: float = 0.0
     raw: list[np.ndarray] | None = None  # per window [n_layers, frames, dim] (keep_raw only)
+    source: tuple[int, int, str] | None = None  # (size, mtime_ns, content hash) of the file as read
     error: str | None = None  # "path: reason" when the track failed
 
     @property
@@ -51,6 +53,7 @@ class _Track:
     windows: int = 0
     expected: int | None = None
     duration: float = 0.0
+    source: tuple[int, int, str] | None = None
     pooled: dict[int, np.ndarray] = field(default_factory=dict)
     raw: dict[int, np.ndarray] = field(default_factory=dict)
     starts: list[int] = field(default_factory=list)
@@ -91,6 +94,13 @@ class FeatureExtractor:
         self.precision = precision
         self.checkpoint = model if isinstance(model, MertCheckpoint) else resolve_checkpoint(model, revision=revision)
         self.window = WindowSpec(segment_seconds, hop_seconds, min_seconds)
+        shortest = min(self.window.samples(self.sample_rate)[0], self.window.samples(self.sample_rate)[2])
+        rf = self.checkpoint.receptive_field
+        if shortest < rf:
+            raise ConfigError(
+                f"windows must be at least {rf} samples ({rf / self.sample_rate:.3f} s) "
+                "long, MERT's receptive field: raise --min-seconds / --segment-seconds"
+            )
         self.batch_size = batch_size or default_batch_size(self.device)
         self.compute_targets = compute_targets
         self.prefetch_windows = max(prefetch_windows, 2 * self.batch_size)
@@ -137,60 +147,69 @@ class FeatureExtractor:
         on_window: Callable[[TrackInfo, float], None] | None = None,
     ) -> Iterator[TrackResult]:
         """Extract every track, yielding one ``TrackResult`` per track as soon as it is complete
-        (failed tracks too, with ``error`` set). Decoding runs ahead in a background thread."""
+        (failed tracks too, with ``error`` set). Decoding runs ahead in a background thread.
+
+        A failure — unreadable audio, or a model forward that raises — fails that track only."""
         tracks = list(tracks)
         q: queue.Queue = queue.Queue(maxsize=self.prefetch_windows)
         stop = threading.Event()
         producer = threading.Thread(target=self._produce, args=(tracks, q, stop), daemon=True, name="mess-decode")
         producer.start()
-        state: dict[int, _Track] = {}
-        pending: list[tuple[int, int, np.ndarray]] = []
+        run = _RunState(tracks)
         segment_len = self.window.samples(self.sample_rate)[0]
         try:
             while True:
-                item = q.get()
+                item = self._next_item(q, producer)
                 if item is _END:
                     break
                 kind, ti = item[0], item[1]
+                if ti in run.dead:
+                    continue  # the rest of a track that already failed
                 if kind == "start":
-                    state[ti] = _Track(tracks[ti])
+                    run.state[ti] = _Track(tracks[ti])
                 elif kind == "window":
                     _, _, start, samples, targets = item
-                    t = state[ti]
+                    t = run.state[ti]
                     wi = t.windows
                     t.windows += 1
                     t.starts.append(start)
                     t.lengths.append(len(samples))
                     t.targets.append(targets)
                     if len(samples) != segment_len:  # a tail: run it alone, at its own length
-                        self._forward([(ti, wi, samples)], state, keep_raw)
+                        self._forward(run, [(ti, wi, samples)], keep_raw)
                     else:
-                        pending.append((ti, wi, samples))
-                        if len(pending) >= self.batch_size:
-                            self._forward(pending, state, keep_raw)
-                            pending = []
+                        run.pending.append((ti, wi, samples))
+                        if len(run.pending) >= self.batch_size:
+                            self._flush(run, keep_raw)
                     if on_window is not None:
                         on_window(t.info, len(samples) / self.sample_rate)
                 elif kind == "end":
-                    state[ti].expected = state[ti].windows
-                    state[ti].duration = item[2]
+                    t = run.state[ti]
+                    t.expected, t.duration, t.source = t.windows, item[2], item[3]
+                    if q.empty() and run.pending:
+                        # the decoder is behind: don't hold finished tracks hostage to a full batch
+                        self._flush(run, keep_raw)
                 elif kind == "fail":
-                    state.pop(ti, None)
-                    pending = [p for p in pending if p[0] != ti]
-                    yield TrackResult(tracks[ti], error=item[2])
-                if kind == "end" and q.empty() and pending:
-                    # the decoder is behind: don't hold finished tracks hostage to a full batch
-                    self._forward(pending, state, keep_raw)
-                    pending = []
-                yield from self._finished(state, keep_raw)
-            if pending:
-                self._forward(pending, state, keep_raw)
-            yield from self._finished(state, keep_raw)
+                    run.fail(ti, item[2])
+                yield from run.take_failures()
+                yield from self._finished(run.state, keep_raw)
+            self._flush(run, keep_raw)
+            yield from run.take_failures()
+            yield from self._finished(run.state, keep_raw)
         finally:
             stop.set()
-            with _suppress_all():
+            with contextlib.suppress(queue.Empty):
                 while True:
                     q.get_nowait()
+
+    @staticmethod
+    def _next_item(q: queue.Queue, producer: threading.Thread):
+        while True:
+            try:
+                return q.get(timeout=1.0)
+            except queue.Empty:
+                if not producer.is_alive() and q.empty():
+                    raise MessError("the decoding thread stopped unexpectedly; see the log") from None
 
     # ------------------------------------------------------------------ internals
     def _produce(self, tracks: list[TrackInfo], q: queue.Queue, stop: threading.Event) -> None:
@@ -207,23 +226,10 @@ class FeatureExtractor:
             if stop.is_set():
                 return
             try:
-                info = audio_info(track.path)
-                if info.duration_seconds < self.window.min_seconds and info.frames > 0:
-                    raise AudioError(
-                        f"{track.path}: too short ({info.duration_seconds:.2f} s < --min-seconds {self.window.min_seconds:g})"
-                    )
-                if not put(("start", ti)):
+                source = self._decode_track(ti, track, put)
+                if source is None:
                     return
-                n_out = 0
-                blocks = stream_mono(track.path, self.sample_rate)
-                for start, samples in iter_windows(blocks, self.window, self.sample_rate):
-                    targets = self._targets(samples)
-                    if not put(("window", ti, start, normalize_window(samples) if self.checkpoint.do_normalize else samples, targets)):
-                        return
-                    n_out += 1
-                if n_out == 0:
-                    raise AudioError(f"{track.path}: too short (no window of at least {self.window.min_seconds:g} s)")
-                if not put(("end", ti, info.duration_seconds)):
+                if not put(("end", ti, *source)):
                     return
             except AudioError as exc:
                 if not put(("fail", ti, str(exc))):
@@ -237,6 +243,35 @@ class FeatureExtractor:
                     return
         put(_END)
 
+    def _decode_track(self, ti: int, track: TrackInfo, put) -> tuple[float, tuple[int, int, str]] | None:
+        """Send one track's windows; return ``(duration, (size, mtime_ns, content hash))`` of the
+        file as read (None when stopped). A file that changes while it is read fails."""
+        from messai.store import file_content_hash
+
+        path = track.path
+        try:
+            before = path.stat()
+        except OSError as exc:
+            raise AudioError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        info = audio_info(path)
+        if info.duration_seconds < self.window.min_seconds and info.frames > 0:
+            raise AudioError(f"{path}: too short ({info.duration_seconds:.2f} s < --min-seconds {self.window.min_seconds:g})")
+        digest = file_content_hash(path)
+        if not put(("start", ti)):
+            return None
+        n_out = 0
+        for start, samples in iter_windows(stream_mono(path, self.sample_rate), self.window, self.sample_rate):
+            targets = self._targets(samples)
+            if not put(("window", ti, start, normalize_window(samples) if self.checkpoint.do_normalize else samples, targets)):
+                return None
+            n_out += 1
+        if n_out == 0:
+            raise AudioError(f"{path}: too short (no window of at least {self.window.min_seconds:g} s)")
+        after = path.stat()
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise AudioError(f"{path}: changed while it was being read; run again")
+        return info.duration_seconds, (before.st_size, before.st_mtime_ns, digest)
+
     def _targets(self, samples: np.ndarray) -> dict[str, np.ndarray]:
         if not self.compute_targets:
             return {}
@@ -245,18 +280,37 @@ class FeatureExtractor:
         values = compute_targets([samples], self.sample_rate)
         return {k: np.asarray(v)[0] for k, v in values.items()}
 
-    def _forward(self, items: list[tuple[int, int, np.ndarray]], state: dict[int, _Track], keep_raw: bool) -> None:
+    def _flush(self, run: "_RunState", keep_raw: bool) -> None:
+        if run.pending:
+            items, run.pending = run.pending, []
+            self._forward(run, items, keep_raw)
+
+    def _forward(self, run: "_RunState", items: list[tuple[int, int, np.ndarray]], keep_raw: bool) -> None:
+        """Forward a batch; if it raises, retry its windows one by one and fail only the tracks
+        whose own window cannot be computed."""
         import torch
 
         from messai.models.mert import pooled_hidden_states
 
-        batch = torch.from_numpy(np.stack([s for _, _, s in items]))
-        pooled, raw = pooled_hidden_states(self.loaded, batch, keep_raw=keep_raw)
+        items = [it for it in items if it[0] in run.state]
+        if not items:
+            return
+        try:
+            batch = torch.from_numpy(np.stack([s for _, _, s in items]))
+            pooled, raw = pooled_hidden_states(self.loaded, batch, keep_raw=keep_raw)
+        except MessError:
+            raise  # the model itself cannot be loaded: nothing will work
+        except Exception as exc:
+            if len(items) > 1:
+                for item in items:
+                    self._forward(run, [item], keep_raw)
+                return
+            ti = items[0][0]
+            run.fail(ti, f"{run.tracks[ti].path}: model forward failed ({type(exc).__name__}: {str(exc)[:200]})")
+            return
         pooled = pooled.numpy()
         for j, (ti, wi, _) in enumerate(items):
-            t = state.get(ti)
-            if t is None:
-                continue
+            t = run.state[ti]
             t.pooled[wi] = pooled[j]
             if keep_raw:
                 t.raw[wi] = raw[j].numpy()
@@ -276,16 +330,30 @@ class FeatureExtractor:
                 lengths=np.asarray(t.lengths, dtype=np.int64),
                 targets={n: np.stack([np.asarray(row[n]) for row in t.targets]) for n in names},
                 duration_seconds=t.duration,
+                source=t.source,
                 raw=[t.raw[i] for i in order] if keep_raw else None,
             )
 
 
-class _suppress_all:
-    def __enter__(self):
-        return self
+@dataclass
+class _RunState:
+    """Book-keeping of one ``FeatureExtractor.run``: tracks in flight, pending batch, failures."""
 
-    def __exit__(self, *exc) -> bool:
-        return True
+    tracks: list[TrackInfo]
+    state: dict[int, _Track] = field(default_factory=dict)
+    pending: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    dead: set[int] = field(default_factory=set)
+    failures: list[TrackResult] = field(default_factory=list)
+
+    def fail(self, ti: int, error: str) -> None:
+        self.state.pop(ti, None)
+        self.dead.add(ti)
+        self.pending = [p for p in self.pending if p[0] != ti]
+        self.failures.append(TrackResult(self.tracks[ti], error=error))
+
+    def take_failures(self) -> list[TrackResult]:
+        out, self.failures = self.failures, []
+        return out
 
 
 def result_arrays(result: TrackResult, *, store_dtype: str = "float16") -> dict[str, np.ndarray]:
@@ -334,7 +402,6 @@ class ExtractionPlan:
     tracks: list[TrackInfo]
     todo: list[TrackInfo]
     skipped: list[TrackInfo]
-    hashes: dict[str, tuple[int, int, str | None]]  # track_id -> (size, mtime_ns, content hash)
 
 
 def store_settings(extractor_settings: dict[str, Any]) -> dict[str, Any]:
@@ -342,61 +409,56 @@ def store_settings(extractor_settings: dict[str, Any]) -> dict[str, Any]:
     return {k: extractor_settings[k] for k in keys}
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def plan_extraction(store, tracks: list[TrackInfo], root: Path, *, force: bool) -> ExtractionPlan:
-    """Which tracks need work: new, changed (size/mtime differ and content hash differs), or all
-    with ``force``. Unchanged content with a new mtime is refreshed without model work."""
+def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> ExtractionPlan:
+    """Which tracks need work: new ones, changed ones (size/mtime differ and so does the content
+    hash), ones whose track file is missing, or all with ``force``. Unchanged content with a new
+    mtime is refreshed without model work."""
     from messai.store import file_content_hash
 
-    todo, skipped, hashes = [], [], {}
+    todo, skipped = [], []
     for t in tracks:
-        try:
-            size, mtime = _stat(t.path)
-        except OSError:
-            todo.append(t)
-            continue
         entry = store.entries.get(t.track_id)
-        if force or entry is None:
-            hashes[t.track_id] = (size, mtime, None)
+        if force or entry is None or not store.has_track_file(t.track_id):
             todo.append(t)
             continue
-        if entry.get("size") == size and entry.get("mtime_ns") == mtime:
-            skipped.append(t)
+        try:
+            st = t.path.stat()
+        except OSError:
+            todo.append(t)  # the extractor reports why it cannot be read
             continue
-        digest = file_content_hash(t.path)
-        hashes[t.track_id] = (size, mtime, digest)
-        if digest == entry.get("content_hash"):
-            entry.update(size=size, mtime_ns=mtime)
+        if entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+            skipped.append(t)
+        elif file_content_hash(t.path) == entry.get("content_hash"):
+            entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
             skipped.append(t)
         else:
             todo.append(t)
-    return ExtractionPlan(tracks, todo, skipped, hashes)
+    return ExtractionPlan(tracks, todo, skipped)
 
 
-def open_store_for(settings, dataset: str, identity: dict[str, Any], ext_settings: dict[str, Any], *, force: bool):
-    """Open or create the store of ``dataset`` × model; refuse to mix incompatible settings."""
-    from messai.store import FeatureStore, model_slug
+def store_root_for(settings, dataset: str, identity: dict[str, Any]) -> Path:
+    from messai.store import model_slug
 
-    root = settings.stores_dir / dataset / model_slug(identity)
-    if (root / "manifest.json").is_file():
-        store = FeatureStore.at(root)
-        old = {k: store.settings.get(k) for k in ext_settings}
-        model_changed = {k: (store.model.get(k), v) for k, v in identity.items() if store.model.get(k) != v}
-        if (old != ext_settings or model_changed) and not force and store.entries:
-            diffs = [f"{k}: {old[k]} → {ext_settings[k]}" for k in ext_settings if old[k] != ext_settings[k]]
-            diffs += [f"model {k}: {a} → {b}" for k, (a, b) in model_changed.items()]
+    return settings.stores_dir / dataset / model_slug(identity)
+
+
+def reconcile_build(store, identity: dict[str, Any], ext_settings: dict[str, Any], *, force: bool) -> None:
+    """Under the store's lock: refuse to mix models or settings in one store unless ``force``;
+    with ``force``, a store built differently is emptied (its tracks are all redone anyway)."""
+    old_settings = {k: store.settings.get(k) for k in ext_settings}
+    changed = [f"{k}: {old_settings[k]} → {v}" for k, v in ext_settings.items() if old_settings[k] != v]
+    changed += [f"model {k}: {store.model.get(k)} → {v}" for k, v in identity.items() if store.model.get(k) != v]
+    if changed and store.entries:
+        if not force:
             raise StoreError(
-                f"{root}: store was built with different settings ({'; '.join(diffs)}); "
+                f"{store.root}: store was built with different settings ({'; '.join(changed)}); "
                 "re-run with --force to rebuild it, or use another --dataset name"
             )
-        store.manifest["model"] = identity
-        store.manifest["settings"] = ext_settings
-        return store
-    return FeatureStore.create(root, dataset=dataset, model=identity, settings=ext_settings)
+        store.entries.clear()
+    if changed:
+        store.manifest["failures"] = {}
+    store.manifest["model"] = identity
+    store.manifest["settings"] = ext_settings
 
 
 def default_dataset_name(root: Path) -> str:
@@ -414,6 +476,7 @@ def extract_dataset(
     settings=None,
     kind: str | None = None,
     force: bool = False,
+    prune: bool = False,
     scan_options: dict[str, Any] | None = None,
     on_plan: Callable[[ExtractionPlan], None] | None = None,
     on_window: Callable[[TrackInfo, float], None] | None = None,
@@ -421,10 +484,12 @@ def extract_dataset(
 ) -> ExtractionReport:
     """Extract every audio file under ``path`` into the store of ``dataset`` (default: the
     folder's name). Returns a report; failures are listed, never raised (exit status is the
-    caller's business)."""
+    caller's business). ``prune`` drops stored tracks whose audio file no longer exists."""
     from messai import datasets
     from messai.config import load_settings, validate_dataset_name
+    from messai.device import select_device, select_dtype
     from messai.models.mert import resolve_checkpoint
+    from messai.store import FeatureStore
 
     settings = settings or load_settings()
     root = Path(path).expanduser()
@@ -432,7 +497,9 @@ def extract_dataset(
         raise MessError(f"{root}: not a folder")
     root = root.resolve()
     dataset = validate_dataset_name(dataset or default_dataset_name(root))
+    kind = kind or datasets.detect_kind(root)
     tracks = datasets.scan(root, kind=kind, **(scan_options or {}))
+    select_dtype(settings.precision, select_device(settings.device))  # fail before touching the store
     checkpoint = resolve_checkpoint(settings.model, revision=settings.revision)
     identity = checkpoint.identity()
     if settings.revision:
@@ -442,57 +509,88 @@ def extract_dataset(
              hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
              do_normalize=checkpoint.do_normalize, store_dtype=settings.store_dtype, precision=settings.precision)
     )  # fmt: skip
-    store = open_store_for(settings, dataset, identity, ext_settings, force=force)
+    store_root = store_root_for(settings, dataset, identity)
+    new_store = not (store_root / "manifest.json").is_file()
+    store = FeatureStore.create(store_root, dataset=dataset, model=identity, settings=ext_settings) if new_store \
+        else FeatureStore.at(store_root)  # fmt: skip
     report = ExtractionReport(dataset=dataset, store_path=store.root, n_tracks=len(tracks),
-                              warnings=list(getattr(tracks, "warnings", [])))
+                              warnings=list(getattr(tracks, "warnings", [])),
+                              failures=list(getattr(tracks, "rejected", [])))  # fmt: skip
     t0 = time.perf_counter()
-    with store.writer():
-        store.manifest["source"] = {"root": str(root), "kind": kind or datasets.detect_kind(root)}
-        store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
-        plan = plan_extraction(store, tracks, root, force=force)
-        report.n_skipped = len(plan.skipped)
-        if on_plan is not None:
-            on_plan(plan)
-        for t in plan.skipped:  # labels may have changed in metadata.csv
-            if t.track_id in store.entries:
+    try:
+        with store.writer():
+            reconcile_build(store, identity, ext_settings, force=force)
+            store.manifest["source"] = {"root": str(root), "kind": kind}
+            store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
+            _tidy(store, root, tracks, prune=prune, report=report)
+            plan = plan_extraction(store, tracks, force=force)
+            report.n_skipped = len(plan.skipped)
+            if on_plan is not None:
+                on_plan(plan)
+            for t in plan.skipped:  # labels may have changed in metadata.csv
                 store.entries[t.track_id]["labels"] = dict(t.labels)
-        store.save_manifest()
-        if plan.todo:
-            extractor = FeatureExtractor(
-                checkpoint, device=settings.device, precision=settings.precision,
-                batch_size=settings.batch_size, segment_seconds=settings.segment_seconds,
-                hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
-            )  # fmt: skip
-            for result in extractor.run(plan.todo, on_window=on_window):
-                _store_result(store, result, plan, root, settings.store_dtype, report)
-                if on_track is not None:
-                    on_track(result)
+            store.save_manifest()
+            if plan.todo:
+                extractor = FeatureExtractor(
+                    checkpoint, device=settings.device, precision=settings.precision,
+                    batch_size=settings.batch_size, segment_seconds=settings.segment_seconds,
+                    hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
+                )  # fmt: skip
+                for result in extractor.run(plan.todo, on_window=on_window):
+                    _store_result(store, result, root, settings.store_dtype, report)
+                    if on_track is not None:
+                        on_track(result)
+    except BaseException:
+        if new_store and not store.entries and not store.manifest.get("failures"):
+            import shutil
+
+            shutil.rmtree(store.root, ignore_errors=True)  # don't leave an empty store behind
+        raise
     report.wall_seconds = time.perf_counter() - t0
     return report
 
 
-def _store_result(store, result: TrackResult, plan: ExtractionPlan, root: Path, store_dtype: str, report) -> None:
-    from messai.store import file_content_hash
+def _tidy(store, root: Path, tracks: list[TrackInfo], *, prune: bool, report: ExtractionReport) -> None:
+    """Forget failures of files that are gone; report (or with ``prune`` drop) stored tracks
+    whose audio file no longer exists. A partial scan (``--limit``) never counts as removal."""
+    scanned = {t.track_id for t in tracks}
+    for tid in [t for t, f in store.manifest["failures"].items() if t not in scanned and not (root / f.get("source", "")).exists()]:
+        store.manifest["failures"].pop(tid)
+    gone = sorted(t for t, e in store.entries.items() if t not in scanned and not (root / e.get("source", "")).exists())
+    if not gone:
+        return
+    if prune:
+        for tid in gone:
+            store.remove(tid)
+        report.warnings.append(f"pruned {len(gone)} tracks whose audio file is gone (first: {gone[0]})")
+    else:
+        report.warnings.append(
+            f"{len(gone)} stored tracks have no audio file under {root} any more (first: {gone[0]}); "
+            "they stay in the store; --prune drops them"
+        )
 
+
+def _store_result(store, result: TrackResult, root: Path, store_dtype: str, report) -> None:
     tid = result.track.track_id
     source = result.track.path.relative_to(root).as_posix()
     if not result.ok:
         report.failures.append(result.error)
-        store.mark_failed(tid, source, result.error.split(": ", 1)[-1])
+        prefix = f"{result.track.path}: "
+        reason = result.error[len(prefix):] if result.error.startswith(prefix) else result.error
+        store.mark_failed(tid, source, reason)
         return
-    size, mtime, digest = plan.hashes.get(tid) or (*_stat(result.track.path), None)
+    size, mtime, digest = result.source
     entry = {
         "source": source,
         "size": size,
         "mtime_ns": mtime,
-        "content_hash": digest or file_content_hash(result.track.path),
+        "content_hash": digest,
         "duration_seconds": round(result.duration_seconds, 6),
         "n_segments": int(result.segments.shape[0]),
         "targets": sorted(result.targets),
         "labels": dict(result.track.labels),
     }
-    arrays = result_arrays(result, store_dtype=store_dtype)
-    store.put(tid, arrays, entry)
+    store.put(tid, result_arrays(result, store_dtype=store_dtype), entry)
     report.n_extracted += 1
     report.audio_seconds += result.duration_seconds
 
@@ -503,7 +601,7 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
     The file must still be where extraction found it and have the same content; otherwise the
     track is reported as failed and left untouched."""
     from messai.config import load_settings
-    from messai.store import FeatureStore, file_content_hash
+    from messai.store import FeatureStore, file_content_hash, now_iso
     from messai.targets import compute_targets
 
     settings = settings or load_settings()
@@ -535,7 +633,7 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
                 arrays = {k: z[k] for k in z.files if not k.startswith("target__") and k != "meta"}
             arrays.update({f"target__{k}": np.asarray(v, dtype=np.float32) for k, v in values.items()})
             entry = {k: v for k, v in entry.items() if k != "file"}  # features unchanged: keep extracted_at
-            store.put(tid, arrays, {**entry, "targets": sorted(values)})
+            store.put(tid, arrays, {**entry, "targets": sorted(values), "targets_at": now_iso()})
             report.n_extracted += 1
     report.wall_seconds = time.perf_counter() - t0
     return report

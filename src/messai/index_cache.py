@@ -9,9 +9,11 @@ old tracks are unchanged and the additions are few (FAISS ``add``); otherwise it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,32 @@ def layer_vectors(store, layer: int, track_ids: list[str] | None = None) -> tupl
         raise ConfigError(f"layer {layer} out of range: the store's model has layers 0..{store.n_layers - 1}")
     out = np.empty((len(ids), store.dim), dtype=np.float32)
     for i, tid in enumerate(ids):
-        with np.load(store._track_path(tid), allow_pickle=False) as z:
-            out[i] = z["aggregated"][layer]
+        out[i] = store.load_aggregated(tid)[layer]
     return ids, out
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """One builder per index at a time (parallel 'mess recommend' processes may all find it stale)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def stale_command(store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None) -> str:
+    """The exact 'mess index' command that rebuilds one index."""
+    flags = {"M": "--hnsw-m", "efConstruction": "--ef-construction", "efSearch": "--ef-search", "nlist": "--nlist", "nprobe": "--nprobe"}
+    extra = "".join(f" {flags[k]} {v}" for k, v in (params or {}).items() if k in flags)
+    from shlex import quote
+
+    return (f"mess index --dataset {quote(store.dataset)} --model {quote(store.model_id)} --layers {layer} "
+            f"--kind {kind} --normalize {normalize}{extra}")  # fmt: skip
 
 
 @dataclass
@@ -66,10 +91,18 @@ def build_layer_index(home: Path, store, layer: int, *, normalize: str = "center
     """Build (or bring up to date) the index of one layer and save it atomically."""
     import time
 
-    from messai.index import LayerIndex, build_index
-
     t0 = time.perf_counter()
     path = index_dir(home, store, layer, normalize=normalize, kind=kind)
+    with _build_lock(path):
+        out = _build_locked(path, store, layer, normalize=normalize, kind=kind, params=params, force=force)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _build_locked(path: Path, store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None,
+                  force: bool) -> IndexOutcome:  # fmt: skip
+    from messai.index import LayerIndex, build_index
+
     fp = index_fingerprint(store, layer, normalize=normalize, kind=kind, params=params)
     ids = store.track_ids()
     if not ids:
@@ -81,23 +114,33 @@ def build_layer_index(home: Path, store, layer: int, *, normalize: str = "center
         except SearchIndexError:
             old = None
     if old is not None and old.fingerprint == fp:
-        return IndexOutcome(layer, path, "up to date", len(old), time.perf_counter() - t0)
-    meta = {"dataset": store.dataset, "model": store.model_id, "layer": layer, "versions": _versions(store, ids)}
-    if old is not None and old.meta.get("params_requested") == (params or {}):
+        return IndexOutcome(layer, path, "up to date", len(old))
+    versions = _versions(store, ids)
+    meta = {"dataset": store.dataset, "model": store.model_id, "layer": layer, "versions": versions,
+            "params_requested": params or {}}  # fmt: skip
+    # Appending keeps the old corpus statistics, so an exact flat index is only appended to when it
+    # has none (l2); flat center/zscore indices are cheap to rebuild and then equal a fresh build.
+    if old is not None and old.meta.get("params_requested") == (params or {}) and (kind != "flat" or normalize == "l2"):
         before = old.meta.get("versions", {})
         new_ids = [t for t in ids if t not in before]
-        unchanged = all(_versions(store, [t]).get(t) == v for t, v in before.items() if t in store) and set(before) <= set(ids)
+        unchanged = set(before) <= set(ids) and all(versions[t] == v for t, v in before.items())
         if unchanged and new_ids and len(new_ids) <= INCREMENTAL_MAX_FRACTION * len(before):
             _, vecs = layer_vectors(store, layer, new_ids)
             old.add(vecs, new_ids, fingerprint=fp)
-            old.meta.update(meta, params_requested=params or {})
-            old.save(path)
-            return IndexOutcome(layer, path, "appended", len(old), time.perf_counter() - t0)
+            old.meta.update(meta)
+            _save(old, path)
+            return IndexOutcome(layer, path, "appended", len(old))
     _, vecs = layer_vectors(store, layer, ids)
-    index = build_index(vecs, ids, kind=kind, normalize=normalize, params=params, fingerprint=fp,
-                        meta={**meta, "params_requested": params or {}})  # fmt: skip
-    index.save(path)
-    return IndexOutcome(layer, path, "built", len(index), time.perf_counter() - t0)
+    index = build_index(vecs, ids, kind=kind, normalize=normalize, params=params, fingerprint=fp, meta=meta)
+    _save(index, path)
+    return IndexOutcome(layer, path, "built", len(index))
+
+
+def _save(index, path: Path) -> None:
+    try:
+        index.save(path)
+    except OSError as exc:
+        raise SearchIndexError(f"{path}: cannot write the index ({exc.strerror or exc})") from None
 
 
 def load_layer_index(home: Path, store, layer: int, *, normalize: str = "center", kind: str = "flat",
@@ -107,6 +150,22 @@ def load_layer_index(home: Path, store, layer: int, *, normalize: str = "center"
     from messai.index import LayerIndex
 
     path = index_dir(home, store, layer, normalize=normalize, kind=kind)
+    index = _load_if_fresh(path, store, layer, normalize=normalize, kind=kind, on_notice=on_notice)
+    if index is not None:
+        return index
+    with _build_lock(path):  # another process may have rebuilt it meanwhile
+        index = _load_if_fresh(path, store, layer, normalize=normalize, kind=kind, on_notice=None)
+        if index is None:
+            _build_locked(path, store, layer, normalize=normalize, kind=kind, params=None, force=True)
+            index = LayerIndex.load(path)
+    return index
+
+
+def _load_if_fresh(path: Path, store, layer: int, *, normalize: str, kind: str, on_notice):
+    """The cached index if it is up to date; None when a flat one must be (re)built (with a
+    notice); SearchIndexError when an hnsw/ivf one is missing or stale."""
+    from messai.index import LayerIndex
+
     index = None
     if (path / "meta.json").is_file():
         try:
@@ -116,18 +175,17 @@ def load_layer_index(home: Path, store, layer: int, *, normalize: str = "center"
                 raise
             if on_notice:
                 on_notice(f"note: {exc}; rebuilding")
-    command = f"mess index --dataset {store.dataset} --layers {layer} --kind {kind} --normalize {normalize}"
+    params = index.meta.get("params_requested") if index is not None else None
+    command = stale_command(store, layer, normalize=normalize, kind=kind, params=params)
     if index is not None:
-        params = index.meta.get("params_requested") or {}
         if index.fingerprint == index_fingerprint(store, layer, normalize=normalize, kind=kind, params=params):
             return index
         if kind != "flat":
             raise SearchIndexError(f"the {kind} index of layer {layer} of {store.dataset!r} is stale (the store changed); run: {command}")
         if on_notice:
-            on_notice(f"note: layer {layer} index of {store.dataset!r} was stale (the store changed); rebuilt it")
+            on_notice(f"note: layer {layer} index of {store.dataset!r} was stale (the store changed); rebuilding it")
     elif kind != "flat":
         raise SearchIndexError(f"no {kind} index for layer {layer} of {store.dataset!r}; run: {command}")
     elif on_notice:
-        on_notice(f"note: built the layer {layer} index of {store.dataset!r} ({len(store)} tracks)")
-    build_layer_index(home, store, layer, normalize=normalize, kind=kind, force=True)
-    return LayerIndex.load(path)
+        on_notice(f"note: building the layer {layer} index of {store.dataset!r} ({len(store)} tracks)")
+    return None

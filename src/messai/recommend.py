@@ -96,13 +96,20 @@ class LayerBasedRecommender:
         return self._indices[layer]
 
     # ------------------------------------------------------------------ queries
-    def _plan(self, aspect: str | Sequence[str], layer: int | None) -> list[tuple[str, int, float]]:
+    def plan(self, aspect: str | Sequence[str], layer: int | None = None) -> list[tuple[str, int, float]]:
+        """``(aspect, layer, weight)`` per requested aspect; errors for unknown aspects or layers."""
+        from messai.aspects import ASPECTS
+
         specs = [aspect] if isinstance(aspect, str) else list(aspect)
         if not specs:
             raise ConfigError("give at least one aspect")
+        if layer is not None and not 0 <= layer < self.store.n_layers:
+            raise ConfigError(f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}")
         parts = []
         for spec in specs:
             name, weight = parse_aspect_spec(spec)
+            if layer is not None and name not in ASPECTS:
+                raise ConfigError(f"unknown aspect {name!r}; known: {', '.join(ASPECTS)}")
             parts.append((name, layer if layer is not None else self.layer_for(name), weight))
         return parts
 
@@ -140,7 +147,8 @@ class LayerBasedRecommender:
             raise TrackNotFoundError(_unknown_track_message(reference_track, self.store.track_ids(), self.store.dataset))
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
-        parts = self._plan(aspect, layer)
+        n_recommendations = min(n_recommendations, len(self.store))  # there are no more to return
+        parts = self.plan(aspect, layer)
         excluded = self._exclusions(reference_track, exclude_same)
         if len(parts) == 1:
             sims, ids = self.index(parts[0][1]).search_track(reference_track, n_recommendations, exclude_ids=excluded)
@@ -174,10 +182,16 @@ class LayerBasedRecommender:
         fx = FeatureExtractor(model, revision=model_rev, device=device, precision=s.get("precision", "float32"),
                               segment_seconds=s["segment_seconds"], hop_seconds=s["hop_seconds"],
                               min_seconds=s["min_seconds"], compute_targets=False)  # fmt: skip
-        if fx.checkpoint.config_hash != m.get("config_hash"):
-            raise MessError(f"the store's model {model} no longer matches the checkpoint on disk (config changed)")
+        parts = self.plan(aspect, layer)
+        n_recommendations = min(max(1, n_recommendations), len(self.store))
+        now = fx.checkpoint.identity()
+        changed = [k for k in ("id", "config_hash", "weights_sha256", "revision") if now.get(k) != m.get(k)]
+        if changed:
+            raise MessError(
+                f"the checkpoint {model} is not the one the store was built with ({', '.join(changed)} differ); "
+                "an --audio query must be extracted by the same model: re-extract the store, or restore the checkpoint"
+            )
         aggregated = fx.extract(path)["aggregated"]  # [n_layers, dim]
-        parts = self._plan(aspect, layer)
         if len(parts) == 1:
             sims, pos = self.index(parts[0][1]).search(aggregated[parts[0][1]][None], n_recommendations)
             keep = pos[0] >= 0

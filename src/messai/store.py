@@ -260,13 +260,17 @@ class FeatureStore:
     def labels(self, track_id: str) -> dict[str, str]:
         return dict(self.entries[track_id].get("labels") or {})
 
-    def fingerprint(self) -> str:
-        """Changes whenever anything a derived artefact depends on changes."""
-        blob = json.dumps(
-            [self.manifest["model"], self.manifest["settings"],
-             sorted((t, e["content_hash"], e["n_segments"], e.get("extracted_at")) for t, e in self.entries.items())],
-            sort_keys=True,
-        )  # fmt: skip
+    def fingerprint(self, *, probe_inputs: bool = False) -> str:
+        """Changes whenever the features change (indices depend on this). With ``probe_inputs``
+        it also covers the proxy targets and labels (probe results depend on those too)."""
+        def row(t: str, e: dict[str, Any]) -> tuple:
+            base = (t, e["content_hash"], e["n_segments"], e.get("extracted_at"))
+            if probe_inputs:
+                base += (e.get("targets_at"), json.dumps(e.get("labels") or {}, sort_keys=True))
+            return base
+
+        blob = json.dumps([self.manifest["model"], self.manifest["settings"],
+                           sorted(row(t, e) for t, e in self.entries.items())], sort_keys=True)  # fmt: skip
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     # ---------------------------------------------------------------- reading
@@ -282,12 +286,7 @@ class FeatureStore:
     def load(self, track_id: str) -> dict[str, Any]:
         """``segments [n_segments, n_layers, dim]`` float32, ``aggregated [n_layers, dim]``,
         ``targets`` name → array, ``starts``/``lengths`` (samples), ``meta`` (manifest entry)."""
-        path = self._track_path(track_id)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path}: unreadable track file for {track_id!r} ({exc}); re-run 'mess extract --force'") from None
+        data = self._read_arrays(track_id)
         out = {
             "segments": data["segments"].astype(np.float32),
             "aggregated": data["aggregated"].astype(np.float32),
@@ -298,19 +297,25 @@ class FeatureStore:
         }
         return out
 
-    def iter_tracks(self, track_ids: list[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        for tid in track_ids if track_ids is not None else self.track_ids():
-            yield tid, self.load(tid)
+    def _read_arrays(self, track_id: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Arrays of a track file (all, or ``names``); a missing or damaged file is a StoreError."""
+        path = self._track_path(track_id)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in (names or z.files)}
+        except Exception as exc:  # OSError, BadZipFile, KeyError, ValueError, EOFError ...
+            raise StoreError(
+                f"{path}: track file of {track_id!r} is missing or damaged ({type(exc).__name__}); "
+                "run 'mess extract' on the dataset again to redo it"
+            ) from None
 
-    def aggregated(self, *, layers: list[int] | None = None) -> tuple[list[str], np.ndarray]:
-        """Track-level vectors of every track: ``(ids, [n_tracks, n_layers, dim])`` float32."""
-        ids = self.track_ids()
-        out = np.zeros((len(ids), self.n_layers, self.dim), dtype=np.float32)
-        for i, tid in enumerate(ids):
-            out[i] = self.load(tid)["aggregated"]
-        if layers is not None:
-            out = out[:, layers]
-        return ids, out
+    def load_aggregated(self, track_id: str) -> np.ndarray:
+        """Just the track vector ``[n_layers, dim]`` float32 (mean of the windows)."""
+        return self._read_arrays(track_id, ("aggregated",))["aggregated"].astype(np.float32)
+
+    def has_track_file(self, track_id: str) -> bool:
+        entry = self.entries.get(track_id)
+        return bool(entry) and entry.get("file") == track_file_name(track_id) and (self.root / "tracks" / entry["file"]).is_file()
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
@@ -388,7 +393,7 @@ class FeatureStore:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     meta = json.loads(str(z["meta"])) if "meta" in z.files else None
-            except (OSError, ValueError, KeyError):
+            except Exception:  # a damaged leftover is simply not adopted
                 meta = None
             if not meta or meta.get("build_stamp") != stamp:
                 continue
@@ -430,9 +435,12 @@ class FeatureStore:
 
     def track_rows(self) -> list[dict[str, Any]]:
         """``mess tracks``: one row per stored or failed track."""
+        failures = self.manifest.get("failures", {})
         rows = [
             {"track_id": t, "duration_seconds": round(float(e["duration_seconds"]), 3),
-             "n_segments": int(e["n_segments"]), "status": "ok", "source": e.get("source", ""),
+             "n_segments": int(e["n_segments"]),
+             "status": "ok" if t not in failures else f"stale: kept from an earlier run; last extraction failed: {failures[t]['reason']}",
+             "source": e.get("source", ""),
              **{f"label_{k}": v for k, v in (e.get("labels") or {}).items()}}
             for t, e in self.entries.items()
         ]  # fmt: skip

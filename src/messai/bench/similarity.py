@@ -28,13 +28,16 @@ NORMALIZATIONS = ("none", "center", "zscore")
 
 
 def _normalise(X: np.ndarray, mode: str) -> np.ndarray:
+    """Before the metric: none, centred, or z-scored with the same std floor as the indices'
+    ``zscore`` (``messai.index.Normalizer``), but without their final L2 step."""
     if mode == "none":
         return X
     Xc = X - X.mean(0)
     if mode == "center":
         return Xc
-    std = X.std(0)
-    return Xc / np.maximum(std, 1e-2 * float(np.median(std)) + 1e-12)
+    from messai.index import Normalizer, _floored_std
+
+    return Xc / _floored_std(X.var(0), Normalizer("zscore").min_scale)
 
 
 def similarity_matrix(X: np.ndarray, metric: str) -> np.ndarray:

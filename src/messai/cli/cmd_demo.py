@@ -39,6 +39,8 @@ def demo_command(
     if json_out:
         common.print_json(report.to_dict())
         return
+    for line in report.notes:
+        common.notice(f"note: {line}")
     common.print_table(report.probe_summary, title=f"best layer per proxy target ({report.model}); control = same probe on targets permuted across works")
     common.print_table(report.aspects, ["aspect", "layer", "r2", "control_r2", "target", "source"], title="aspect → layer")
     r = report.recommendations

@@ -30,6 +30,7 @@ def extract_command(
     min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Shortest tail window kept, seconds [default: 1].")] = None,
     store_dtype: Annotated[Optional[str], typer.Option("--store-dtype", help="float16 (default) or float32.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-extract every track, even up-to-date ones.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Drop stored tracks whose audio file no longer exists.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; failures and the summary only.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON on stdout.")] = False,
 ) -> None:
@@ -43,16 +44,17 @@ def extract_command(
     )  # fmt: skip
     path, dataset, kind = _resolve_path(path, dataset, kind, settings)
     scan_options = {k: v for k, v in (("split", split), ("limit", limit)) if v is not None}
-    progress = None if quiet else _Progress()
+    progress = _Progress(quiet=quiet)
     try:
         report = extract_dataset(
-            path, dataset=dataset, settings=settings, kind=kind, force=force, scan_options=scan_options,
-            on_plan=progress.plan if progress else None, on_window=progress.window if progress else None,
-            on_track=progress.track if progress else _print_failure,
+            path, dataset=dataset, settings=settings, kind=kind, force=force, prune=prune, scan_options=scan_options,
+            on_plan=progress.plan, on_window=progress.window, on_track=progress.track,
         )  # fmt: skip
     finally:
-        if progress:
-            progress.stop()
+        progress.stop()
+    for line in report.failures:  # files the scan rejected (those from the run were printed already)
+        if line not in progress.printed:
+            notice(line)
     for line in report.warnings:
         notice(f"note: {line}")
     if json_out:
@@ -81,15 +83,10 @@ def _resolve_path(path, dataset, kind, settings):
     raise ConfigError("give a folder of audio: mess extract PATH [--dataset NAME]")
 
 
-def _print_failure(result) -> None:
-    if not result.ok:
-        notice(result.error)
-
-
 class _Progress:
     """Rich progress on stderr: files, audio hours, × real time, ETA."""
 
-    def __init__(self):
+    def __init__(self, *, quiet: bool = False):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
@@ -110,6 +107,8 @@ class _Progress:
         self.total_seconds = 0.0
         self.done_seconds = 0.0
         self.started = False
+        self.quiet = quiet
+        self.printed: set[str] = set()
 
     def plan(self, plan) -> None:
         import time
@@ -117,6 +116,8 @@ class _Progress:
         from messai.audio import audio_info
         from messai.errors import MessError
 
+        if self.quiet:
+            return
         if plan.skipped:
             notice(f"{len(plan.skipped)} tracks up to date, skipped")
         total = 0.0
@@ -151,7 +152,8 @@ class _Progress:
     def track(self, result) -> None:
         self.done_files += 1
         if not result.ok:
-            self.progress.console.print(result.error, highlight=False, markup=False)
+            self.printed.add(result.error)
+            self.progress.console.print(result.error, highlight=False, markup=False, soft_wrap=True)
         if self.task is not None:
             self.progress.update(self.task, **self._fields())
 

@@ -123,13 +123,17 @@ def recommend_command(
     rec = LayerBasedRecommender(dataset, model, home=settings.home, normalize=settings.normalize,
                                 kind=settings.index_kind, on_notice=notice)  # fmt: skip
     if audio is not None:
+        if exclude_same:
+            raise ConfigError("--exclude-same needs --track: an --audio query has no labels to compare")
         result = rec.recommend_audio(audio, aspects, k, layer=layer, device=(device.value if device else settings.device))
         _render(result, fmt)
         return
     if track != "-":
         _render(rec.recommend(track, aspects, k, layer=layer, exclude_same=exclude_same or ()), fmt)
         return
+    rec.plan(aspects, layer)  # a bad --aspect/--layer fails once, before reading any input
     failed = 0
+    header = True
     for line in sys.stdin:
         tid = line.rstrip("\n").rstrip("\r")
         if not tid.strip():
@@ -143,12 +147,13 @@ def recommend_command(
         if fmt in (RecFormat.json, RecFormat.table):
             print_json_line(result)
         else:
-            _render(result, fmt, with_query=True)
+            _render(result, fmt, with_query=True, header=header)
+            header = False
     if failed:
         raise typer.Exit(1)
 
 
-def _render(result: dict, fmt: RecFormat, *, with_query: bool = False) -> None:
+def _render(result: dict, fmt: RecFormat, *, with_query: bool = False, header: bool = True) -> None:
     recs = result["recommendations"]
     if fmt == RecFormat.json:
         print_json(result)
@@ -160,7 +165,7 @@ def _render(result: dict, fmt: RecFormat, *, with_query: bool = False) -> None:
         rows = [{"query": q, **r} if with_query else r for r in recs]
         cols = (["query"] if with_query else []) + ["rank", "track_id", "similarity"]
         cols += [c for r in recs for c in r if c not in cols and c != "layer_similarities"]
-        print_tsv(rows, list(dict.fromkeys(cols)))
+        print_tsv(rows, list(dict.fromkeys(cols)), header=header)
         sys.stdout.flush()
     else:
         q = result["query"].get("track_id") or result["query"].get("audio")

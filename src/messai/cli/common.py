@@ -130,11 +130,12 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def print_tsv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+def print_tsv(rows: list[dict[str, Any]], columns: list[str] | None = None, *, header: bool = True) -> None:
     columns = columns or _columns(rows)
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    w.writerow(columns)
+    if header:
+        w.writerow(columns)
     for r in rows:
         w.writerow(["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
     sys.stdout.write(buf.getvalue())

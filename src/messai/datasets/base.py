@@ -35,16 +35,20 @@ class TrackInfo:
 
 
 class TrackList(list):
-    """The result of a scan: a ``list[TrackInfo]`` sorted by track id, plus ``warnings``.
+    """The result of a scan: a ``list[TrackInfo]`` sorted by track id, plus ``warnings`` and
+    ``rejected``.
 
     ``warnings`` are one-line messages about things the scan skipped or could not use (a file name
-    that does not parse, rows of a CSV whose audio is missing ...). The library never prints them;
-    the caller shows them.
+    that does not parse, rows of a CSV whose audio is missing ...). ``rejected`` are audio files
+    that cannot become tracks, as ``path: reason`` lines (two files with one id, an unusable
+    name): extraction reports them as failed files. The library never prints either.
     """
 
-    def __init__(self, tracks: Iterable[TrackInfo] = (), *, warnings: Iterable[str] = ()) -> None:
+    def __init__(self, tracks: Iterable[TrackInfo] = (), *, warnings: Iterable[str] = (),
+                 rejected: Iterable[str] = ()) -> None:  # fmt: skip
         super().__init__(tracks)
         self.warnings: list[str] = list(warnings)
+        self.rejected: list[str] = list(rejected)
 
 
 def validate_track_id(track_id: str) -> str:

@@ -54,17 +54,30 @@ def scan(root: Path) -> TrackList:
     """Every audio file under ``root`` (recursively, hidden files skipped), sorted by track id,
     labelled from ``root/metadata.csv`` when there is one.
 
-    Two files that map to the same id (``x.wav`` and ``x.flac``) are a DatasetError naming both.
+    Two files that map to the same id (``x.wav`` and ``x.flac``) are both rejected (which one is
+    meant cannot be guessed), as is a file whose name cannot be a track id; the rest is scanned.
     """
     root = check_root(root)
     seen: dict[str, Path] = {}
+    clashes: dict[str, list[Path]] = {}
+    rejected: list[str] = []
     for path in iter_audio_files(root):
-        tid = track_id_for(path, root)
-        if tid in seen:
-            raise DatasetError(f"{path}: same track id {tid!r} as {seen[tid]}; rename one of them")
+        try:
+            tid = track_id_for(path, root)
+        except DatasetError as exc:
+            rejected.append(f"{path}: {exc}")
+            continue
+        if tid in seen or tid in clashes:
+            clashes.setdefault(tid, [seen.pop(tid)] if tid in seen else []).append(path)
+            continue
         seen[tid] = path
+    for tid, paths in clashes.items():
+        for path in paths:
+            others = ", ".join(p.name for p in paths if p != path)
+            rejected.append(f"{path}: same track id {tid!r} as {others}; rename one of them (both skipped)")
     warnings: list[str] = []
-    labels = _read_metadata(root / METADATA_FILE, seen, warnings)
+    # rows naming a rejected (clashing) id are fine: the id exists, the track is just skipped
+    labels = _read_metadata(root / METADATA_FILE, {**{t: ps[0] for t, ps in clashes.items()}, **seen}, warnings)
     if labels is not None:
         unlabelled = [tid for tid in seen if tid not in labels]
         if unlabelled:
@@ -73,7 +86,7 @@ def scan(root: Path) -> TrackList:
                 f"and no labels (first: {sorted(unlabelled)[0]})"
             )
     tracks = [TrackInfo(tid, p, dict((labels or {}).get(tid, {}))) for tid, p in seen.items()]
-    return TrackList(sorted(tracks, key=lambda t: t.track_id), warnings=warnings)
+    return TrackList(sorted(tracks, key=lambda t: t.track_id), warnings=warnings, rejected=rejected)
 
 
 def _read_metadata(

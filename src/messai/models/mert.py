@@ -67,6 +67,15 @@ class MertCheckpoint:
         return int(self.config.get("num_hidden_layers", 12)) + 1
 
     @property
+    def receptive_field(self) -> int:
+        """Samples the CNN front end needs for one output frame (400 for MERT-v1)."""
+        rf, jump = 1, 1
+        for k, st in zip(self.config.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2]), self.config.get("conv_stride", [5, 2, 2, 2, 2, 2, 2])):
+            rf += (k - 1) * jump
+            jump *= st
+        return rf
+
+    @property
     def dim(self) -> int:
         return int(self.config.get("hidden_size", 768))
 
