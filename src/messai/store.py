@@ -314,8 +314,17 @@ class FeatureStore:
         return self._read_arrays(track_id, ("aggregated",))["aggregated"].astype(np.float32)
 
     def has_track_file(self, track_id: str) -> bool:
+        """Whether the track's file is there and ends like a complete zip (a cheap check: the
+        end-of-central-directory record that np.savez writes last)."""
         entry = self.entries.get(track_id)
-        return bool(entry) and entry.get("file") == track_file_name(track_id) and (self.root / "tracks" / entry["file"]).is_file()
+        if not entry or entry.get("file") != track_file_name(track_id):
+            return False
+        try:
+            with open(self.root / "tracks" / entry["file"], "rb") as f:
+                f.seek(-22, os.SEEK_END)
+                return f.read(4) == b"PK\x05\x06"
+        except OSError:
+            return False
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
