@@ -349,6 +349,10 @@ class FeatureStore:
             # re-read: another writer may have finished between our open and our lock
             with contextlib.suppress(StoreError):
                 self.manifest = FeatureStore.at(self.root).manifest
+            # with the lock held, temporary files can only be leftovers of a killed writer
+            for tmp in [*self.root.glob(".manifest.json.*.tmp"), *(self.root / "tracks").glob(".*.tmp")]:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             self._writing = True
             try:
                 yield self
