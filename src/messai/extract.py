@@ -64,6 +64,18 @@ class _Track:
 _END = object()
 
 
+def check_window(window: WindowSpec, checkpoint) -> WindowSpec:
+    """Refuse windows shorter than the model's receptive field (the CNN cannot compute them)."""
+    segment, _, minimum = window.samples(checkpoint.sample_rate)
+    rf = checkpoint.receptive_field
+    if min(segment, minimum) < rf:
+        raise ConfigError(
+            f"windows must be at least {rf} samples ({rf / checkpoint.sample_rate:.3f} s) "
+            "long, MERT's receptive field: raise --min-seconds / --segment-seconds"
+        )
+    return window
+
+
 class FeatureExtractor:
     """Load a MERT checkpoint once; turn audio files into per-window, per-layer embeddings.
 
@@ -93,14 +105,7 @@ class FeatureExtractor:
         self.dtype = select_dtype(precision, self.device)
         self.precision = precision
         self.checkpoint = model if isinstance(model, MertCheckpoint) else resolve_checkpoint(model, revision=revision)
-        self.window = WindowSpec(segment_seconds, hop_seconds, min_seconds)
-        shortest = min(self.window.samples(self.sample_rate)[0], self.window.samples(self.sample_rate)[2])
-        rf = self.checkpoint.receptive_field
-        if shortest < rf:
-            raise ConfigError(
-                f"windows must be at least {rf} samples ({rf / self.sample_rate:.3f} s) "
-                "long, MERT's receptive field: raise --min-seconds / --segment-seconds"
-            )
+        self.window = check_window(WindowSpec(segment_seconds, hop_seconds, min_seconds), self.checkpoint)
         self.batch_size = batch_size or default_batch_size(self.device)
         self.compute_targets = compute_targets
         self.prefetch_windows = max(prefetch_windows, 2 * self.batch_size)
@@ -501,6 +506,7 @@ def extract_dataset(
     tracks = datasets.scan(root, kind=kind, **(scan_options or {}))
     select_dtype(settings.precision, select_device(settings.device))  # fail before touching the store
     checkpoint = resolve_checkpoint(settings.model, revision=settings.revision)
+    check_window(WindowSpec(settings.segment_seconds, settings.hop_seconds, settings.min_seconds), checkpoint)
     identity = checkpoint.identity()
     if settings.revision:
         identity["requested_revision"] = settings.revision

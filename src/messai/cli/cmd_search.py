@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from messai.cli.common import (
-    DatasetOpt, DeviceOpt, Format, ModelOpt, app, error_line, notice, print_json, print_json_line, print_table,
+    DatasetOpt, DeviceOpt, Format, ListFormat, ModelOpt, app, error_line, notice, print_json, print_json_line, print_table,
     print_tsv, settings_from,
 )  # fmt: skip
 
@@ -25,13 +25,6 @@ class Normalize(str, Enum):
     center = "center"
     zscore = "zscore"
     l2 = "l2"
-
-
-class RecFormat(str, Enum):
-    table = "table"
-    json = "json"
-    tsv = "tsv"
-    ids = "ids"
 
 
 KindOpt = Annotated[Optional[Kind], typer.Option("--kind", help="flat (exact; default up to ~100k tracks), hnsw or ivf.")]
@@ -106,7 +99,7 @@ def recommend_command(
     audio: Annotated[Optional[Path], typer.Option("--audio", help="Query with an audio file outside the store (loads the model).")] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    fmt: Annotated[RecFormat, typer.Option("--format", "-f")] = RecFormat.table,
+    fmt: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.table,
 ) -> None:
     """The nearest tracks for one aspect (layer from 'mess aspects'), never the query itself.
     stdout carries only results; notices go to stderr."""
@@ -144,7 +137,7 @@ def recommend_command(
             error_line(str(exc))
             failed += 1
             continue
-        if fmt in (RecFormat.json, RecFormat.table):
+        if fmt in (ListFormat.json, ListFormat.table):
             print_json_line(result)
         else:
             _render(result, fmt, with_query=True, header=header)
@@ -153,14 +146,14 @@ def recommend_command(
         raise typer.Exit(1)
 
 
-def _render(result: dict, fmt: RecFormat, *, with_query: bool = False, header: bool = True) -> None:
+def _render(result: dict, fmt: ListFormat, *, with_query: bool = False, header: bool = True) -> None:
     recs = result["recommendations"]
-    if fmt == RecFormat.json:
+    if fmt == ListFormat.json:
         print_json(result)
-    elif fmt == RecFormat.ids:
+    elif fmt == ListFormat.ids:
         sys.stdout.write("".join(f"{r['track_id']}\n" for r in recs))
         sys.stdout.flush()
-    elif fmt == RecFormat.tsv:
+    elif fmt == ListFormat.tsv:
         q = result["query"].get("track_id") or result["query"].get("audio")
         rows = [{"query": q, **r} if with_query else r for r in recs]
         cols = (["query"] if with_query else []) + ["rank", "track_id", "similarity"]

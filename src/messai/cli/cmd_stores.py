@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import typer
 
-from messai.cli.common import DatasetOpt, Format, ModelOpt, app, render_rows, settings_from
-
-
-class TracksFormat(str, Enum):
-    table = "table"
-    json = "json"
-    tsv = "tsv"
-    ids = "ids"
+from messai.cli.common import DatasetOpt, Format, ListFormat, ModelOpt, app, render_rows, settings_from
 
 
 @app.command("tracks")
 def tracks_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
-    fmt: Annotated[TracksFormat, typer.Option("--format", "-f", help="Output format; 'ids' prints one track id per line.")] = TracksFormat.table,
+    fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format; 'ids' prints one track id per line.")] = ListFormat.table,
 ) -> None:
     """List the tracks of a store: id, duration, segments, status (failed files too)."""
     from messai.store import FeatureStore
@@ -29,7 +21,7 @@ def tracks_command(
     settings = settings_from()
     store = FeatureStore.open(dataset, model, home=settings.home)
     rows = store.track_rows()
-    if fmt == TracksFormat.ids:
+    if fmt == ListFormat.ids:
         for r in rows:
             if r["status"] == "ok":
                 print(r["track_id"])

@@ -75,6 +75,15 @@ class Format(str, Enum):
     tsv = "tsv"
 
 
+class ListFormat(str, Enum):
+    """Formats of commands whose rows are tracks: 'ids' prints one track id per line."""
+
+    table = "table"
+    json = "json"
+    tsv = "tsv"
+    ids = "ids"
+
+
 class DeviceChoice(str, Enum):
     auto = "auto"
     cpu = "cpu"
