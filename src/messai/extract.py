@@ -628,15 +628,15 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
                     raise AudioError(f"{path}: audio file no longer there")
                 if file_content_hash(path) != entry["content_hash"]:
                     raise AudioError(f"{path}: changed since extraction; re-run 'mess extract'")
-                windows = [w for _, w in iter_windows(stream_mono(path, rate), spec, rate)]
-                if len(windows) != entry["n_segments"]:
-                    raise AudioError(f"{path}: {len(windows)} windows now, {entry['n_segments']} stored")
-                values = compute_targets(windows, rate)
-            except AudioError as exc:
+                # window by window: memory stays bounded for long files
+                rows = [compute_targets([w], rate) for _, w in iter_windows(stream_mono(path, rate), spec, rate)]
+                if len(rows) != entry["n_segments"]:
+                    raise AudioError(f"{path}: {len(rows)} windows now, {entry['n_segments']} stored")
+                values = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+                arrays = {k: v for k, v in store._read_arrays(tid).items() if not k.startswith("target__") and k != "meta"}
+            except (AudioError, StoreError) as exc:
                 report.failures.append(str(exc))
                 continue
-            with np.load(store._track_path(tid), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files if not k.startswith("target__") and k != "meta"}
             arrays.update({f"target__{k}": np.asarray(v, dtype=np.float32) for k, v in values.items()})
             entry = {k: v for k, v in entry.items() if k != "file"}  # features unchanged: keep extracted_at
             store.put(tid, arrays, {**entry, "targets": sorted(values), "targets_at": now_iso()})
