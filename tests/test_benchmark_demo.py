@@ -69,6 +69,9 @@ def test_demo_runs_end_to_end(tiny_ckpt, tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["extraction"]["n_extracted"] == 24 and not d["extraction"]["failures"]
+    # the random-weights twin ran as the probe's second control
+    assert all(row["random_model_r2"] is not None for row in d["probe_summary"] if row["r2"] is not None)
+    assert {s["dataset"] for s in json.loads(runner.invoke(app, ["datasets", "-f", "json"]).stdout)} == {"demo", "demo-random"}
     assert {x["aspect"] for x in d["aspects"]} >= {"spectral_brightness", "dynamics"}
     recs = d["recommendations"]["recommendations"]
     assert len(recs) == 5 and all(x["track_id"] != "piano/bach_bwv846_prelude" for x in recs)

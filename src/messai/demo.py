@@ -39,10 +39,33 @@ class DemoReport:
         return self.__dict__.copy()
 
 
+def random_control_checkpoint(settings) -> Path:
+    """A random-weight twin of ``settings.model`` (same architecture, seed 1: not the default seed
+    of `mess model random`, so a smoke-test model is not its own control), written once under
+    the data root and reused: the random-initialisation control of the probe."""
+    from messai.models.mert import resolve_checkpoint, write_random_checkpoint
+    from messai.store import model_slug
+
+    source = resolve_checkpoint(settings.model, revision=settings.revision)
+    folder = settings.home / "random-controls" / f"{model_slug(source.identity())}-{source.config_hash}"
+    if (folder / "config.json").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".partial")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_random_checkpoint(tmp, like=source.directory, seed=1)
+    tmp.rename(folder)
+    return folder
+
+
 def run_demo(settings, *, path: Path | None = None, dataset: str = "demo", query: str = "piano/bach_bwv846_prelude",
-             aspect: str = "spectral_brightness", folds: int = 3,
-             on_step: Callable[[str], None] | None = None, on_window=None, on_plan=None) -> DemoReport:  # fmt: skip
-    """Run the whole tool on the demo set with ``settings`` (model, device, MESS_HOME ...)."""
+             aspect: str = "spectral_brightness", folds: int = 3, random_control: bool = True,
+             on_step: Callable[[str], None] | None = None, on_window=None, on_plan=None, on_track=None) -> DemoReport:  # fmt: skip
+    """Run the whole tool on the demo set with ``settings`` (model, device, MESS_HOME ...).
+
+    With ``random_control`` the audio is also extracted by a random-weight model of the same
+    architecture, and a layer counts as validated only if it beats that too."""
     from messai.aspects import aspect_map
     from messai.discovery import LayerDiscovery
     from messai.extract import extract_dataset
@@ -51,11 +74,22 @@ def run_demo(settings, *, path: Path | None = None, dataset: str = "demo", query
     step = on_step or (lambda s: None)
     folder = path or find_demo_folder()
     step(f"extracting {folder} with {settings.model}")
-    report = extract_dataset(folder, dataset=dataset, settings=settings, kind="folder", on_window=on_window, on_plan=on_plan)
+    callbacks = dict(on_window=on_window, on_plan=on_plan, on_track=on_track)
+    report = extract_dataset(folder, dataset=dataset, settings=settings, kind="folder", **callbacks)
     notes = [f"{len(report.failures)} files failed: {report.failures[:3]}"] if report.failures else []
+    control = None
+    if random_control:
+        ckpt = random_control_checkpoint(settings)
+        control = f"{dataset}-random"
+        step(f"extracting it again with a random-weight model of the same architecture ({ckpt}): the control")
+        rand = extract_dataset(folder, dataset=control, settings=settings.model_copy(update={"model": str(ckpt), "revision": None}),
+                               kind="folder", **callbacks)  # fmt: skip
+        if rand.failures:
+            notes.append(f"{len(rand.failures)} files failed for the random control")
     step("probing every layer (grouped by work: no work on both sides of a split)")
     discovery = LayerDiscovery(dataset, settings.model, home=settings.home, folds=folds, seed=settings.seed,
-                               group_by="work", min_r2=settings.r2_threshold, n_bootstrap=300)  # fmt: skip
+                               group_by="work", control_store=control, min_r2=settings.r2_threshold,
+                               n_bootstrap=300)  # fmt: skip
     results = discovery.run_full_discovery()
     summary = []
     for name, res in results.targets.items():
@@ -64,6 +98,8 @@ def run_demo(settings, *, path: Path | None = None, dataset: str = "demo", query
             "target": name, "best_layer": b,
             "r2": None if b is None or not math.isfinite(res.r2[b]) else round(res.r2[b], 3),
             "control_r2": None if b is None or not math.isfinite(res.control_r2[b]) else round(res.control_r2[b], 3),
+            "random_model_r2": None if b is None or res.random_model_r2 is None or not math.isfinite(res.random_model_r2[b])
+            else round(res.random_model_r2[b], 3),
             "margin_over_median": None if not math.isfinite(res.margin_over_median) else round(res.margin_over_median, 3),
             "validated": bool(b is not None and res.is_validated(b, min_r2=settings.r2_threshold)),
         })  # fmt: skip

@@ -20,20 +20,23 @@ def demo_command(
     path: Annotated[Optional[Path], typer.Option("--path", help="Demo folder (default: data/demo of this checkout).")] = None,
     query: Annotated[str, typer.Option("--query", help="Track to recommend for.")] = "piano/bach_bwv846_prelude",
     aspect: Annotated[str, typer.Option("--aspect", help="Aspect to recommend by.")] = "spectral_brightness",
+    random_control: Annotated[bool, typer.Option("--random-control/--no-random-control", help="Also extract with a random-weight model of the same architecture and require layers to beat it (doubles extraction time).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Extract → probe → index → recommend on 24 bundled public-domain pieces (6 works × 4
     instruments) and print: per target, the best layer against its control, the aspect → layer
     map, and recommendations for one track. With the default hub model it needs the network
     once; offline, pass --model DIR (a local checkpoint, or 'mess model random DIR --preset base'
-    for a smoke test whose numbers mean nothing musically)."""
+    for a smoke test whose numbers mean nothing musically). By default the demo audio is also
+    extracted by a random-weight twin of the model, the control every layer must beat."""
     from messai.demo import run_demo
 
     settings = common.settings_from(model=model, revision=revision, device=device, precision=precision)
     progress = _DemoProgress()
     try:
-        report = run_demo(settings, path=path, query=query, aspect=aspect, on_step=progress.step,
-                          on_plan=progress.plan, on_window=progress.window)  # fmt: skip
+        report = run_demo(settings, path=path, query=query, aspect=aspect, random_control=random_control,
+                          on_step=progress.step, on_plan=progress.plan, on_window=progress.window,
+                          on_track=progress.track)  # fmt: skip
     finally:
         progress.stop()
     if json_out:
@@ -41,8 +44,9 @@ def demo_command(
         return
     for line in report.notes:
         common.notice(f"note: {line}")
-    common.print_table(report.probe_summary, title=f"best layer per proxy target ({report.model}); control = same probe on targets permuted across works")
-    common.print_table(report.aspects, ["aspect", "layer", "r2", "control_r2", "target", "source"], title="aspect → layer")
+    common.print_table(report.probe_summary, title=f"best layer per proxy target ({report.model}); control_r2: targets permuted "
+                       "across works; random_model_r2: same probe on an untrained model of the same architecture")
+    common.print_table(report.aspects, ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"], title="aspect → layer")
     r = report.recommendations
     common.print_table(r["recommendations"], ["rank", "track_id", "similarity", "composer", "work", "instrument"],
                        title=f"tracks like {r['query']['track_id']} in {r['aspect']} (layer {r['layer']})")  # fmt: skip
@@ -55,8 +59,10 @@ class _DemoProgress:
         self.bar = _Progress()
 
     def step(self, text: str) -> None:
+        from messai.cli.cmd_extract import _Progress
+
         self.bar.stop()
-        self.bar.started = False
+        self.bar = _Progress()  # a fresh bar for each extraction
         common.notice(f"· {text}")
 
     def plan(self, plan) -> None:
@@ -64,6 +70,9 @@ class _DemoProgress:
 
     def window(self, track, seconds: float) -> None:
         self.bar.window(track, seconds)
+
+    def track(self, result) -> None:
+        self.bar.track(result)
 
     def stop(self) -> None:
         self.bar.stop()
