@@ -134,7 +134,7 @@ def test_removed_audio_is_reported_then_pruned(lib, tiny_ckpt):
     assert mess("extract", lib, "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
     (lib / "b.wav").unlink()
     r = mess("extract", lib, "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q")
-    assert r.exit_code == 0 and "1 stored tracks have no audio file" in r.output and "--prune" in r.output
+    assert r.exit_code == 0 and "1 stored track(s) have no audio file" in r.output and "--prune" in r.output
     assert FeatureStore.open("p").track_ids() == ["a", "b"]
     r = mess("extract", lib, "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q", "--prune")
     assert r.exit_code == 0 and FeatureStore.open("p").track_ids() == ["a"]

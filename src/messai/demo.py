@@ -59,7 +59,7 @@ def random_control_checkpoint(settings) -> Path:
     return folder
 
 
-def run_demo(settings, *, path: Path | None = None, dataset: str = "demo", query: str = "piano/bach_bwv846_prelude",
+def run_demo(settings, *, path: Path | None = None, dataset: str | None = None, query: str = "piano/bach_bwv846_prelude",
              aspect: str = "spectral_brightness", folds: int = 3, random_control: bool = True,
              on_step: Callable[[str], None] | None = None, on_window=None, on_plan=None, on_track=None) -> DemoReport:  # fmt: skip
     """Run the whole tool on the demo set with ``settings`` (model, device, MESS_HOME ...).
@@ -71,24 +71,41 @@ def run_demo(settings, *, path: Path | None = None, dataset: str = "demo", query
     from messai.extract import extract_dataset
     from messai.recommend import LayerBasedRecommender
 
+    from messai import datasets
+    from messai.aspects import ASPECTS
+    from messai.extract import default_dataset_name
+    from messai.models.mert import resolve_checkpoint
+
     step = on_step or (lambda s: None)
-    folder = path or find_demo_folder()
+    folder = Path(path) if path else find_demo_folder()
+    # another folder gets its own store: never mix it into the bundled demo's
+    dataset = dataset or ("demo" if path is None else f"demo-{default_dataset_name(folder)}")
+    tracks = datasets.scan(folder, kind="folder")
+    if query not in {t.track_id for t in tracks}:
+        raise ConfigError(f"--query {query!r} is not a track of {folder} (e.g. {tracks[0].track_id if tracks else 'none'})")
+    if aspect not in ASPECTS:
+        raise ConfigError(f"--aspect {aspect!r} is unknown; known: {', '.join(ASPECTS)}")
+    group_by = "work" if tracks and all(t.labels.get("work") for t in tracks) else "track"
+    notes = []
+    if resolve_checkpoint(settings.model, revision=settings.revision).config.get("mess_random_init"):
+        notes.append(f"{settings.model} is a random-weight checkpoint: its numbers mean nothing musically")
     step(f"extracting {folder} with {settings.model}")
     callbacks = dict(on_window=on_window, on_plan=on_plan, on_track=on_track)
     report = extract_dataset(folder, dataset=dataset, settings=settings, kind="folder", **callbacks)
-    notes = [f"{len(report.failures)} files failed: {report.failures[:3]}"] if report.failures else []
+    if report.failures:
+        notes.append(f"{len(report.failures)} files failed: {report.failures[:3]}")
     control = None
     if random_control:
         ckpt = random_control_checkpoint(settings)
-        control = f"{dataset}-random"
+        control = f"{dataset}-random"[:128]
         step(f"extracting it again with a random-weight model of the same architecture ({ckpt}): the control")
         rand = extract_dataset(folder, dataset=control, settings=settings.model_copy(update={"model": str(ckpt), "revision": None}),
                                kind="folder", **callbacks)  # fmt: skip
         if rand.failures:
             notes.append(f"{len(rand.failures)} files failed for the random control")
-    step("probing every layer (grouped by work: no work on both sides of a split)")
+    step(f"probing every layer (grouped by {group_by}: none on both sides of a split)")
     discovery = LayerDiscovery(dataset, settings.model, home=settings.home, folds=folds, seed=settings.seed,
-                               group_by="work", control_store=control, min_r2=settings.r2_threshold,
+                               group_by=group_by, control_store=control, min_r2=settings.r2_threshold,
                                n_bootstrap=300)  # fmt: skip
     results = discovery.run_full_discovery()
     summary = []
@@ -101,7 +118,7 @@ def run_demo(settings, *, path: Path | None = None, dataset: str = "demo", query
             "random_model_r2": None if b is None or res.random_model_r2 is None or not math.isfinite(res.random_model_r2[b])
             else round(res.random_model_r2[b], 3),
             "margin_over_median": None if not math.isfinite(res.margin_over_median) else round(res.margin_over_median, 3),
-            "validated": bool(b is not None and res.is_validated(b, min_r2=settings.r2_threshold)),
+            "validated": "yes" if b is not None and res.is_validated(b, min_r2=settings.r2_threshold) else "no",
         })  # fmt: skip
     mapping = aspect_map(discovery.store, min_r2=settings.r2_threshold)
     step("indexing and recommending")

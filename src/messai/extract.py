@@ -504,6 +504,9 @@ def extract_dataset(
     dataset = validate_dataset_name(dataset or default_dataset_name(root))
     kind = kind or datasets.detect_kind(root)
     tracks = datasets.scan(root, kind=kind, **(scan_options or {}))
+    rejected = list(getattr(tracks, "rejected", []))
+    if not tracks and not rejected:
+        raise MessError(f"{root}: no audio files found (looked for {', '.join(sorted(datasets.AUDIO_EXTENSIONS))})")
     select_dtype(settings.precision, select_device(settings.device))  # fail before touching the store
     checkpoint = resolve_checkpoint(settings.model, revision=settings.revision)
     check_window(WindowSpec(settings.segment_seconds, settings.hop_seconds, settings.min_seconds), checkpoint)
@@ -519,9 +522,8 @@ def extract_dataset(
     new_store = not (store_root / "manifest.json").is_file()
     store = FeatureStore.create(store_root, dataset=dataset, model=identity, settings=ext_settings) if new_store \
         else FeatureStore.at(store_root)  # fmt: skip
-    report = ExtractionReport(dataset=dataset, store_path=store.root, n_tracks=len(tracks),
-                              warnings=list(getattr(tracks, "warnings", [])),
-                              failures=list(getattr(tracks, "rejected", [])))  # fmt: skip
+    report = ExtractionReport(dataset=dataset, store_path=store.root, n_tracks=len(tracks) + len(rejected),
+                              warnings=list(getattr(tracks, "warnings", [])), failures=rejected)  # fmt: skip
     t0 = time.perf_counter()
     try:
         with store.writer():
@@ -568,10 +570,10 @@ def _tidy(store, root: Path, tracks: list[TrackInfo], *, prune: bool, report: Ex
     if prune:
         for tid in gone:
             store.remove(tid)
-        report.warnings.append(f"pruned {len(gone)} tracks whose audio file is gone (first: {gone[0]})")
+        report.warnings.append(f"pruned {len(gone)} track(s) whose audio file is gone (first: {gone[0]})")
     else:
         report.warnings.append(
-            f"{len(gone)} stored tracks have no audio file under {root} any more (first: {gone[0]}); "
+            f"{len(gone)} stored track(s) have no audio file under {root} any more (first: {gone[0]}); "
             "they stay in the store; --prune drops them"
         )
 

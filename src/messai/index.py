@@ -324,8 +324,10 @@ def _resolve_params(kind: str, params: dict[str, Any], *, n: int) -> dict[str, A
 
 def _ivf_params(params: dict[str, Any], *, n: int) -> dict[str, Any]:
     nlist = int(params.get("nlist", ivf_nlist(n)))
+    if "nlist" in params and nlist < IVF_MIN_LISTS:
+        raise ConfigError(f"ivf needs nlist of at least {IVF_MIN_LISTS}, got {nlist}")
     minimum = IVF_MIN_POINTS_PER_LIST * max(nlist, IVF_MIN_LISTS)
-    if nlist < IVF_MIN_LISTS or n < minimum:
+    if n < minimum:
         raise SearchIndexError(
             f"an ivf index needs at least {minimum} vectors to train "
             f"{max(nlist, IVF_MIN_LISTS)} lists ({IVF_MIN_POINTS_PER_LIST} per list); "

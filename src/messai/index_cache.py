@@ -103,16 +103,20 @@ def _build_locked(path: Path, store, layer: int, *, normalize: str, kind: str, p
                   force: bool) -> IndexOutcome:  # fmt: skip
     from messai.index import LayerIndex, build_index
 
-    fp = index_fingerprint(store, layer, normalize=normalize, kind=kind, params=params)
     ids = store.track_ids()
     if not ids:
         raise SearchIndexError(f"dataset {store.dataset!r} has no tracks to index")
     old = None
-    if not force and (path / "meta.json").is_file():
+    if (path / "meta.json").is_file():
         try:
             old = LayerIndex.load(path)
         except SearchIndexError:
             old = None
+    if params is None and old is not None:  # keep the parameters it was built with
+        params = old.meta.get("params_requested") or None
+    if force:
+        old = None
+    fp = index_fingerprint(store, layer, normalize=normalize, kind=kind, params=params)
     if old is not None and old.fingerprint == fp:
         return IndexOutcome(layer, path, "up to date", len(old))
     versions = _versions(store, ids)

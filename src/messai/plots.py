@@ -6,16 +6,38 @@ import math
 from pathlib import Path
 
 
+FORMATS = ("png", "pdf", "svg")
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure atomically, in the format its extension names (png, pdf, svg)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from messai.errors import ConfigError
+    from messai.store import atomic_write_bytes
+
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    if fmt not in FORMATS:
+        plt.close(fig)
+        raise ConfigError(f"{path}: unsupported plot format {fmt!r}; use .png, .pdf or .svg")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def probe_heatmap(results, path: str | Path, *, title: str = "") -> Path:
     """Heat-map of R² by layer × target: left the probe, right its selectivity (R² minus the
-    control); the best layer of each target is boxed. Written atomically as PNG."""
+    control); the best layer of each target is boxed. Format from the extension (png/pdf/svg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from messai.store import atomic_write_bytes
 
     names = list(results.targets)
     r2 = np.array([[v if v is not None else math.nan for v in results.targets[n].r2] for n in names])
@@ -37,13 +59,5 @@ def probe_heatmap(results, path: str | Path, *, title: str = "") -> Path:
                     ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if data[i, j] < 0.5 else "black")  # fmt: skip
         fig.colorbar(im, ax=ax, shrink=0.8)
-    if title:
-        fig.suptitle(title)
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    fig.suptitle((title + "\n" if title else "") + "red box: best layer of each target", fontsize=9)
+    return save_figure(fig, path)

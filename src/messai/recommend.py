@@ -103,6 +103,11 @@ class LayerBasedRecommender:
         specs = [aspect] if isinstance(aspect, str) else list(aspect)
         if not specs:
             raise ConfigError("give at least one aspect")
+        if layer is not None and len(specs) > 1:
+            raise ConfigError("--layer overrides the layer of one aspect; with several aspects each uses its own layer")
+        names = [parse_aspect_spec(spec)[0] for spec in specs]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"an aspect is given twice ({', '.join(names)}); give each once, with a weight")
         if layer is not None and not 0 <= layer < self.store.n_layers:
             raise ConfigError(f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}")
         parts = []

@@ -66,11 +66,22 @@ def file_content_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Files are created 0666 minus the umask, like any other file (mkstemp alone would make 0600).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a fsynced temporary file in the same folder + rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -437,7 +448,7 @@ class FeatureStore:
             model=self.model_id,
             path=self.root,
             n_tracks=len(self.entries),
-            n_failed=len(self.manifest.get("failures", {})),
+            n_failed=len(set(self.manifest.get("failures", {})) - set(self.entries)),
             n_segments=sum(int(e["n_segments"]) for e in self.entries.values()),
             hours=sum(float(e["duration_seconds"]) for e in self.entries.values()) / 3600,
             n_layers=self.n_layers,

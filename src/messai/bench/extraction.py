@@ -52,8 +52,10 @@ def bench_extraction(
 
     with tempfile.TemporaryDirectory(prefix="mess-bench-") as tmp:
         tmp = Path(tmp)
+        label = model
         if model is None:
             model = str(write_random_checkpoint(tmp / "ckpt", preset="base"))
+            label = "random base (MERT-v1-95M shape)"
         (tmp / "audio").mkdir()
         paths = _make_audio(tmp / "audio", n_files=n_files, seconds=seconds_per_file)
         fx = FeatureExtractor(model, device=device, precision=precision, batch_size=batch_size)
@@ -91,7 +93,7 @@ def bench_extraction(
     tb, tp = min(bare_times), min(pipe_times)
     return {
         "benchmark": "extraction",
-        "model": model if not str(model).startswith(tempfile.gettempdir()) else "random base (MERT-v1-95M shape)",
+        "model": str(label),
         "device": str(loaded.device),
         "precision": precision,
         "batch_size": fx.batch_size,

@@ -130,6 +130,8 @@ def evaluate_similarity(
     from messai.index_cache import layer_vectors
     from messai.targets import ASPECTS_OF_TARGETS
 
+    if k < 1 or max_tracks < 3:
+        raise ConfigError(f"k must be at least 1 and max_tracks at least 3 (got k={k}, max_tracks={max_tracks})")
     ids = store.track_ids()
     subsampled = len(ids) > max_tracks
     if subsampled:
@@ -176,15 +178,12 @@ def evaluate_similarity(
 
 def plot_similarity(report: dict[str, Any], path) -> None:
     """Per layer: cosine spread, hubness and (with a label) precision@k, one line per
-    metric × normalisation. PNG, written atomically."""
-    import io
-
+    metric × normalisation. Format from the file's extension (png, pdf, svg), written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from messai.store import atomic_write_bytes
+    import matplotlib.ticker
 
     panels = [("mean_similarity", "mean pairwise similarity (cosine rows)"), ("hub_skewness", "k-occurrence skewness")]
     if report.get("label"):
@@ -199,9 +198,9 @@ def plot_similarity(report: dict[str, Any], path) -> None:
             sel = [r for r in rows if r["metric"] == metric and r["normalize"] == norm]
             ax.plot([r["layer"] for r in sel], [r[key] for r in sel], marker="o", ms=3, label=f"{metric}/{norm}")
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(title)
-    axes[-1].legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    fig.legend(*axes[-1].get_legend_handles_labels(), loc="outside right center", fontsize=7)
+    from messai.plots import save_figure
+
+    save_figure(fig, path)

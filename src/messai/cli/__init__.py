@@ -21,7 +21,7 @@ def main() -> None:
         error_line(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        error_line("interrupted")
+        error_line("interrupted (finished work is kept: run the same command again to resume)")
         sys.exit(130)
 
 

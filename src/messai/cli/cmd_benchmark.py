@@ -10,7 +10,7 @@ import typer
 from messai.cli import common
 from messai.cli.common import DeviceOpt, ModelOpt, PrecisionOpt, app, print_json
 
-bench_app = typer.Typer(help="Measure speed and retrieval quality (results as JSON on stdout).", no_args_is_help=True)
+bench_app = typer.Typer(help="Measure similarity metrics, retrieval quality and speed.", no_args_is_help=True)
 app.add_typer(bench_app, name="benchmark")
 
 
@@ -20,19 +20,20 @@ def bench_extract_command(
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    files: Annotated[int, typer.Option("--files", help="Generated 44.1 kHz stereo files.")] = 4,
-    seconds: Annotated[float, typer.Option("--seconds", help="Length of each file.")] = 10.0,
-    repeats: Annotated[int, typer.Option("--repeats", help="Alternating runs per variant; best counts.")] = 2,
+    files: Annotated[int, typer.Option("--files", min=1, help="Generated 44.1 kHz stereo files.")] = 4,
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Length of each file (at least --min-seconds).")] = 10.0,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Alternating runs per variant; best counts.")] = 2,
 ) -> None:
     """Extraction throughput: full pipeline (decode, resample, targets, forward, store) vs the
     bare model forward on the same windows, × real time and their ratio. Without --model it
     uses a random checkpoint of the MERT-v1-95M shape (weights don't change the cost)."""
     from messai.bench.extraction import bench_extraction
 
+    settings = common.settings_from(device=device, precision=precision, batch_size=batch_size)
     common.notice("benchmarking extraction (this takes a minute on a CPU) ...")
     result = bench_extraction(
-        model=model, device=(device.value if device else "cpu"), precision=(precision.value if precision else "float32"),
-        batch_size=batch_size, n_files=files, seconds_per_file=seconds, repeats=repeats,
+        model=model, device=settings.device, precision=settings.precision, batch_size=settings.batch_size,
+        n_files=files, seconds_per_file=seconds, repeats=repeats,
     )  # fmt: skip
     print_json(result)
 
@@ -42,9 +43,9 @@ def bench_similarity_command(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")],
     model: ModelOpt = None,
     label: Annotated[Optional[str], typer.Option("--label", help="Label for retrieval scores (composer, work, instrument ...).")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per query.")] = 10,
-    layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated layers (default all).")] = None,
-    max_tracks: Annotated[int, typer.Option("--max-tracks", help="Subsample larger stores (seeded).")] = 4000,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 10,
+    layers: Annotated[Optional[str], typer.Option("--layers", help="'all' (default) or comma-separated layers.")] = None,
+    max_tracks: Annotated[int, typer.Option("--max-tracks", min=3, help="Subsample larger stores (seeded).")] = 4000,
     fmt: Annotated[common.Format, typer.Option("--format", "-f")] = common.Format.table,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of spread, hubness and precision by layer.")] = None,
 ) -> None:
@@ -55,7 +56,7 @@ def bench_similarity_command(
 
     settings = common.settings_from()
     store = FeatureStore.open(dataset, model, home=settings.home)
-    chosen = [int(x) for x in layers.split(",")] if layers else None
+    chosen = common.parse_layers(layers, store.n_layers)
     report = evaluate_similarity(store, label=label, k=k, layers=chosen, max_tracks=max_tracks)
     if plot is not None:
         plot_similarity(report, plot)
@@ -72,7 +73,8 @@ def bench_similarity_command(
             "max_hub": r["max_hub_occurrence"], "P@k": r.get("precision_at_k"), "MAP": r.get("map"), "MRR": r.get("mrr"),
             "fidelity(mean)": (sum(fid.values()) / len(fid)) if fid else None,
         })  # fmt: skip
-    common.render_rows(rows, fmt, title=f"{dataset}: {report['n_tracks']} tracks, k={report['k']}, label={label}")
+    common.render_rows(rows, fmt, title=f"{dataset}: {report['n_tracks']} tracks, k={report['k']}"
+                       + (f", retrieval against label {label!r}" if label else " (no --label: no retrieval scores)"))
 
 
 @bench_app.command("speed")
@@ -95,7 +97,8 @@ def bench_speed_command(
         from messai.bench.extraction import bench_extraction
 
         common.notice("extraction ...")
-        report["extraction"] = bench_extraction(model=model, device=(device.value if device else "cpu"),
+        settings = common.settings_from(device=device)
+        report["extraction"] = bench_extraction(model=model, device=settings.device, batch_size=settings.batch_size,
                                                 n_files=2 if quick else 4, seconds_per_file=10.0, repeats=1 if quick else 2)  # fmt: skip
     common.notice("probe ...")
     report["probe"] = speed.bench_probe(n_samples=4000 if quick else 20000)

@@ -39,11 +39,11 @@ def demo_command(
                           on_track=progress.track)  # fmt: skip
     finally:
         progress.stop()
+    for line in report.notes:
+        common.notice(f"note: {line}")
     if json_out:
         common.print_json(report.to_dict())
         return
-    for line in report.notes:
-        common.notice(f"note: {line}")
     common.print_table(report.probe_summary, title=f"best layer per proxy target ({report.model}); control_r2: targets permuted "
                        "across works; random_model_r2: same probe on an untrained model of the same architecture")
     common.print_table(report.aspects, ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"], title="aspect → layer")

@@ -60,11 +60,11 @@ def extract_command(
     if json_out:
         print_json(report.to_dict())
     if not quiet or report.failures:
+        speed = (f"{report.audio_seconds / 3600:.3f} h of audio in {report.wall_seconds:.1f} s "
+                 f"({report.realtime_factor:.2f}× real time)") if report.n_extracted else f"{report.wall_seconds:.1f} s"  # fmt: skip
         notice(
             f"{report.dataset}: {report.n_extracted} extracted, {report.n_skipped} up to date, "
-            f"{len(report.failures)} failed of {report.n_tracks} tracks; "
-            f"{report.audio_seconds / 3600:.3f} h of audio in {report.wall_seconds:.1f} s "
-            f"({report.realtime_factor:.2f}× real time) → {report.store_path}"
+            f"{len(report.failures)} failed of {report.n_tracks} tracks; {speed} → {report.store_path}"
         )
     if report.failures:
         raise typer.Exit(1)

@@ -23,13 +23,14 @@ def probe_command(
     model: ModelOpt = None,
     targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated targets (default: all stored).")] = None,
     folds: Annotated[Optional[int], typer.Option("--folds", help="Outer group folds [default: 5].")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of folds, permutation control and bootstrap.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of folds, permutation control and bootstrap [default: 0].")] = None,
     group_by: Annotated[str, typer.Option("--group-by", help="track, or a label such as work (no group on both sides of a split).")] = "track",
     control_store: Annotated[Optional[str], typer.Option("--control-store", help="Dataset extracted from the same audio with a random-weight model ('mess model random --like').")] = None,
     min_r2: Annotated[Optional[float], typer.Option("--min-r2", help="R² an aspect needs to count as validated [default: 0.5].")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Group-bootstrap resamples for the CIs.")] = 1000,
     fmt: Annotated[ProbeFormat, typer.Option("--format", "-f")] = ProbeFormat.table,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a heat-map PNG of R² by layer × target.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a heat-map of R² by layer × target (.png, .pdf or .svg).")] = None,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Save the results with the store (they replace the previous ones and define 'mess aspects').")] = True,
 ) -> None:
     """Layer discovery: regress every layer onto every proxy target with grouped CV, alpha tuned
     inside training folds, a permuted-target control (and a random-model control), and save the
@@ -43,7 +44,7 @@ def probe_command(
         group_by=group_by, control_store=control_store, min_r2=settings.r2_threshold, n_bootstrap=bootstrap,
     )  # fmt: skip
     with _status(f"probing {discovery.store.n_layers} layers of {dataset} ..."):
-        results = discovery.run_full_discovery()
+        results = discovery.run_full_discovery(save=save)
     if plot is not None:
         from messai.plots import probe_heatmap
 
@@ -71,7 +72,8 @@ def _print_probe_table(results, min_r2: float) -> None:
     table.add_column("target", no_wrap=True)
     for layer in range(results.n_layers):
         table.add_column(str(layer), justify="right")
-    table.add_column("best", justify="right")
+    random = results.random_model
+    table.add_column("best \\[control" + (" | random model]" if random else "]"), justify="right")
     table.add_column("margin", justify="right")
     table.add_column("validated", justify="center")
     for name, res in results.targets.items():
@@ -83,10 +85,11 @@ def _print_probe_table(results, min_r2: float) -> None:
             cells.append(txt)
         best = res.best_layer
         ctrl = res.control_r2[best] if best is not None else math.nan
+        rnd = res.random_model_r2[best] if best is not None and res.random_model_r2 is not None else math.nan
         validated = best is not None and res.is_validated(best, min_r2=min_r2)
         table.add_row(
             name, *cells,
-            "—" if best is None else f"{best} [{ctrl:.2f}]",
+            "—" if best is None else (f"{best} \\[{ctrl:.2f} | {rnd:.2f}]" if random else f"{best} \\[{ctrl:.2f}]"),
             "—" if not math.isfinite(res.margin_over_median) else f"{res.margin_over_median:+.2f}",
             "yes" if validated else "no",
         )  # fmt: skip
@@ -121,7 +124,7 @@ def aspects_command(
 def targets_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
     """(Re)compute the proxy targets of an existing store from its audio files (no model work)."""
     from messai.extract import recompute_targets

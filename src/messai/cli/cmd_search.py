@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from messai.cli.common import (
-    DatasetOpt, DeviceOpt, Format, ListFormat, ModelOpt, app, error_line, notice, print_json, print_json_line, print_table,
+    DatasetOpt, DeviceOpt, Format, ListFormat, ModelOpt, app, parse_layers, error_line, notice, print_json, print_json_line, print_table,
     print_tsv, settings_from,
 )  # fmt: skip
 
@@ -27,26 +27,11 @@ class Normalize(str, Enum):
     l2 = "l2"
 
 
-KindOpt = Annotated[Optional[Kind], typer.Option("--kind", help="flat (exact; default up to ~100k tracks), hnsw or ivf.")]
+KindOpt = Annotated[Optional[Kind], typer.Option("--kind", help="flat (exact; the default, fine up to ~100k tracks), hnsw or ivf (approximate, for larger stores).")]
 NormOpt = Annotated[
     Optional[Normalize],
     typer.Option("--normalize", help="center (default: subtract the layer mean, then cosine), zscore, or l2 (plain cosine)."),
 ]
-
-
-def _parse_layers(text: str, n_layers: int) -> list[int]:
-    from messai.errors import ConfigError
-
-    if text == "all":
-        return list(range(n_layers))
-    try:
-        layers = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ConfigError(f"--layers {text!r}: expected 'all' or comma-separated integers") from None
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if bad or not layers:
-        raise ConfigError(f"--layers {text!r}: layers must be within 0..{n_layers - 1}")
-    return layers
 
 
 @app.command("index")
@@ -66,15 +51,20 @@ def index_command(
 ) -> None:
     """Build per-layer FAISS indices of track vectors (mean of each track's windows), cached
     under the data root and keyed by a fingerprint of the store; incremental when tracks were added."""
+    from messai.errors import ConfigError
     from messai.index_cache import build_layer_index
     from messai.store import FeatureStore
 
     settings = settings_from(index_kind=kind, normalize=normalize)
     store = FeatureStore.open(dataset, model, home=settings.home)
     named = {"M": m, "efConstruction": ef_construction, "efSearch": ef_search, "nlist": nlist, "nprobe": nprobe}
+    flags = {"M": "--hnsw-m", "efConstruction": "--ef-construction", "efSearch": "--ef-search", "nlist": "--nlist", "nprobe": "--nprobe"}
     params = {k: v for k, v in named.items() if v is not None} or None
+    wrong = [flags[k] for k in params or {} if (k in ("nlist", "nprobe")) != (settings.index_kind == "ivf") or settings.index_kind == "flat"]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --kind {settings.index_kind}")
     rows = []
-    for layer in _parse_layers(layers, store.n_layers):
+    for layer in parse_layers(layers, store.n_layers):
         out = build_layer_index(settings.home, store, layer, normalize=settings.normalize, kind=settings.index_kind,
                                 params=params, force=force)  # fmt: skip
         rows.append(out.to_dict())
@@ -89,8 +79,8 @@ def index_command(
 @app.command("recommend")
 def recommend_command(
     dataset: DatasetOpt,
-    track: Annotated[Optional[str], typer.Option("--track", "-t", help="Query track id; '-' reads ids from stdin (one JSON line per query).")] = None,
-    aspect: Annotated[Optional[list[str]], typer.Option("--aspect", "-a", help="Aspect, or several as NAME[:WEIGHT] for weighted fusion.")] = None,
+    track: Annotated[Optional[str], typer.Option("--track", "-t", help="Query track id; '-' reads ids from stdin, one per line: json/table print one JSON line per query, tsv rows with a query column, ids the recommended ids.")] = None,
+    aspect: Annotated[Optional[list[str]], typer.Option("--aspect", "-a", help="Aspect (default spectral_brightness), or several as NAME[:WEIGHT] for weighted fusion; see 'mess aspects'.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of recommendations.")] = 5,
     layer: Annotated[Optional[int], typer.Option("--layer", help="Use this layer instead of the aspect's.")] = None,
     normalize: NormOpt = None,
@@ -122,7 +112,9 @@ def recommend_command(
         _render(result, fmt)
         return
     if track != "-":
-        _render(rec.recommend(track, aspects, k, layer=layer, exclude_same=exclude_same or ()), fmt)
+        result = rec.recommend(track, aspects, k, layer=layer, exclude_same=exclude_same or ())
+        _short_notice(result, k)
+        _render(result, fmt)
         return
     rec.plan(aspects, layer)  # a bad --aspect/--layer fails once, before reading any input
     failed = 0
@@ -131,6 +123,8 @@ def recommend_command(
         tid = line.rstrip("\n").rstrip("\r")
         if not tid.strip():
             continue
+        if tid not in rec.store and tid.strip() in rec.store:
+            tid = tid.strip()  # stray spaces from a hand-made list
         try:
             result = rec.recommend(tid, aspects, k, layer=layer, exclude_same=exclude_same or ())
         except MessError as exc:
@@ -144,6 +138,19 @@ def recommend_command(
             header = False
     if failed:
         raise typer.Exit(1)
+
+
+def _short_notice(result: dict, k: int) -> None:
+    n = len(result["recommendations"])
+    if n < k:
+        notice(f"note: only {n} track(s) could be returned (the store's size, minus the query and exclusions)")
+
+
+def _describe(result: dict) -> str:
+    if isinstance(result["aspect"], str):
+        return f"aspect {result['aspect']} · layer {result['layer']}"
+    parts = [f"{a} (layer {lay}, weight {w:g})" for a, lay, w in zip(result["aspect"], result["layer"], result["weights"])]
+    return "fused: " + " + ".join(parts)
 
 
 def _render(result: dict, fmt: ListFormat, *, with_query: bool = False, header: bool = True) -> None:
@@ -162,6 +169,7 @@ def _render(result: dict, fmt: ListFormat, *, with_query: bool = False, header: 
         sys.stdout.flush()
     else:
         q = result["query"].get("track_id") or result["query"].get("audio")
-        title = f"{q} · aspect {result['aspect']} · layer {result['layer']} · {result['normalize']}"
-        cols = ["rank", "track_id", "similarity"] + [c for r in recs for c in r if c not in ("rank", "track_id", "similarity", "layer_similarities")]
+        title = f"{q} · {_describe(result)} · {result['normalize']}"
+        cols = ["rank", "track_id", "similarity"] + (["layer_similarities"] if recs and "layer_similarities" in recs[0] else [])
+        cols += [c for r in recs for c in r if c not in cols]
         print_table(recs, list(dict.fromkeys(cols)), title=title)

@@ -23,7 +23,7 @@ def tracks_command(
     rows = store.track_rows()
     if fmt == ListFormat.ids:
         for r in rows:
-            if r["status"] == "ok":
+            if not r["status"].startswith("failed"):  # stored tracks, stale ones included (they are searchable)
                 print(r["track_id"])
         return
     render_rows(rows, Format(fmt.value), title=f"{store.dataset} · {store.model_id}")

@@ -64,6 +64,7 @@ app = typer.Typer(
     "encodes which musical aspect, and search tracks by aspect.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
     rich_markup_mode=None,
 )
@@ -97,6 +98,22 @@ class PrecisionChoice(str, Enum):
     float16 = "float16"
 
 
+def _version(value: bool) -> None:
+    if value:
+        from messai import __version__
+
+        sys.stdout.write(f"mess {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """mess — music similarity research on MERT: extract every layer, find which layer encodes
+    which musical aspect, and search tracks by aspect."""
+
+
 ModelOpt = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="Hub id (default m-a-p/MERT-v1-95M) or a local checkpoint directory."),
@@ -120,13 +137,41 @@ def settings_from(**flags: Any):
     return resolve_settings(clean)[0]
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and ±inf → null: JSON has no such numbers, and parsers choke on them."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2, default=_json_default) + "\n")
+    text = json.dumps(_finite(json.loads(json.dumps(obj, default=_json_default))), ensure_ascii=False, indent=2)
+    sys.stdout.write(text + "\n")
 
 
 def print_json_line(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(_finite(obj), ensure_ascii=False, default=_json_default) + "\n")
     sys.stdout.flush()
+
+
+def parse_layers(text: str | None, n_layers: int) -> list[int]:
+    """``all`` (or None) → every layer; ``0,3,5`` → those, each within 0..n_layers-1."""
+    from messai.errors import ConfigError
+
+    if text is None or text.strip() == "all":
+        return list(range(n_layers))
+    try:
+        layers = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--layers {text!r}: expected 'all' or comma-separated integers") from None
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad or not layers:
+        raise ConfigError(f"--layers {text!r}: layers must be within 0..{n_layers - 1}")
+    return layers
 
 
 def _json_default(o: Any) -> Any:

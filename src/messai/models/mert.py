@@ -157,7 +157,7 @@ def resolve_checkpoint(model: str | os.PathLike, *, revision: str | None = None)
         directory, rev = _download(text, revision)
         model_id = text
     else:
-        raise ModelError(f"--model {text}: not a checkpoint directory and not a hub id like 'm-a-p/MERT-v1-95M'")
+        raise ModelError(f"{text}: not a checkpoint directory (no such folder) and not a hub id like 'm-a-p/MERT-v1-95M'")
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise ModelError(f"{directory}: no config.json (expected the hub layout: config.json, weights, preprocessor_config.json)")
