@@ -111,43 +111,54 @@ class _Progress:
         self.printed: set[str] = set()
 
     def plan(self, plan) -> None:
+        import threading
         import time
-
-        from messai.audio import audio_info
-        from messai.errors import MessError
 
         if self.quiet:
             return
         if plan.skipped:
             notice(f"{len(plan.skipped)} tracks up to date, skipped")
-        total = 0.0
-        for t in plan.todo:
-            try:
-                total += audio_info(t.path).duration_seconds
-            except MessError:
-                pass
-        self.n_files, self.total_seconds = len(plan.todo), max(total, 1e-9)
+        self.n_files = len(plan.todo)
         if plan.todo:
             self.progress.start()
             self.started = True
             self.t0 = time.perf_counter()
-            self.task = self.progress.add_task("extract", total=self.total_seconds, **self._fields())
+            # the audio total needs every file's header (slow for thousands of MP3s): count it in
+            # the background; until then the bar is indeterminate
+            self.task = self.progress.add_task("extract", total=None, **self._fields())
+            threading.Thread(target=self._count_audio, args=(plan.todo,), daemon=True).start()
+
+    def _count_audio(self, tracks) -> None:
+        from messai.audio import audio_info
+        from messai.errors import MessError
+
+        total = 0.0
+        for t in tracks:
+            try:
+                total += audio_info(t.path).duration_seconds
+            except MessError:
+                pass
+        self.total_seconds = max(total, 1e-9)
+        if self.task is not None:
+            self.progress.update(self.task, total=self.total_seconds, completed=min(self.done_seconds, self.total_seconds))
 
     def _fields(self) -> dict:
         import time
 
         elapsed = time.perf_counter() - getattr(self, "t0", time.perf_counter())
         speed = self.done_seconds / elapsed if elapsed > 0 else 0.0
+        total = f"{self.total_seconds / 3600:.2f}" if self.total_seconds else "?"
         return {
             "files": f"{self.done_files}/{self.n_files} files",
-            "hours": f"{self.done_seconds / 3600:.2f}/{self.total_seconds / 3600:.2f} h",
+            "hours": f"{self.done_seconds / 3600:.2f}/{total} h",
             "speed": f"{speed:.2f}× rt",
         }
 
     def window(self, track, seconds: float) -> None:
         self.done_seconds += seconds
         if self.task is not None:
-            self.progress.update(self.task, completed=min(self.done_seconds, self.total_seconds), **self._fields())
+            done = min(self.done_seconds, self.total_seconds) if self.total_seconds else self.done_seconds
+            self.progress.update(self.task, completed=done, **self._fields())
 
     def track(self, result) -> None:
         self.done_files += 1
