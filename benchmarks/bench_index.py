@@ -191,7 +191,6 @@ def bench_hnsw(n: int, dim: int, k: int, recall_queries: int, ef_values: list[in
     build_s = time.perf_counter() - start
     del X
     Xn = index.normalized_vectors()
-    ids = index.track_ids
     rq = np.random.default_rng(3).choice(n, size=recall_queries, replace=False)
     start = time.perf_counter()
     truth = exact_neighbours(Xn, rq, k)

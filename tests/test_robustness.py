@@ -10,14 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 from typer.testing import CliRunner
 
 from messai.cli import app
 from messai.store import FeatureStore
-from tests.conftest import tone, write_audio
+from tests.conftest import write_audio
 from tests.synthetic_store import make_store
 
 runner = CliRunner()

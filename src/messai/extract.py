@@ -409,11 +409,6 @@ class ExtractionPlan:
     skipped: list[TrackInfo]
 
 
-def store_settings(extractor_settings: dict[str, Any]) -> dict[str, Any]:
-    keys = ("sample_rate", "segment_seconds", "hop_seconds", "min_seconds", "do_normalize", "store_dtype", "precision")
-    return {k: extractor_settings[k] for k in keys}
-
-
 def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> ExtractionPlan:
     """Which tracks need work: new ones, changed ones (size/mtime differ and so does the content
     hash), ones whose track file is missing, or all with ``force``. Unchanged content with a new
@@ -513,11 +508,10 @@ def extract_dataset(
     identity = checkpoint.identity()
     if settings.revision:
         identity["requested_revision"] = settings.revision
-    ext_settings = store_settings(
-        dict(sample_rate=checkpoint.sample_rate, segment_seconds=settings.segment_seconds,
-             hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
-             do_normalize=checkpoint.do_normalize, store_dtype=settings.store_dtype, precision=settings.precision)
-    )  # fmt: skip
+    ext_settings = dict(sample_rate=checkpoint.sample_rate, segment_seconds=settings.segment_seconds,
+                        hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
+                        do_normalize=checkpoint.do_normalize, store_dtype=settings.store_dtype,
+                        precision=settings.precision)  # fmt: skip
     store_root = store_root_for(settings, dataset, identity)
     new_store = not (store_root / "manifest.json").is_file()
     store = FeatureStore.create(store_root, dataset=dataset, model=identity, settings=ext_settings) if new_store \
@@ -635,7 +629,7 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
                 if len(rows) != entry["n_segments"]:
                     raise AudioError(f"{path}: {len(rows)} windows now, {entry['n_segments']} stored")
                 values = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-                arrays = {k: v for k, v in store._read_arrays(tid).items() if not k.startswith("target__") and k != "meta"}
+                arrays = {k: v for k, v in store.read_arrays(tid).items() if not k.startswith("target__") and k != "meta"}
             except (AudioError, StoreError) as exc:
                 report.failures.append(str(exc))
                 continue

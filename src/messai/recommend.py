@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from messai.errors import ConfigError, MessError
 
@@ -145,11 +144,7 @@ class LayerBasedRecommender:
         similarities; ``layer`` overrides the aspect's layer. Returns the documented JSON dict:
         ``query``, ``aspect``, ``layer``, ``normalize``, ``recommendations`` (rank, track_id,
         similarity, labels...)."""
-        if reference_track not in self.store:
-            from messai.errors import TrackNotFoundError
-            from messai.store import _unknown_track_message
-
-            raise TrackNotFoundError(_unknown_track_message(reference_track, self.store.track_ids(), self.store.dataset))
+        self.store.require_track(reference_track)
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
         n_recommendations = min(n_recommendations, len(self.store))  # there are no more to return

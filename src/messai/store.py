@@ -285,10 +285,14 @@ class FeatureStore:
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     # ---------------------------------------------------------------- reading
-    def _track_path(self, track_id: str) -> Path:
-        entry = self.entries.get(track_id)
-        if entry is None:
+    def require_track(self, track_id: str) -> None:
+        """TrackNotFoundError naming the three closest ids when ``track_id`` is not stored."""
+        if track_id not in self.entries:
             raise TrackNotFoundError(_unknown_track_message(track_id, self.track_ids(), self.dataset))
+
+    def _track_path(self, track_id: str) -> Path:
+        self.require_track(track_id)
+        entry = self.entries[track_id]
         name = entry["file"]
         if name != track_file_name(track_id):  # never follow a path taken from the manifest blindly
             raise StoreError(f"{self.root / 'manifest.json'}: entry of {track_id!r} points at an unexpected file")
@@ -297,7 +301,7 @@ class FeatureStore:
     def load(self, track_id: str) -> dict[str, Any]:
         """``segments [n_segments, n_layers, dim]`` float32, ``aggregated [n_layers, dim]``,
         ``targets`` name → array, ``starts``/``lengths`` (samples), ``meta`` (manifest entry)."""
-        data = self._read_arrays(track_id)
+        data = self.read_arrays(track_id)
         out = {
             "segments": data["segments"].astype(np.float32),
             "aggregated": data["aggregated"].astype(np.float32),
@@ -308,7 +312,7 @@ class FeatureStore:
         }
         return out
 
-    def _read_arrays(self, track_id: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    def read_arrays(self, track_id: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Arrays of a track file (all, or ``names``); a missing or damaged file is a StoreError."""
         path = self._track_path(track_id)
         try:
@@ -322,7 +326,7 @@ class FeatureStore:
 
     def load_aggregated(self, track_id: str) -> np.ndarray:
         """Just the track vector ``[n_layers, dim]`` float32 (mean of the windows)."""
-        return self._read_arrays(track_id, ("aggregated",))["aggregated"].astype(np.float32)
+        return self.read_arrays(track_id, ("aggregated",))["aggregated"].astype(np.float32)
 
     def has_track_file(self, track_id: str) -> bool:
         """Whether the track's file is there and ends like a complete zip (a cheap check: the

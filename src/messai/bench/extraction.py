@@ -44,7 +44,7 @@ def bench_extraction(
     """
     import torch
 
-    from messai.audio import WindowSpec, decode, iter_windows, normalize_window
+    from messai.audio import decode, iter_windows, normalize_window
     from messai.datasets.base import TrackInfo
     from messai.extract import FeatureExtractor, result_arrays
     from messai.models.mert import pooled_hidden_states, write_random_checkpoint

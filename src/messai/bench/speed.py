@@ -42,18 +42,14 @@ def synthetic_store(home: Path, dataset: str, *, n_tracks: int, n_layers: int = 
                 "do_normalize": True, "store_dtype": "float16", "precision": "float32"}  # fmt: skip
     store = FeatureStore.create(home / "stores" / dataset / "synthetic--benchmark", dataset=dataset, model=identity, settings=settings)
     vecs = clustered(n_tracks, n_layers * dim, seed=seed).reshape(n_tracks, n_layers, dim)
-    # write the track files directly and the manifest once (put() rewrites it per track)
-    from messai.store import atomic_savez, now_iso, track_file_name
-
-    for i in range(n_tracks):
-        tid = f"track{i:06d}"
-        atomic_savez(store.root / "tracks" / track_file_name(tid), {
-            "segments": vecs[i][None].astype(np.float16), "aggregated": vecs[i], "starts": np.zeros(1, np.int64),
-            "lengths": np.full(1, 120000, np.int64)})  # fmt: skip
-        store.entries[tid] = {"source": f"{tid}.wav", "size": 1, "mtime_ns": 1, "content_hash": hashlib.md5(tid.encode()).hexdigest(),
-                              "duration_seconds": 5.0, "n_segments": 1, "targets": [], "labels": {},
-                              "file": track_file_name(tid), "extracted_at": now_iso()}  # fmt: skip
-    store.save_manifest()
+    with store.writer():  # inside the writer, put() batches the manifest writes
+        for i in range(n_tracks):
+            tid = f"track{i:06d}"
+            arrays = {"segments": vecs[i][None].astype(np.float16), "aggregated": vecs[i],
+                      "starts": np.zeros(1, np.int64), "lengths": np.full(1, 120000, np.int64)}  # fmt: skip
+            entry = {"source": f"{tid}.wav", "size": 1, "mtime_ns": 1, "content_hash": hashlib.md5(tid.encode()).hexdigest(),
+                     "duration_seconds": 5.0, "n_segments": 1, "targets": [], "labels": {}}  # fmt: skip
+            store.put(tid, arrays, entry)
     return store
 
 
