@@ -1,4 +1,4 @@
-"""In-process query latency and recall of messai.index. Prints one JSON object.
+"""In-process query latency and recall of messai.search.layer_index. Prints one JSON object.
 
     uv run python benchmarks/bench_index.py            # flat @ 10k, hnsw @ 100k, dim 768
     uv run python benchmarks/bench_index.py --quick    # flat @ 10k, hnsw @ 20k
@@ -16,7 +16,7 @@ Reported next to every latency: a baseline measured in the same run on the same 
 (numpy brute force: single-threaded einsum mat-vec + argpartition top-k), and the ratio to
 it, because absolute numbers on a small shared machine are noisy. numpy's BLAS mat-vec is
 reported too; its thread pool makes it erratic under load. Flat single queries use the exact
-two-stage float16 path (see messai.index); the plain IndexFlatIP path is timed too. FAISS
+two-stage float16 path (see messai.search.layer_index); the plain IndexFlatIP path is timed too. FAISS
 single-query search is timed with 1 thread and with the default thread count; the library
 uses 1 thread for ≤ 4 queries.
 """
@@ -33,8 +33,8 @@ from typing import Callable
 import faiss
 import numpy as np
 
-import messai.index as index_module
-from messai.index import LayerIndex, build_index
+import messai.search.layer_index as index_module
+from messai.search.layer_index import LayerIndex, build_index
 
 
 def mixture(n: int, dim: int, *, seed: int = 0, latent: int | None = None) -> np.ndarray:

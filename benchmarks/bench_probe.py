@@ -1,4 +1,4 @@
-"""Benchmark `messai.probe.probe_layers` at the issue's scale.
+"""Benchmark `messai.analysis.probe.probe_layers` at the issue's scale.
 
     uv run python benchmarks/bench_probe.py            # 20,000 x 13 x 768 float16, ~41 outputs
 
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from messai.probe import probe_layers
+from messai.analysis.probe import probe_layers
 
 # name -> number of outputs (the issue's proxy targets: 12 targets, 41 outputs)
 TARGET_SHAPES = {
@@ -104,7 +104,7 @@ def main() -> None:
     probe_seconds = time.perf_counter() - start
     eigh_seconds = time_eigh(args.dim)
     # per layer: one decomposition per outer fold, one per inner fit of the alpha search
-    from messai.probe import _inner_pairs
+    from messai.analysis.probe import _inner_pairs
 
     decompositions = args.layers * (args.folds + len(_inner_pairs(args.folds, args.inner_folds)))
     print(json.dumps({

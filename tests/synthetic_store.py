@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from messai.store import FeatureStore
+from messai.features.store import FeatureStore
 
 
 def make_store(home: Path, dataset: str = "syn", *, n_tracks: int = 40, n_layers: int = 4, dim: int = 16,

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from messai.audio import (
+from messai.features.decode import (
     StreamResampler, WindowSpec, audio_info, decode, iter_windows, normalize_window, stream_mono, window_starts,
 )  # fmt: skip
 from messai.errors import AudioError

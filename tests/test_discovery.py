@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from messai.cli import app
-from messai.store import FeatureStore
+from messai.features.store import FeatureStore
 from tests.conftest import write_audio
 
 runner = CliRunner()

@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from messai.cli import app
-from messai.store import FeatureStore
+from messai.features.store import FeatureStore
 from tests.conftest import tone, write_audio
 from tests.reference_forward import reference_hidden_states
 

@@ -1,4 +1,4 @@
-"""Tests for messai.index: normalisation, exact/approximate search, persistence, fusion."""
+"""Tests for messai.search.layer_index: normalisation, exact/approximate search, persistence, fusion."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import messai.index as index_module
+import messai.search.layer_index as index_module
 from messai.errors import ConfigError, SearchIndexError, TrackNotFoundError
-from messai.index import (
+from messai.search.layer_index import (
     LayerIndex,
     Normalizer,
     build_index,
@@ -500,7 +500,7 @@ def test_fusion_with_default_candidates_and_raw_queries():
 
 def test_import_is_light():
     code = (
-        "import sys, messai.index\n"
+        "import sys, messai.search.layer_index\n"
         "heavy = {'torch', 'sklearn', 'scipy', 'transformers', 'librosa'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from messai.errors import MessError
-from messai.probe import (
+from messai.analysis.probe import (
     ProbeResults,
     _inner_pairs,
     _permute_across_groups,

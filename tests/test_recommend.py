@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from messai.cli import app
-from messai.store import FeatureStore
+from messai.features.store import FeatureStore
 from tests.synthetic_store import make_store
 
 runner = CliRunner()
@@ -86,7 +86,7 @@ def test_exclude_same_work(store):
 
 
 def test_fusion_is_weighted_mean_of_layer_cosines(store):
-    from messai.recommend import LayerBasedRecommender
+    from messai.search.recommend import LayerBasedRecommender
 
     rec = LayerBasedRecommender("syn", normalize="l2")
     q = "c2/track 002"

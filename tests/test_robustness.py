@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from messai.cli import app
-from messai.store import FeatureStore
+from messai.features.store import FeatureStore
 from tests.conftest import write_audio
 from tests.synthetic_store import make_store
 
@@ -45,7 +45,7 @@ def test_force_with_new_settings_is_recorded(lib, tiny_ckpt):
 
 
 def test_file_changing_while_read_fails_and_is_redone(lib, tiny_ckpt, monkeypatch):
-    import messai.extract as ex
+    import messai.features.extractor as ex
 
     real = ex.stream_mono
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from messai.errors import AudioError, ConfigError
-from messai.targets import (
+from messai.features.targets import (
     ASPECTS_OF_TARGETS,
     RMS_DB_FLOOR,
     TARGETS,
@@ -195,7 +195,7 @@ def test_registry():
 
 
 def test_import_is_light():
-    code = ("import sys, messai.targets; "
+    code = ("import sys, messai.features.targets; "
             "bad = {'torch', 'librosa', 'scipy', 'threadpoolctl'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

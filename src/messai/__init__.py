@@ -13,15 +13,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "FeatureExtractor": "messai.extract",
-    "extract_dataset": "messai.extract",
-    "FeatureStore": "messai.store",
+    "FeatureExtractor": "messai.features.extractor",
+    "extract_dataset": "messai.features.extractor",
+    "FeatureStore": "messai.features.store",
     "Settings": "messai.config",
     "load_settings": "messai.config",
-    "probe_layers": "messai.probe",
-    "ProbeResults": "messai.probe",
-    "LayerDiscovery": "messai.discovery",
-    "LayerBasedRecommender": "messai.recommend",
+    "probe_layers": "messai.analysis.probe",
+    "ProbeResults": "messai.analysis.probe",
+    "LayerDiscovery": "messai.analysis.discovery",
+    "LayerBasedRecommender": "messai.search.recommend",
     "MessError": "messai.errors",
 }
 

@@ -44,7 +44,7 @@ def random_control_checkpoint(settings) -> Path:
     of `mess model random`, so a smoke-test model is not its own control), written once under
     the data root and reused: the random-initialisation control of the probe."""
     from messai.models.mert import resolve_checkpoint, write_random_checkpoint
-    from messai.store import model_slug
+    from messai.features.store import model_slug
 
     source = resolve_checkpoint(settings.model, revision=settings.revision)
     folder = settings.home / "random-controls" / f"{model_slug(source.identity())}-{source.config_hash}"
@@ -66,14 +66,14 @@ def run_demo(settings, *, path: Path | None = None, dataset: str | None = None, 
 
     With ``random_control`` the audio is also extracted by a random-weight model of the same
     architecture, and a layer counts as validated only if it beats that too."""
-    from messai.aspects import aspect_map
-    from messai.discovery import LayerDiscovery
-    from messai.extract import extract_dataset
-    from messai.recommend import LayerBasedRecommender
+    from messai.analysis.aspects import aspect_map
+    from messai.analysis.discovery import LayerDiscovery
+    from messai.features.extractor import extract_dataset
+    from messai.search.recommend import LayerBasedRecommender
 
     from messai import datasets
-    from messai.aspects import ASPECTS
-    from messai.extract import default_dataset_name
+    from messai.analysis.aspects import ASPECTS
+    from messai.features.extractor import default_dataset_name
     from messai.models.mert import resolve_checkpoint
 
     step = on_step or (lambda s: None)

@@ -44,11 +44,11 @@ def bench_extraction(
     """
     import torch
 
-    from messai.audio import decode, iter_windows, normalize_window
+    from messai.features.decode import decode, iter_windows, normalize_window
     from messai.datasets.base import TrackInfo
-    from messai.extract import FeatureExtractor, result_arrays
+    from messai.features.extractor import FeatureExtractor, result_arrays
     from messai.models.mert import pooled_hidden_states, write_random_checkpoint
-    from messai.store import FeatureStore
+    from messai.features.store import FeatureStore
 
     with tempfile.TemporaryDirectory(prefix="mess-bench-") as tmp:
         tmp = Path(tmp)

@@ -29,13 +29,13 @@ NORMALIZATIONS = ("none", "center", "zscore")
 
 def _normalise(X: np.ndarray, mode: str) -> np.ndarray:
     """Before the metric: none, centred, or z-scored with the same std floor as the indices'
-    ``zscore`` (``messai.index.Normalizer``), but without their final L2 step."""
+    ``zscore`` (``messai.search.layer_index.Normalizer``), but without their final L2 step."""
     if mode == "none":
         return X
     Xc = X - X.mean(0)
     if mode == "center":
         return Xc
-    from messai.index import Normalizer, _floored_std
+    from messai.search.layer_index import Normalizer, _floored_std
 
     return Xc / _floored_std(X.var(0), Normalizer("zscore").min_scale)
 
@@ -101,7 +101,7 @@ def aspect_fidelity(order: np.ndarray, values: dict[str, np.ndarray], k: int) ->
 
 def track_targets(store, ids: list[str]) -> dict[str, np.ndarray]:
     """Per track, the mean over its windows of each (transformed) proxy target."""
-    from messai.targets import TARGETS
+    from messai.features.targets import TARGETS
 
     per: dict[str, list[np.ndarray]] = {}
     for tid in ids:
@@ -127,8 +127,8 @@ def evaluate_similarity(
     "hub_skewness", "max_hub_occurrence", "max_hub_track", "precision_at_k", "map", "mrr",
     "fidelity": {target: ratio}, "aspect_fidelity": {aspect: ratio}}]}``."""
     from messai.errors import ConfigError
-    from messai.index_cache import layer_vectors
-    from messai.targets import ASPECTS_OF_TARGETS
+    from messai.search.cache import layer_vectors
+    from messai.features.targets import ASPECTS_OF_TARGETS
 
     if k < 1 or max_tracks < 3:
         raise ConfigError(f"k must be at least 1 and max_tracks at least 3 (got k={k}, max_tracks={max_tracks})")

@@ -34,7 +34,7 @@ def clustered(n: int, dim: int, *, n_clusters: int = 50, seed: int = 0, offset: 
 
 def synthetic_store(home: Path, dataset: str, *, n_tracks: int, n_layers: int = 13, dim: int = 768, seed: int = 0):
     """A store of ``n_tracks`` synthetic tracks (one window each), written like a real one."""
-    from messai.store import FeatureStore
+    from messai.features.store import FeatureStore
 
     identity = {"id": "synthetic/benchmark", "revision": "0" * 40, "config_hash": "bench", "sample_rate": 24000,
                 "n_layers": n_layers, "dim": dim, "do_normalize": True, "stable_layer_norm": False}  # fmt: skip
@@ -68,7 +68,7 @@ def bench_cold_start(*, n_tracks: int = 1000, runs: int = 7) -> dict[str, Any]:
     import compileall
 
     import messai
-    from messai.index_cache import build_layer_index
+    from messai.search.cache import build_layer_index
 
     # an editable install's modules are compiled on first import; with PYTHONDONTWRITEBYTECODE
     # they never get cached, so compile them once, as uv's compile-bytecode does for dependencies
@@ -95,7 +95,7 @@ def bench_queries(*, n_flat: int = 10_000, n_hnsw: int = 100_000, dim: int = 768
                   hnsw_params: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """Single-query latency (as ``mess recommend`` issues them) for flat and hnsw, with
     recall@10 of hnsw against exact search, plus build times and a numpy brute-force baseline."""
-    from messai.index import build_index
+    from messai.search.layer_index import build_index
 
     out: dict[str, Any] = {"dim": dim, "n_queries": n_queries}
     rng = np.random.default_rng(1)
@@ -134,8 +134,8 @@ def bench_queries(*, n_flat: int = 10_000, n_hnsw: int = 100_000, dim: int = 768
 
 def bench_probe(*, n_samples: int = 20_000, n_layers: int = 13, dim: int = 768, n_groups: int = 400, folds: int = 5) -> dict[str, Any]:
     """Wall time of ``probe_layers`` on synthetic windows with every registered target's shape."""
-    from messai.probe import probe_layers
-    from messai.targets import TARGETS
+    from messai.analysis.probe import probe_layers
+    from messai.features.targets import TARGETS
 
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(n_samples, n_layers, dim)).astype(np.float16)

@@ -52,7 +52,7 @@ def bench_similarity_command(
     """Per layer × metric (cosine, euclidean, dot) × normalisation (none, center, zscore):
     similarity spread, hubness, retrieval against a label, and aspect fidelity."""
     from messai.bench.similarity import evaluate_similarity, plot_similarity
-    from messai.store import FeatureStore
+    from messai.features.store import FeatureStore
 
     settings = common.settings_from()
     store = FeatureStore.open(dataset, model, home=settings.home)
@@ -108,6 +108,6 @@ def bench_speed_command(
     report["cold_start"] = speed.bench_cold_start(n_tracks=1000, runs=3 if quick else 7)
     print_json(report)
     if out is not None:
-        from messai.store import atomic_write_bytes
+        from messai.features.store import atomic_write_bytes
 
         atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())

@@ -35,7 +35,7 @@ def extract_command(
 ) -> None:
     """Extract the time-averaged hidden states of every MERT layer, per window, for every audio
     file under PATH, into the dataset's feature store. Re-running skips up-to-date tracks."""
-    from messai.extract import extract_dataset
+    from messai.features.extractor import extract_dataset
 
     settings = settings_from(
         model=model, revision=revision, device=device, precision=precision, batch_size=batch_size,
@@ -128,7 +128,7 @@ class _Progress:
             threading.Thread(target=self._count_audio, args=(plan.todo,), daemon=True).start()
 
     def _count_audio(self, tracks) -> None:
-        from messai.audio import audio_info
+        from messai.features.decode import audio_info
         from messai.errors import MessError
 
         total = 0.0

@@ -35,7 +35,7 @@ def probe_command(
     """Layer discovery: regress every layer onto every proxy target with grouped CV, alpha tuned
     inside training folds, a permuted-target control (and a random-model control), and save the
     results with the store; they define 'mess aspects'."""
-    from messai.discovery import LayerDiscovery
+    from messai.analysis.discovery import LayerDiscovery
 
     settings = settings_from(folds=folds, seed=seed, r2_threshold=min_r2)
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
@@ -104,8 +104,8 @@ def aspects_command(
 ) -> None:
     """Every aspect with its layer, R², control and source: this dataset's probe, or the
     prototype's defaults (layer 0 brightness, 1 timbre, 2 structure) labelled unvalidated."""
-    from messai.aspects import aspect_map
-    from messai.store import FeatureStore
+    from messai.analysis.aspects import aspect_map
+    from messai.features.store import FeatureStore
 
     settings = settings_from()
     store = FeatureStore.open(dataset, model, home=settings.home)
@@ -127,7 +127,7 @@ def targets_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
     """(Re)compute the proxy targets of an existing store from its audio files (no model work)."""
-    from messai.extract import recompute_targets
+    from messai.features.extractor import recompute_targets
 
     settings = settings_from()
     report = recompute_targets(dataset, model, settings=settings)

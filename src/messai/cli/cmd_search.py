@@ -52,8 +52,8 @@ def index_command(
     """Build per-layer FAISS indices of track vectors (mean of each track's windows), cached
     under the data root and keyed by a fingerprint of the store; incremental when tracks were added."""
     from messai.errors import ConfigError
-    from messai.index_cache import build_layer_index
-    from messai.store import FeatureStore
+    from messai.search.cache import build_layer_index
+    from messai.features.store import FeatureStore
 
     settings = settings_from(index_kind=kind, normalize=normalize)
     store = FeatureStore.open(dataset, model, home=settings.home)
@@ -95,7 +95,7 @@ def recommend_command(
     stdout carries only results; notices go to stderr."""
     from messai.config import resolve_fields
     from messai.errors import ConfigError, MessError
-    from messai.recommend import LayerBasedRecommender
+    from messai.search.recommend import LayerBasedRecommender
 
     # the fast path: validate only what this command reads, without importing pydantic
     settings = resolve_fields(["home", "index_kind", "normalize", "device"],

@@ -16,7 +16,7 @@ def tracks_command(
     fmt: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format; 'ids' prints one track id per line.")] = ListFormat.table,
 ) -> None:
     """List the tracks of a store: id, duration, segments, status (failed files too)."""
-    from messai.store import FeatureStore
+    from messai.features.store import FeatureStore
 
     settings = settings_from()
     store = FeatureStore.open(dataset, model, home=settings.home)
@@ -32,7 +32,7 @@ def tracks_command(
 @app.command("datasets")
 def datasets_command(fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table) -> None:
     """List the feature stores under the data root (MESS_HOME)."""
-    from messai.store import FeatureStore
+    from messai.features.store import FeatureStore
 
     settings = settings_from()
     rows = []

@@ -1214,4 +1214,4 @@ def _without_controls(task: _Task) -> _Task:
     )
 
 
-# LayerDiscovery (store → probe_layers → results saved with the store) is in messai.discovery.
+# LayerDiscovery (store → probe_layers → results saved with the store) is in messai.analysis.discovery.

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from messai.audio import WindowSpec, audio_info, iter_windows, normalize_window, stream_mono
+from messai.features.decode import WindowSpec, audio_info, iter_windows, normalize_window, stream_mono
 from messai.datasets.base import TrackInfo
 from messai.errors import AudioError, ConfigError, MessError, StoreError
 
@@ -251,7 +251,7 @@ class FeatureExtractor:
     def _decode_track(self, ti: int, track: TrackInfo, put) -> tuple[float, tuple[int, int, str]] | None:
         """Send one track's windows; return ``(duration, (size, mtime_ns, content hash))`` of the
         file as read (None when stopped). A file that changes while it is read fails."""
-        from messai.store import file_content_hash
+        from messai.features.store import file_content_hash
 
         path = track.path
         try:
@@ -280,7 +280,7 @@ class FeatureExtractor:
     def _targets(self, samples: np.ndarray) -> dict[str, np.ndarray]:
         if not self.compute_targets:
             return {}
-        from messai.targets import compute_targets
+        from messai.features.targets import compute_targets
 
         values = compute_targets([samples], self.sample_rate)
         return {k: np.asarray(v)[0] for k, v in values.items()}
@@ -413,7 +413,7 @@ def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> Extractio
     """Which tracks need work: new ones, changed ones (size/mtime differ and so does the content
     hash), ones whose track file is missing, or all with ``force``. Unchanged content with a new
     mtime is refreshed without model work."""
-    from messai.store import file_content_hash
+    from messai.features.store import file_content_hash
 
     todo, skipped = [], []
     for t in tracks:
@@ -437,7 +437,7 @@ def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> Extractio
 
 
 def store_root_for(settings, dataset: str, identity: dict[str, Any]) -> Path:
-    from messai.store import model_slug
+    from messai.features.store import model_slug
 
     return settings.stores_dir / dataset / model_slug(identity)
 
@@ -489,7 +489,7 @@ def extract_dataset(
     from messai.config import load_settings, validate_dataset_name
     from messai.device import select_device, select_dtype
     from messai.models.mert import resolve_checkpoint
-    from messai.store import FeatureStore
+    from messai.features.store import FeatureStore
 
     settings = settings or load_settings()
     root = Path(path).expanduser()
@@ -603,8 +603,8 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
     The file must still be where extraction found it and have the same content; otherwise the
     track is reported as failed and left untouched."""
     from messai.config import load_settings
-    from messai.store import FeatureStore, file_content_hash, now_iso
-    from messai.targets import compute_targets
+    from messai.features.store import FeatureStore, file_content_hash, now_iso
+    from messai.features.targets import compute_targets
 
     settings = settings or load_settings()
     store = FeatureStore.open(dataset, model, home=settings.home)

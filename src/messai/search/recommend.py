@@ -1,7 +1,7 @@
 """Layer-based recommendations: the nearest tracks for one musical aspect (or a weighted mix).
 
-An aspect resolves to a layer through the store's probe results (``messai.aspects``); that
-layer's FAISS index (``messai.index_cache``) is searched with the query track's vector. The
+An aspect resolves to a layer through the store's probe results (``messai.analysis.aspects``); that
+layer's FAISS index (``messai.search.cache``) is searched with the query track's vector. The
 query is never among its results. Only ``recommend_audio`` (a file outside the store) loads
 torch; everything else needs numpy and faiss alone.
 """
@@ -50,7 +50,7 @@ class LayerBasedRecommender:
         kind: str = "flat",
         on_notice: Callable[[str], None] | None = None,
     ):
-        from messai.store import FeatureStore
+        from messai.features.store import FeatureStore
 
         if home is None:
             from messai.config import load_settings
@@ -66,7 +66,7 @@ class LayerBasedRecommender:
     # ------------------------------------------------------------------ aspects
     def aspect_map(self):
         if self._aspects is None:
-            from messai.aspects import aspect_map
+            from messai.analysis.aspects import aspect_map
 
             self._aspects = aspect_map(self.store)
             if any(e.stale for e in self._aspects.values()):
@@ -78,14 +78,14 @@ class LayerBasedRecommender:
         return {a: e.to_dict() for a, e in self.aspect_map().items() if e.layer is not None}
 
     def layer_for(self, aspect: str) -> int:
-        from messai.aspects import resolve_aspect
+        from messai.analysis.aspects import resolve_aspect
 
         return int(resolve_aspect(self.aspect_map(), aspect).layer)
 
     # ------------------------------------------------------------------ indices
     def index(self, layer: int):
         if layer not in self._indices:
-            from messai.index_cache import load_layer_index
+            from messai.search.cache import load_layer_index
 
             if not 0 <= layer < self.store.n_layers:
                 raise ConfigError(f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}")
@@ -97,7 +97,7 @@ class LayerBasedRecommender:
     # ------------------------------------------------------------------ queries
     def plan(self, aspect: str | Sequence[str], layer: int | None = None) -> list[tuple[str, int, float]]:
         """``(aspect, layer, weight)`` per requested aspect; errors for unknown aspects or layers."""
-        from messai.aspects import ASPECTS
+        from messai.analysis.aspects import ASPECTS
 
         specs = [aspect] if isinstance(aspect, str) else list(aspect)
         if not specs:
@@ -154,7 +154,7 @@ class LayerBasedRecommender:
             sims, ids = self.index(parts[0][1]).search_track(reference_track, n_recommendations, exclude_ids=excluded)
             per_layer = None
         else:
-            from messai.index import fuse
+            from messai.search.layer_index import fuse
 
             res = fuse([(w, self.index(lay), reference_track) for _, lay, w in parts], n_recommendations, exclude_ids=excluded)
             sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
@@ -171,7 +171,7 @@ class LayerBasedRecommender:
     ) -> dict[str, Any]:
         """Recommend for an audio file outside the store: it is extracted with the store's model,
         revision and window settings (this loads torch)."""
-        from messai.extract import FeatureExtractor
+        from messai.features.extractor import FeatureExtractor
 
         s, m = self.store.settings, self.store.model
         model = m["id"]
@@ -198,7 +198,7 @@ class LayerBasedRecommender:
             ids = [self.index(parts[0][1]).track_ids[p] for p in pos[0][keep]]
             sims, per_layer = sims[0][keep], None
         else:
-            from messai.index import fuse
+            from messai.search.layer_index import fuse
 
             res = fuse([(w, self.index(lay), aggregated[lay]) for _, lay, w in parts], n_recommendations)
             sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities

@@ -101,7 +101,7 @@ def build_layer_index(home: Path, store, layer: int, *, normalize: str = "center
 
 def _build_locked(path: Path, store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None,
                   force: bool) -> IndexOutcome:  # fmt: skip
-    from messai.index import LayerIndex, build_index
+    from messai.search.layer_index import LayerIndex, build_index
 
     ids = store.track_ids()
     if not ids:
@@ -151,7 +151,7 @@ def load_layer_index(home: Path, store, layer: int, *, normalize: str = "center"
                      on_notice: Callable[[str], None] | None = None):  # fmt: skip
     """The up-to-date index of one layer: loaded from the cache; a missing or stale flat index is
     (re)built on the fly with a notice; a missing or stale hnsw/ivf index is an error."""
-    from messai.index import LayerIndex
+    from messai.search.layer_index import LayerIndex
 
     path = index_dir(home, store, layer, normalize=normalize, kind=kind)
     index = _load_if_fresh(path, store, layer, normalize=normalize, kind=kind, on_notice=on_notice)
@@ -168,7 +168,7 @@ def load_layer_index(home: Path, store, layer: int, *, normalize: str = "center"
 def _load_if_fresh(path: Path, store, layer: int, *, normalize: str, kind: str, on_notice):
     """The cached index if it is up to date; None when a flat one must be (re)built (with a
     notice); SearchIndexError when an hnsw/ivf one is missing or stale."""
-    from messai.index import LayerIndex
+    from messai.search.layer_index import LayerIndex
 
     index = None
     if (path / "meta.json").is_file():

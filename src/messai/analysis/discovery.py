@@ -34,7 +34,7 @@ class ProbeInputs:
 def probe_inputs(store, *, targets: list[str] | None = None, group_by: str = "track",
                  track_ids: list[str] | None = None) -> ProbeInputs:  # fmt: skip
     """Stack the windows of every track (or ``track_ids``) with their (transformed) targets."""
-    from messai.targets import TARGETS
+    from messai.features.targets import TARGETS
 
     ids = track_ids if track_ids is not None else store.track_ids()
     if not ids:
@@ -95,7 +95,7 @@ class LayerDiscovery:
         min_r2: float = 0.5,
         n_bootstrap: int = 1000,
     ):
-        from messai.store import FeatureStore
+        from messai.features.store import FeatureStore
 
         self.store = FeatureStore.open(dataset, model, home=home)
         self.control = FeatureStore.open(control_store, home=home) if control_store else None
@@ -124,7 +124,7 @@ class LayerDiscovery:
 
     def run_full_discovery(self, *, save: bool = True):
         """Run the probe; return ``ProbeResults`` (and save them with the store)."""
-        from messai.probe import probe_layers
+        from messai.analysis.probe import probe_layers
 
         inputs = probe_inputs(self.store, targets=self.targets, group_by=self.group_by)
         results = probe_layers(
@@ -137,7 +137,7 @@ class LayerDiscovery:
         return results
 
     def save(self, results) -> Path:
-        from messai.store import atomic_write_json, now_iso
+        from messai.features.store import atomic_write_json, now_iso
 
         meta: dict[str, Any] = {
             "dataset": self.store.dataset,

@@ -1,7 +1,7 @@
 """Musical aspects and the aspect → layer map.
 
 An aspect (spectral_brightness, timbral_texture ...) is what a user asks for; proxy targets
-stand for aspects (``messai.targets``). The map comes from this store's probe results when they
+stand for aspects (``messai.features.targets``). The map comes from this store's probe results when they
 exist: the aspect's best (target, layer) by R², *validated* when that R² is at least the
 threshold (0.5 by default) and its bootstrap CI clears the control. Without probe results, the
 prototype's three claims are used, clearly labelled unvalidated.
@@ -62,12 +62,12 @@ def _finite(x: Any) -> float | None:
 
 def aspect_map_from_probe(probe: dict[str, Any] | None, *, min_r2: float = 0.5, stale: bool = False) -> dict[str, AspectLayer]:
     """Aspect → ``AspectLayer`` from a saved probe-results dict (``ProbeResults.to_dict()``)."""
-    from messai.targets import ASPECTS_OF_TARGETS
+    from messai.features.targets import ASPECTS_OF_TARGETS
 
     out: dict[str, AspectLayer] = {}
     results = None
     if probe is not None:
-        from messai.probe import ProbeResults
+        from messai.analysis.probe import ProbeResults
 
         results = ProbeResults.from_dict(probe)
     for aspect, description in ASPECTS.items():
