@@ -28,7 +28,7 @@ import json
 import os
 import platform
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import faiss
 import numpy as np

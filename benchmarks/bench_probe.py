@@ -97,7 +97,12 @@ def main() -> None:
     )
     start = time.perf_counter()
     results = probe_layers(
-        features, targets, groups, folds=args.folds, seed=args.seed, inner_folds=args.inner_folds,
+        features,
+        targets,
+        groups,
+        folds=args.folds,
+        seed=args.seed,
+        inner_folds=args.inner_folds,
         n_jobs=args.jobs,
         target_transforms={"spectral_centroid": "log"},
     )
@@ -107,27 +112,32 @@ def main() -> None:
     from messai.analysis.probe import _inner_pairs
 
     decompositions = args.layers * (args.folds + len(_inner_pairs(args.folds, args.inner_folds)))
-    print(json.dumps({
-        "probe_layers_seconds": round(probe_seconds, 2),
-        "n_samples": args.samples,
-        "n_groups": results.n_groups,
-        "n_layers": args.layers,
-        "dim": args.dim,
-        "folds": args.folds,
-        "n_jobs": args.jobs,
-        "n_targets": len(targets),
-        "n_outputs": sum(t.n_outputs for t in results.targets.values()),
-        "n_alphas": len(results.alphas),
-        "decompositions": decompositions,
-        "eigh_seconds": round(eigh_seconds, 4),
-        "eigh_times_decompositions_seconds": round(eigh_seconds * decompositions, 2),
-        "best_layer": {
-            name: f"layer {t.best_layer}: r2 {t.r2[t.best_layer]:.3f}, "
-            f"control {t.control_r2[t.best_layer]:.3f}"
-            for name, t in results.targets.items()
-        },
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus",
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "probe_layers_seconds": round(probe_seconds, 2),
+                "n_samples": args.samples,
+                "n_groups": results.n_groups,
+                "n_layers": args.layers,
+                "dim": args.dim,
+                "folds": args.folds,
+                "n_jobs": args.jobs,
+                "n_targets": len(targets),
+                "n_outputs": sum(t.n_outputs for t in results.targets.values()),
+                "n_alphas": len(results.alphas),
+                "decompositions": decompositions,
+                "eigh_seconds": round(eigh_seconds, 4),
+                "eigh_times_decompositions_seconds": round(eigh_seconds * decompositions, 2),
+                "best_layer": {
+                    name: f"layer {t.best_layer}: r2 {t.r2[t.best_layer]:.3f}, "
+                    f"control {t.control_r2[t.best_layer]:.3f}"
+                    for name, t in results.targets.items()
+                },
+                "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus",
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

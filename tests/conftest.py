@@ -16,7 +16,10 @@ HUB_LIKE_CONFIG = {
     "apply_spec_augment": True,
     "architectures": ["MERTModel"],
     "attention_dropout": 0.1,
-    "auto_map": {"AutoConfig": "configuration_MERT.MERTConfig", "AutoModel": "modeling_MERT.MERTModel"},
+    "auto_map": {
+        "AutoConfig": "configuration_MERT.MERTConfig",
+        "AutoModel": "modeling_MERT.MERTModel",
+    },
     "bos_token_id": 1,
     "classifier_proj_size": 256,
     "conv_bias": False,
@@ -54,12 +57,22 @@ HUB_LIKE_CONFIG = {
     "transformers_version": "4.25.1",
     "vocab_size": 32,
 }
-STABLE_OVERRIDES = {"do_stable_layer_norm": True, "feat_extract_norm": "layer", "attention_relax": 32.0,
-                    "num_hidden_layers": 3, "_name_or_path": "m-a-p/MERT-v1-330M"}  # fmt: skip
+STABLE_OVERRIDES = {
+    "do_stable_layer_norm": True,
+    "feat_extract_norm": "layer",
+    "attention_relax": 32.0,
+    "num_hidden_layers": 3,
+    "_name_or_path": "m-a-p/MERT-v1-330M",
+}
 PREPROCESSOR = {
-    "do_normalize": True, "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
-    "padding_side": "right", "padding_value": 0, "return_attention_mask": True, "sampling_rate": 24000,
-}  # fmt: skip
+    "do_normalize": True,
+    "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+    "feature_size": 1,
+    "padding_side": "right",
+    "padding_value": 0,
+    "return_attention_mask": True,
+    "sampling_rate": 24000,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -69,30 +82,58 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MESS_CONFIG", str(home / "config.toml"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    for var in ("MESS_MODEL", "MESS_DEVICE", "MESS_PRECISION", "MESS_BATCH_SIZE", "MESS_STORE_DTYPE"):
+    for var in (
+        "MESS_MODEL",
+        "MESS_DEVICE",
+        "MESS_PRECISION",
+        "MESS_BATCH_SIZE",
+        "MESS_STORE_DTYPE",
+    ):
         monkeypatch.delenv(var, raising=False)
     return home
 
 
-def write_checkpoint(directory: Path, *, stable: bool = False, weights: str = "bin", seed: int = 0,
-                     do_normalize: bool | None = True) -> Path:  # fmt: skip
+def write_checkpoint(
+    directory: Path,
+    *,
+    stable: bool = False,
+    weights: str = "bin",
+    seed: int = 0,
+    do_normalize: bool | None = True,
+) -> Path:
     """A tiny random MERT checkpoint exactly in the hub layout (hub key names, weight_g/_v)."""
     import torch
     from transformers import HubertConfig, HubertModel
 
     config = dict(HUB_LIKE_CONFIG, **(STABLE_OVERRIDES if stable else {}))
-    kwargs = {k: v for k, v in config.items() if k not in ("model_type", "auto_map", "architectures", "attention_relax",
-                                                           "deepnorm", "feature_extractor_cqt", "feature_extractor_cqt_bins")}  # fmt: skip
+    kwargs = {
+        k: v
+        for k, v in config.items()
+        if k
+        not in (
+            "model_type",
+            "auto_map",
+            "architectures",
+            "attention_relax",
+            "deepnorm",
+            "feature_extractor_cqt",
+            "feature_extractor_cqt_bins",
+        )
+    }
     torch.manual_seed(seed)
     net = HubertModel(HubertConfig(**kwargs))
     with torch.no_grad():  # make every parameter matter (norm affines, biases) for the comparison
-        for name, p in net.named_parameters():
+        for p in net.parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     state = {}
     for k, v in net.state_dict().items():
-        k = k.replace("pos_conv_embed.conv.parametrizations.weight.original0", "pos_conv_embed.conv.weight_g")
-        k = k.replace("pos_conv_embed.conv.parametrizations.weight.original1", "pos_conv_embed.conv.weight_v")
+        k = k.replace(
+            "pos_conv_embed.conv.parametrizations.weight.original0", "pos_conv_embed.conv.weight_g"
+        )
+        k = k.replace(
+            "pos_conv_embed.conv.parametrizations.weight.original1", "pos_conv_embed.conv.weight_v"
+        )
         state[k] = v.contiguous()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2))
@@ -120,14 +161,23 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_stable_ckpt(tmp_path_factory) -> Path:
     """Stable-layer-norm (330M-style) tiny checkpoint, safetensors weights."""
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-330m", stable=True, weights="safetensors")
+    return write_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tiny-330m", stable=True, weights="safetensors"
+    )
 
 
-def tone(seconds: float, sample_rate: int, *, freq: float = 440.0, channels: int = 1, seed: int = 0,
-         amplitude: float = 0.3) -> np.ndarray:  # fmt: skip
+def tone(
+    seconds: float,
+    sample_rate: int,
+    *,
+    freq: float = 440.0,
+    channels: int = 1,
+    seed: int = 0,
+    amplitude: float = 0.3,
+) -> np.ndarray:
     """A decaying harmonic tone plus a little noise, ``[frames, channels]`` float32."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
     x = sum(np.sin(2 * np.pi * freq * h * t) / h for h in (1, 2, 3)) * np.exp(-0.3 * (t % 2.0))
     x = amplitude * x / 1.8 + 0.01 * rng.standard_normal(len(t))
     cols = [np.roll(x, 37 * c) * (1 - 0.1 * c) for c in range(channels)]

@@ -14,8 +14,12 @@ import soundfile as sf
 
 SAMPLE_RATE = 8_000
 
-_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS"),
-            ".mp3": ("MP3", "MPEG_LAYER_III")}
+_FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
 
 
 def write_tone(path: Path, *, seconds: float = 0.5, freq: float = 440.0) -> Path:
@@ -114,44 +118,84 @@ def make_smd(root: Path) -> dict[str, dict[str, str]]:
             "Liszt", "Liszt_AnnesDePelerinage-LectureDante", None, "002", "20110315"
         ),
         "Mozart_KV265": _smd("Mozart", "Mozart_KV265", None, "006", "20110315"),
-        "Rachmaninoff_Op036-03": _smd("Rachmaninoff", "Rachmaninoff_Op036", "03", "003", "20110315"),
+        "Rachmaninoff_Op036-03": _smd(
+            "Rachmaninoff", "Rachmaninoff_Op036", "03", "003", "20110315"
+        ),
         "Ravel_JeuxDEau": _smd("Ravel", "Ravel_JeuxDEau", None, "008", "20110315"),
         "Skryabin_Op008No08": _smd("Skryabin", "Skryabin_Op008No08", None, "003", "20110315"),
     }
 
 
 def _smd(composer: str, work: str, movement: str | None, performer: str, date: str) -> dict:
-    labels = {"composer": composer, "work": work, "movement": movement, "performer": performer,
-              "date": date}
+    labels = {
+        "composer": composer,
+        "work": work,
+        "movement": movement,
+        "performer": performer,
+        "date": date,
+    }
     return {k: v for k, v in labels.items() if v}
 
 
 # --------------------------------------------------------------------------------------- maestro
 
-MAESTRO_HEADER = ["canonical_composer", "canonical_title", "split", "year", "midi_filename",
-                  "audio_filename", "duration"]
+MAESTRO_HEADER = [
+    "canonical_composer",
+    "canonical_title",
+    "split",
+    "year",
+    "midi_filename",
+    "audio_filename",
+    "duration",
+]
 
 #: Real MAESTRO v3 rows (durations as in the CSV; the audio here is 0.5 s of sine).
 MAESTRO_ROWS = [
-    ["Alban Berg", "Sonata Op. 1", "train", "2018",
-     "2018/MIDI-Unprocessed_Chamber3_MID--AUDIO_10_R3_2018_wav--1.midi",
-     "2018/MIDI-Unprocessed_Chamber3_MID--AUDIO_10_R3_2018_wav--1.wav", "698.661160312"],
-    ["Alban Berg", "Sonata Op. 1", "train", "2008",
-     "2008/MIDI-Unprocessed_03_R2_2008_01-03_ORIG_MID--AUDIO_03_R2_2008_wav--2.midi",
-     "2008/MIDI-Unprocessed_03_R2_2008_01-03_ORIG_MID--AUDIO_03_R2_2008_wav--2.wav",
-     "759.518471768"],
-    ["Frédéric Chopin", "Ballade No. 1 in G Minor, Op. 23", "validation", "2009",
-     "2009/MIDI-Unprocessed_07_R1_2009_01-02_ORIG_MID--AUDIO_07_R1_2009_07_R1_2009_01_WAV.midi",
-     "2009/MIDI-Unprocessed_07_R1_2009_01-02_ORIG_MID--AUDIO_07_R1_2009_07_R1_2009_01_WAV.wav",
-     "571.4"],
-    ["Johann Sebastian Bach", "Prelude and Fugue in A Minor, WTC I, BWV 865", "test", "2004",
-     "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.midi",
-     "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.wav",
-     "338.1"],
-    ["Franz Schubert", "Sonata in A Major, D. 959", "train", "2017",
-     "2017/MIDI-Unprocessed_066_PIANO066_MID--AUDIO-split_07-07-17_Piano-e_3-02_wav--3.midi",
-     "2017/MIDI-Unprocessed_066_PIANO066_MID--AUDIO-split_07-07-17_Piano-e_3-02_wav--3.wav",
-     "464.649433728"],
+    [
+        "Alban Berg",
+        "Sonata Op. 1",
+        "train",
+        "2018",
+        "2018/MIDI-Unprocessed_Chamber3_MID--AUDIO_10_R3_2018_wav--1.midi",
+        "2018/MIDI-Unprocessed_Chamber3_MID--AUDIO_10_R3_2018_wav--1.wav",
+        "698.661160312",
+    ],
+    [
+        "Alban Berg",
+        "Sonata Op. 1",
+        "train",
+        "2008",
+        "2008/MIDI-Unprocessed_03_R2_2008_01-03_ORIG_MID--AUDIO_03_R2_2008_wav--2.midi",
+        "2008/MIDI-Unprocessed_03_R2_2008_01-03_ORIG_MID--AUDIO_03_R2_2008_wav--2.wav",
+        "759.518471768",
+    ],
+    [
+        "Frédéric Chopin",
+        "Ballade No. 1 in G Minor, Op. 23",
+        "validation",
+        "2009",
+        "2009/MIDI-Unprocessed_07_R1_2009_01-02_ORIG_MID--AUDIO_07_R1_2009_07_R1_2009_01_WAV.midi",
+        "2009/MIDI-Unprocessed_07_R1_2009_01-02_ORIG_MID--AUDIO_07_R1_2009_07_R1_2009_01_WAV.wav",
+        "571.4",
+    ],
+    [
+        "Johann Sebastian Bach",
+        "Prelude and Fugue in A Minor, WTC I, BWV 865",
+        "test",
+        "2004",
+        "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.midi",
+        "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.wav",
+        "338.1",
+    ],
+    [
+        "Franz Schubert",
+        "Sonata in A Major, D. 959",
+        "train",
+        "2017",
+        "2017/MIDI-Unprocessed_066_PIANO066_MID--AUDIO-split_07-07-17_Piano-e_3-02_wav--3.midi",
+        "2017/MIDI-Unprocessed_066_PIANO066_MID--AUDIO-split_07-07-17_Piano-e_3-02_wav--3.wav",
+        "464.649433728",
+    ],
 ]
 
 
@@ -165,7 +209,11 @@ def make_maestro(root: Path, *, rows: list[list[str]] | None = None) -> dict[str
         write_tone(root / audio)
         (root / midi).write_bytes(b"MThd")
         expected[audio.removesuffix(".wav")] = {
-            "composer": composer, "title": title, "work": title, "split": split, "year": year,
+            "composer": composer,
+            "title": title,
+            "work": title,
+            "split": split,
+            "year": year,
             "duration": duration,
         }
     return expected

@@ -13,9 +13,24 @@ from typing import Any
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 #: keys whose values depend on the run (times, paths, versions), not on the behaviour
-VOLATILE = {"extracted_at", "targets_at", "created", "updated", "wall_seconds", "seconds", "store_path",
-            "path", "source", "code_version", "realtime_factor", "audio_seconds_per_second", "at",
-            "model", "model_id", "root"}
+VOLATILE = {
+    "extracted_at",
+    "targets_at",
+    "created",
+    "updated",
+    "wall_seconds",
+    "seconds",
+    "store_path",
+    "path",
+    "source",
+    "code_version",
+    "realtime_factor",
+    "audio_seconds_per_second",
+    "at",
+    "model",
+    "model_id",
+    "root",
+}
 
 
 def scrub(obj: Any) -> Any:
@@ -39,9 +54,9 @@ def close(a: Any, b: Any, where: str = "$") -> list[str]:
             return [f"{where}: length {len(a)} != {len(b)}"]
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in close(x, y, f"{where}[{i}]")]
     if isinstance(a, float) or isinstance(b, float):
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-            if math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6):
-                return []
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+        if numbers and math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6):
+            return []
         return [f"{where}: {a!r} != {b!r}"]
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
@@ -63,16 +78,59 @@ def run_pipeline(checkpoint: Path) -> dict[str, Any]:
     demo = str(find_demo_folder())
     ckpt = str(checkpoint)
     out: dict[str, Any] = {}
-    out["extract"] = call("extract", demo, "--dataset", "gold", "--model", ckpt, "--device", "cpu", "--quiet", "--json")
+    out["extract"] = call(
+        "extract",
+        demo,
+        "--dataset",
+        "gold",
+        "--model",
+        ckpt,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--json",
+    )
     out["tracks"] = call("tracks", "--dataset", "gold", "--format", "json")
     out["probe"] = call("probe", "--dataset", "gold", "--group-by", "work", "--format", "json")
     out["aspects"] = call("aspects", "--dataset", "gold", "--format", "json")
-    out["recommend"] = call("recommend", "--dataset", "gold", "--track", "piano/bach_bwv846_prelude",
-                            "--aspect", "spectral_brightness", "-k", "5", "--format", "json")
-    out["recommend_fused"] = call("recommend", "--dataset", "gold", "--track", "organ/joplin_maple_leaf_rag",
-                                  "--aspect", "spectral_brightness", "--aspect", "dynamics:0.5", "--format", "json")
-    out["benchmark_similarity"] = call("benchmark", "similarity", "--dataset", "gold", "--label", "work",
-                                       "-k", "3", "--format", "json")
+    out["recommend"] = call(
+        "recommend",
+        "--dataset",
+        "gold",
+        "--track",
+        "piano/bach_bwv846_prelude",
+        "--aspect",
+        "spectral_brightness",
+        "-k",
+        "5",
+        "--format",
+        "json",
+    )
+    out["recommend_fused"] = call(
+        "recommend",
+        "--dataset",
+        "gold",
+        "--track",
+        "organ/joplin_maple_leaf_rag",
+        "--aspect",
+        "spectral_brightness",
+        "--aspect",
+        "dynamics:0.5",
+        "--format",
+        "json",
+    )
+    out["benchmark_similarity"] = call(
+        "benchmark",
+        "similarity",
+        "--dataset",
+        "gold",
+        "--label",
+        "work",
+        "-k",
+        "3",
+        "--format",
+        "json",
+    )
     return {k: scrub(v) for k, v in out.items()}
 
 

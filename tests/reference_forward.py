@@ -31,24 +31,49 @@ def reference_hidden_states(directory: Path, x: torch.Tensor) -> list[torch.Tens
         p = f"feature_extractor.conv_layers.{i}."
         h = F.conv1d(h, W[p + "conv.weight"], W.get(p + "conv.bias"), stride=stride)
         if cfg["feat_extract_norm"] == "group" and i == 0:
-            h = F.group_norm(h, h.shape[1], W[p + "layer_norm.weight"], W[p + "layer_norm.bias"], eps=1e-5)
+            h = F.group_norm(
+                h, h.shape[1], W[p + "layer_norm.weight"], W[p + "layer_norm.bias"], eps=1e-5
+            )
         elif cfg["feat_extract_norm"] == "layer":
-            h = F.layer_norm(h.transpose(1, 2), (h.shape[1],), W[p + "layer_norm.weight"], W[p + "layer_norm.bias"], eps=1e-5).transpose(1, 2)
+            h = F.layer_norm(
+                h.transpose(1, 2),
+                (h.shape[1],),
+                W[p + "layer_norm.weight"],
+                W[p + "layer_norm.bias"],
+                eps=1e-5,
+            ).transpose(1, 2)
         h = F.gelu(h)
     h = h.transpose(1, 2)
     if cfg.get("feat_proj_layer_norm", True):
-        h = F.layer_norm(h, (h.shape[-1],), W["feature_projection.layer_norm.weight"], W["feature_projection.layer_norm.bias"], eps=eps)
-    h = F.linear(h, W["feature_projection.projection.weight"], W["feature_projection.projection.bias"])
+        h = F.layer_norm(
+            h,
+            (h.shape[-1],),
+            W["feature_projection.layer_norm.weight"],
+            W["feature_projection.layer_norm.bias"],
+            eps=eps,
+        )
+    h = F.linear(
+        h, W["feature_projection.projection.weight"], W["feature_projection.projection.bias"]
+    )
     # positional conv with weight norm over dim 2: w = g * v / ||v|| (norm over dims 0 and 1)
     g, v = W["encoder.pos_conv_embed.conv.weight_g"], W["encoder.pos_conv_embed.conv.weight_v"]
     kw = g * v / v.norm(dim=(0, 1), keepdim=True)
     k = cfg["num_conv_pos_embeddings"]
-    pos = F.conv1d(h.transpose(1, 2), kw, W["encoder.pos_conv_embed.conv.bias"], padding=k // 2, groups=cfg["num_conv_pos_embedding_groups"])
+    pos = F.conv1d(
+        h.transpose(1, 2),
+        kw,
+        W["encoder.pos_conv_embed.conv.bias"],
+        padding=k // 2,
+        groups=cfg["num_conv_pos_embedding_groups"],
+    )
     if k % 2 == 0:
         pos = pos[:, :, :-1]
     h = h + F.gelu(pos).transpose(1, 2)
     stable = cfg["do_stable_layer_norm"]
-    ln = lambda t, name: F.layer_norm(t, (t.shape[-1],), W[name + ".weight"], W[name + ".bias"], eps=eps)  # noqa: E731
+
+    def ln(t, name):
+        return F.layer_norm(t, (t.shape[-1],), W[name + ".weight"], W[name + ".bias"], eps=eps)
+
     if not stable:
         h = ln(h, "encoder.layer_norm")
     states = []
@@ -80,7 +105,9 @@ def _attention(h, W, p, heads):
     v = F.linear(h, W[p + "v_proj.weight"], W[p + "v_proj.bias"])
     split = lambda z: z.view(b, t, heads, hd).transpose(1, 2)  # noqa: E731
     a = torch.softmax(split(q) @ split(k).transpose(-1, -2), dim=-1) @ split(v)
-    return F.linear(a.transpose(1, 2).reshape(b, t, d), W[p + "out_proj.weight"], W[p + "out_proj.bias"])
+    return F.linear(
+        a.transpose(1, 2).reshape(b, t, d), W[p + "out_proj.weight"], W[p + "out_proj.bias"]
+    )
 
 
 def _ffn(h, W, p):

@@ -8,10 +8,17 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from messai.features.decode import (
-    StreamResampler, WindowSpec, audio_info, decode, iter_windows, normalize_window, stream_mono, window_starts,
-)  # fmt: skip
 from messai.errors import AudioError
+from messai.features.decode import (
+    StreamResampler,
+    WindowSpec,
+    audio_info,
+    decode,
+    iter_windows,
+    normalize_window,
+    stream_mono,
+    window_starts,
+)
 from tests.conftest import tone
 
 
@@ -38,18 +45,25 @@ def test_decode_downmixes_and_resamples(tmp_path):
     data = tone(2.0, 44100, channels=3)
     sf.write(str(tmp_path / "x.flac"), data, 44100)
     y = decode(tmp_path / "x.flac", 24000)
-    ref = AF.resample(torch.from_numpy(sf.read(str(tmp_path / "x.flac"), dtype="float32")[0].mean(1)), 44100, 24000)
+    ref = AF.resample(
+        torch.from_numpy(sf.read(str(tmp_path / "x.flac"), dtype="float32")[0].mean(1)),
+        44100,
+        24000,
+    )
     np.testing.assert_allclose(y, ref.numpy(), atol=1e-6)
     assert audio_info(tmp_path / "x.flac").channels == 3
 
 
-@pytest.mark.parametrize("n,expected", [
-    (120000 * 2, [(0, 120000), (120000, 120000)]),
-    (120000 * 2 + 23999, [(0, 120000), (120000, 120000)]),
-    (120000 * 2 + 24000, [(0, 120000), (120000, 120000), (240000, 24000)]),
-    (30000, [(0, 30000)]),
-    (20000, []),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "n,expected",
+    [
+        (120000 * 2, [(0, 120000), (120000, 120000)]),
+        (120000 * 2 + 23999, [(0, 120000), (120000, 120000)]),
+        (120000 * 2 + 24000, [(0, 120000), (120000, 120000), (240000, 24000)]),
+        (30000, [(0, 30000)]),
+        (20000, []),
+    ],
+)
 def test_window_starts(n, expected):
     assert window_starts(n, 120000, 120000, 24000) == expected
 

@@ -45,7 +45,23 @@ def test_similarity_matrix_metrics():
 def test_benchmark_similarity_shows_offset_problem_and_centering(isolated_env, tmp_path):
     make_store(Path(isolated_env), n_tracks=40, offset=20.0)
     png = tmp_path / "sim.png"
-    r = runner.invoke(app, ["benchmark", "similarity", "-d", "syn", "--label", "work", "-k", "5", "-f", "json", "--plot", str(png)])
+    r = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "similarity",
+            "-d",
+            "syn",
+            "--label",
+            "work",
+            "-k",
+            "5",
+            "-f",
+            "json",
+            "--plot",
+            str(png),
+        ],
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["n_tracks"] == 40 and d["k"] == 5 and len(d["results"]) == 4 * 3 * 3
@@ -70,8 +86,12 @@ def test_demo_runs_end_to_end(tiny_ckpt, tmp_path):
     d = json.loads(r.stdout)
     assert d["extraction"]["n_extracted"] == 24 and not d["extraction"]["failures"]
     # the random-weights twin ran as the probe's second control
-    assert all(row["random_model_r2"] is not None for row in d["probe_summary"] if row["r2"] is not None)
-    assert {s["dataset"] for s in json.loads(runner.invoke(app, ["datasets", "-f", "json"]).stdout)} == {"demo", "demo-random"}
+    assert all(
+        row["random_model_r2"] is not None for row in d["probe_summary"] if row["r2"] is not None
+    )
+    assert {
+        s["dataset"] for s in json.loads(runner.invoke(app, ["datasets", "-f", "json"]).stdout)
+    } == {"demo", "demo-random"}
     assert {x["aspect"] for x in d["aspects"]} >= {"spectral_brightness", "dynamics"}
     recs = d["recommendations"]["recommendations"]
     assert len(recs) == 5 and all(x["track_id"] != "piano/bach_bwv846_prelude" for x in recs)

@@ -80,8 +80,13 @@ def test_bad_config_is_one_line_error_from_cli():
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True, env=dict(os.environ)).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ),
+    ).stdout
     return set(out.split())
 
 
@@ -93,5 +98,7 @@ def test_import_messai_is_light():
 
 
 def test_help_is_light():
-    mods = _modules_after("import sys; sys.argv=['mess','--help']\nfrom messai.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass")
+    mods = _modules_after(
+        "import sys; sys.argv=['mess','--help']\nfrom messai.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+    )
     assert not HEAVY & mods

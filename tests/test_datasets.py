@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from messai import datasets
+from messai.datasets import REGISTRY, TrackInfo, TrackList, detect_kind, folder, maestro, smd
+from messai.errors import DatasetError
 from tests.dataset_fixtures import (
     BUILDERS,
     MAESTRO_HEADER,
@@ -22,9 +25,6 @@ from tests.dataset_fixtures import (
     write_csv,
     write_tone,
 )
-from messai import datasets
-from messai.datasets import REGISTRY, TrackInfo, TrackList, detect_kind, folder, maestro, smd
-from messai.errors import DatasetError
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
@@ -39,7 +39,7 @@ def test_every_builder_matches_a_registered_dataset():
 @pytest.mark.parametrize("kind", sorted(REGISTRY))
 def test_module_shape(kind):
     mod = datasets.get(kind)
-    assert mod.NAME == kind
+    assert kind == mod.NAME
     assert mod.DESCRIPTION and "\n" not in mod.DESCRIPTION and len(mod.DESCRIPTION) <= 100
     assert isinstance(mod.LABELS, tuple) and all(isinstance(x, str) for x in mod.LABELS)
     params = inspect.signature(mod.scan).parameters
@@ -155,7 +155,10 @@ def test_folder_same_id_twice_rejects_both_and_keeps_the_rest(tmp_path):
     assert [t.track_id for t in tracks] == ["y"]
     assert len(tracks.rejected) == 2
     assert all("same track id 'x'" in line and "both skipped" in line for line in tracks.rejected)
-    assert {line.split(": ")[0] for line in tracks.rejected} == {str(tmp_path / "x.wav"), str(tmp_path / "x.flac")}
+    assert {line.split(": ")[0] for line in tracks.rejected} == {
+        str(tmp_path / "x.wav"),
+        str(tmp_path / "x.flac"),
+    }
 
 
 def test_folder_metadata_variants(tmp_path):
@@ -169,21 +172,47 @@ def test_folder_metadata_variants(tmp_path):
         bom=True,
     )
     tracks = folder.scan(tmp_path)
-    assert {t.track_id: t.labels for t in tracks} == {"a/one": {"work": "W1"}, "two": {"work": "W2"}}
+    assert {t.track_id: t.labels for t in tracks} == {
+        "a/one": {"work": "W1"},
+        "two": {"work": "W2"},
+    }
     assert any("column 'path' ignored" in w for w in tracks.warnings)
 
 
 @pytest.mark.parametrize(
     ("header", "rows", "message"),
     [
-        (["id", "composer"], [["x", "Bach"]], r"metadata\.csv: missing column\(s\) track_id \(found: id, composer\)"),
-        (["track_id", "composer"], [["x", "Bach"], ["ghost", "Liszt"]], r"metadata\.csv: line 3: track_id 'ghost' has no audio file"),
-        (["track_id", "composer"], [["x", "Bach"], ["x", "Bach"]], r"metadata\.csv: line 3: duplicate track_id 'x' \(first on line 2\)"),
+        (
+            ["id", "composer"],
+            [["x", "Bach"]],
+            r"metadata\.csv: missing column\(s\) track_id \(found: id, composer\)",
+        ),
+        (
+            ["track_id", "composer"],
+            [["x", "Bach"], ["ghost", "Liszt"]],
+            r"metadata\.csv: line 3: track_id 'ghost' has no audio file",
+        ),
+        (
+            ["track_id", "composer"],
+            [["x", "Bach"], ["x", "Bach"]],
+            r"metadata\.csv: line 3: duplicate track_id 'x' \(first on line 2\)",
+        ),
         (["track_id", "composer"], [[" ", "Bach"]], r"metadata\.csv: line 2: empty track_id"),
-        (["track_id", "work", "work"], [["x", "a", "b"]], r"metadata\.csv: duplicate column\(s\) work"),
+        (
+            ["track_id", "work", "work"],
+            [["x", "a", "b"]],
+            r"metadata\.csv: duplicate column\(s\) work",
+        ),
         (["track_id"], [["x", "extra"]], r"metadata\.csv: line 2: 2 cells but 1 columns"),
     ],
-    ids=["missing-column", "missing-audio", "duplicate-id", "empty-id", "duplicate-column", "extra-cells"],
+    ids=[
+        "missing-column",
+        "missing-audio",
+        "duplicate-id",
+        "empty-id",
+        "duplicate-column",
+        "extra-cells",
+    ],
 )
 def test_folder_bad_metadata_messages(tmp_path, header, rows, message):
     write_tone(tmp_path / "x.wav")
@@ -209,7 +238,10 @@ def test_folder_metadata_not_utf8_or_empty(tmp_path):
 def test_smd_parse_name():
     name = smd.parse_name("Beethoven_Op027No1-01_003_20090916-SMD")
     assert (name.base_id, name.labels()["work"], name.movement) == (
-        "Beethoven_Op027No1-01", "Beethoven_Op027No1", "01")
+        "Beethoven_Op027No1-01",
+        "Beethoven_Op027No1",
+        "01",
+    )
     assert smd.parse_name("Ravel_JeuxDEau_008_20110315-SMD").movement is None
     assert smd.parse_name("Beethoven_Op027No1-01") is None
     assert smd.parse_name("Beethoven_Op027No1-01_003_20090916") is None
@@ -245,7 +277,9 @@ def test_smd_bad_names_skipped_with_warning(tmp_path):
     write_tone(tmp_path / "Bach_BWV849-01_001_20090916-SMD (copy).wav")
     tracks = smd.scan(tmp_path)
     assert len(tracks) == 13
-    assert len(tracks.warnings) == 1 and "(copy).wav: skipped, not an SMD name" in tracks.warnings[0]
+    assert (
+        len(tracks.warnings) == 1 and "(copy).wav: skipped, not an SMD name" in tracks.warnings[0]
+    )
 
 
 def test_smd_detection_needs_a_majority(tmp_path):
@@ -282,8 +316,11 @@ def test_maestro_split_and_limit(tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"split": "dev"}, "unknown MAESTRO split 'dev'"), ({"limit": 0}, "limit must be"),
-     ({"limit": "3"}, "limit must be")],
+    [
+        ({"split": "dev"}, "unknown MAESTRO split 'dev'"),
+        ({"limit": 0}, "limit must be"),
+        ({"limit": "3"}, "limit must be"),
+    ],
 )
 def test_maestro_bad_options(tmp_path, options, message):
     make_maestro(tmp_path)
@@ -320,10 +357,14 @@ def test_maestro_converted_audio_is_found(tmp_path):
 @pytest.mark.parametrize(
     ("header", "rows", "message"),
     [
-        (MAESTRO_HEADER[:-2], [], r"maestro-v3\.0\.0\.csv: missing column\(s\) audio_filename, duration"),
+        (
+            MAESTRO_HEADER[:-2],
+            [],
+            r"maestro-v3\.0\.0\.csv: missing column\(s\) audio_filename, duration",
+        ),
         (MAESTRO_HEADER, [MAESTRO_ROWS[0], MAESTRO_ROWS[0]], r"line 3: duplicate audio_filename"),
-        (MAESTRO_HEADER, [MAESTRO_ROWS[0][:5] + ["", "1.0"]], r"line 2: empty audio_filename"),
-        (MAESTRO_HEADER, [MAESTRO_ROWS[0][:5] + ["../x.wav", "1.0"]], r"line 2: invalid track id"),
+        (MAESTRO_HEADER, [[*MAESTRO_ROWS[0][:5], "", "1.0"]], r"line 2: empty audio_filename"),
+        (MAESTRO_HEADER, [[*MAESTRO_ROWS[0][:5], "../x.wav", "1.0"]], r"line 2: invalid track id"),
     ],
     ids=["missing-columns", "duplicate", "empty-audio", "escaping-path"],
 )

@@ -20,14 +20,32 @@ def small_store(tmp_path, tiny_ckpt):
     d = tmp_path / "lib"
     for i in range(8):
         write_audio(d / f"w{i % 4}" / f"t{i}.wav", 6.5, 24000, freq=110 * (1 + i), seed=i)
-    r = runner.invoke(app, ["extract", str(d), "--dataset", "lib", "--model", str(tiny_ckpt), "--device", "cpu", "-q"])
+    r = runner.invoke(
+        app,
+        ["extract", str(d), "--dataset", "lib", "--model", str(tiny_ckpt), "--device", "cpu", "-q"],
+    )
     assert r.exit_code == 0, r.output
     return d
 
 
 def test_probe_json_plot_and_aspects(small_store, tmp_path):
     png = tmp_path / "heat.png"
-    r = runner.invoke(app, ["probe", "--dataset", "lib", "--folds", "4", "--bootstrap", "50", "--format", "json", "--plot", str(png)])
+    r = runner.invoke(
+        app,
+        [
+            "probe",
+            "--dataset",
+            "lib",
+            "--folds",
+            "4",
+            "--bootstrap",
+            "50",
+            "--format",
+            "json",
+            "--plot",
+            str(png),
+        ],
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["n_groups"] == 8 and d["n_layers"] == 3 and d["folds"] == 4
@@ -38,17 +56,27 @@ def test_probe_json_plot_and_aspects(small_store, tmp_path):
     store = FeatureStore.open("lib")
     saved = json.loads((store.root / "probe.json").read_text())
     assert saved["results"]["targets"]["spectral_centroid"]["r2"] == cent["r2"]
-    rows = json.loads(runner.invoke(app, ["aspects", "--dataset", "lib", "--format", "json"]).stdout)
+    rows = json.loads(
+        runner.invoke(app, ["aspects", "--dataset", "lib", "--format", "json"]).stdout
+    )
     bright = next(r for r in rows if r["aspect"] == "spectral_brightness")
-    assert bright["source"].startswith("probe") and bright["target"] in ("spectral_centroid", "spectral_rolloff")
+    assert bright["source"].startswith("probe") and bright["target"] in (
+        "spectral_centroid",
+        "spectral_rolloff",
+    )
     best = d["targets"][bright["target"]]
-    assert bright["layer"] == int(np.nanargmax([np.nan if v is None else v for v in best["r2"]])) or not bright["validated"]
+    assert (
+        bright["layer"] == int(np.nanargmax([np.nan if v is None else v for v in best["r2"]]))
+        or not bright["validated"]
+    )
     table = runner.invoke(app, ["probe", "--dataset", "lib", "--folds", "4", "--bootstrap", "20"])
     assert table.exit_code == 0 and "spectral_centroid" in table.stdout
 
 
 def test_aspects_without_probe_are_prototype_defaults_labelled_unvalidated(small_store):
-    rows = json.loads(runner.invoke(app, ["aspects", "--dataset", "lib", "--format", "json"]).stdout)
+    rows = json.loads(
+        runner.invoke(app, ["aspects", "--dataset", "lib", "--format", "json"]).stdout
+    )
     by = {r["aspect"]: r for r in rows}
     assert by["spectral_brightness"]["layer"] == 0 and by["timbral_texture"]["layer"] == 1
     assert by["acoustic_structure"]["layer"] == 2
@@ -72,16 +100,48 @@ def test_targets_recomputed_from_audio(small_store):
     assert r.exit_code == 2 and "mess targets" in r.output
     r = runner.invoke(app, ["targets", "--dataset", "lib"])
     assert r.exit_code == 0, r.output
-    np.testing.assert_allclose(FeatureStore.open("lib").load("w0/t0")["targets"]["spectral_centroid"], before, rtol=1e-6)
+    np.testing.assert_allclose(
+        FeatureStore.open("lib").load("w0/t0")["targets"]["spectral_centroid"], before, rtol=1e-6
+    )
 
 
 def test_random_model_control_store(small_store, tmp_path):
     from messai.models.mert import write_random_checkpoint
 
-    rand = write_random_checkpoint(tmp_path / "rand", like=FeatureStore.open("lib").model_id, seed=3)
-    r = runner.invoke(app, ["extract", str(small_store), "--dataset", "lib-rand", "--model", str(rand), "--device", "cpu", "-q"])
+    rand = write_random_checkpoint(
+        tmp_path / "rand", like=FeatureStore.open("lib").model_id, seed=3
+    )
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            str(small_store),
+            "--dataset",
+            "lib-rand",
+            "--model",
+            str(rand),
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["probe", "--dataset", "lib", "--control-store", "lib-rand", "--folds", "4", "--bootstrap", "20", "-f", "json"])
+    r = runner.invoke(
+        app,
+        [
+            "probe",
+            "--dataset",
+            "lib",
+            "--control-store",
+            "lib-rand",
+            "--folds",
+            "4",
+            "--bootstrap",
+            "20",
+            "-f",
+            "json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["random_model"] is True

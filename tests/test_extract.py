@@ -57,7 +57,19 @@ def music_dir(tmp_path):
 
 
 def test_store_matches_independent_forward(music_dir, tiny_ckpt):
-    r = mess("extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "--store-dtype", "float32", "--quiet")
+    r = mess(
+        "extract",
+        music_dir,
+        "--dataset",
+        "x",
+        "--model",
+        tiny_ckpt,
+        "--device",
+        "cpu",
+        "--store-dtype",
+        "float32",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     store = FeatureStore.open("x")
     assert store.track_ids() == ["a", "sub/b"]
@@ -68,15 +80,32 @@ def test_store_matches_independent_forward(music_dir, tiny_ckpt):
         for i, w in enumerate(wins):
             ref = reference_hidden_states(tiny_ckpt, torch.from_numpy(w[None].astype(np.float32)))
             ref = np.stack([s[0].mean(0).numpy() for s in ref])
-            np.testing.assert_allclose(got["segments"][i], ref, atol=1e-4, rtol=0, err_msg=f"{tid} window {i}")
+            np.testing.assert_allclose(
+                got["segments"][i], ref, atol=1e-4, rtol=0, err_msg=f"{tid} window {i}"
+            )
         np.testing.assert_allclose(got["aggregated"], got["segments"].mean(0), atol=1e-6)
     assert list(store.load("a")["lengths"]) == [120000, 120000, round(1.3 * 24000)]
     m = store.manifest
-    assert m["model"]["config_hash"] and m["model"]["revision"] == "local" and m["model"]["weights_sha256"]
-    assert m["settings"] == {"sample_rate": 24000, "segment_seconds": 5.0, "hop_seconds": 5.0, "min_seconds": 1.0,
-                             "do_normalize": True, "store_dtype": "float32", "precision": "float32"}  # fmt: skip
+    assert (
+        m["model"]["config_hash"]
+        and m["model"]["revision"] == "local"
+        and m["model"]["weights_sha256"]
+    )
+    assert m["settings"] == {
+        "sample_rate": 24000,
+        "segment_seconds": 5.0,
+        "hop_seconds": 5.0,
+        "min_seconds": 1.0,
+        "do_normalize": True,
+        "store_dtype": "float32",
+        "precision": "float32",
+    }
     entry = m["tracks"]["a"]
-    assert entry["content_hash"] and entry["n_segments"] == 3 and abs(entry["duration_seconds"] - 11.3) < 1e-3
+    assert (
+        entry["content_hash"]
+        and entry["n_segments"] == 3
+        and abs(entry["duration_seconds"] - 11.3) < 1e-3
+    )
     assert m["code_version"]
 
 
@@ -92,7 +121,17 @@ def test_python_api_matches_store(music_dir, tiny_ckpt):
 
 
 def test_rerun_does_no_model_work_and_changed_file_is_redone(music_dir, tiny_ckpt, monkeypatch):
-    args = ["extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "--quiet"]
+    args = [
+        "extract",
+        music_dir,
+        "--dataset",
+        "x",
+        "--model",
+        tiny_ckpt,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert mess(*args).exit_code == 0
     before = FeatureStore.open("x").manifest["tracks"]
 
@@ -113,7 +152,9 @@ def test_rerun_does_no_model_work_and_changed_file_is_redone(music_dir, tiny_ckp
     r = runner.invoke(app, [str(a) for a in args[:-1]])
     assert r.exit_code == 0 and "1 extracted, 1 up to date" in r.output
     after = FeatureStore.open("x").manifest["tracks"]
-    assert after["a"]["content_hash"] != before["a"]["content_hash"] and after["a"]["n_segments"] == 2
+    assert (
+        after["a"]["content_hash"] != before["a"]["content_hash"] and after["a"]["n_segments"] == 2
+    )
     assert after["sub/b"]["extracted_at"] == before["sub/b"]["extracted_at"]
     r = runner.invoke(app, [str(a) for a in args[:-1]] + ["--force"])
     assert "2 extracted" in r.output
@@ -136,7 +177,10 @@ def test_bad_input_is_reported_and_skipped(tmp_path, tiny_ckpt):
     sf.write(str(d / "six channels.wav"), tone(2.5, 48000, channels=6), 48000)
     write_audio(d / "odd rate ünïcödé.wav", 2.5, 11025)
     write_audio(d / "coprime.wav", 2.0, 44101)
-    r = runner.invoke(app, ["extract", str(d), "--dataset", "bad", "--model", str(tiny_ckpt), "--device", "cpu", "-q"])
+    r = runner.invoke(
+        app,
+        ["extract", str(d), "--dataset", "bad", "--model", str(tiny_ckpt), "--device", "cpu", "-q"],
+    )
     assert r.exit_code == 1
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     for name in ["empty.wav", "text.flac", "fake.mp3", "short.wav", "nan.wav", "trunc.flac"]:
@@ -155,25 +199,59 @@ def test_bad_input_is_reported_and_skipped(tmp_path, tiny_ckpt):
 
 
 def test_second_writer_gets_a_clear_message(music_dir, tiny_ckpt):
-    assert mess("extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
+    assert (
+        mess(
+            "extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "-q"
+        ).exit_code
+        == 0
+    )
     store = FeatureStore.open("x")
     with store.writer():
-        r = runner.invoke(app, ["extract", str(music_dir), "--dataset", "x", "--model", str(tiny_ckpt), "--force", "-q"])
+        r = runner.invoke(
+            app,
+            [
+                "extract",
+                str(music_dir),
+                "--dataset",
+                "x",
+                "--model",
+                str(tiny_ckpt),
+                "--force",
+                "-q",
+            ],
+        )
     assert r.exit_code == 2
     assert "another mess process" in r.output
     assert FeatureStore.open("x").track_ids() == ["a", "sub/b"]
 
 
 def _mess_proc(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "messai", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "messai", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
 
 
 def test_sigkill_mid_run_then_resume_completes(tmp_path, tiny_ckpt):
     d = tmp_path / "many"
     for i in range(8):
         write_audio(d / f"t{i}.wav", 12.0, 24000, freq=200 + 50 * i)
-    p = _mess_proc("extract", d, "--dataset", "k", "--model", tiny_ckpt, "--device", "cpu", "-q", "--batch-size", "1")
+    p = _mess_proc(
+        "extract",
+        d,
+        "--dataset",
+        "k",
+        "--model",
+        tiny_ckpt,
+        "--device",
+        "cpu",
+        "-q",
+        "--batch-size",
+        "1",
+    )
     manifest = Path(os.environ["MESS_HOME"]) / "stores" / "k"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -194,7 +272,12 @@ def test_sigkill_mid_run_then_resume_completes(tmp_path, tiny_ckpt):
 
 
 def test_concurrent_extracts_never_corrupt(music_dir, tiny_ckpt):
-    procs = [_mess_proc("extract", music_dir, "--dataset", "c", "--model", tiny_ckpt, "--device", "cpu", "-q") for _ in range(2)]
+    procs = [
+        _mess_proc(
+            "extract", music_dir, "--dataset", "c", "--model", tiny_ckpt, "--device", "cpu", "-q"
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(), p.stderr.read()) for p in procs]
     codes = sorted(rc for rc, _ in results)
     assert codes in ([0, 0], [0, 2]), results
@@ -208,13 +291,36 @@ def test_concurrent_extracts_never_corrupt(music_dir, tiny_ckpt):
 
 
 def test_incompatible_settings_need_force(music_dir, tiny_ckpt):
-    assert mess("extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
-    r = runner.invoke(app, ["extract", str(music_dir), "--dataset", "x", "--model", str(tiny_ckpt), "--segment-seconds", "3", "-q"])
+    assert (
+        mess(
+            "extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "-q"
+        ).exit_code
+        == 0
+    )
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            str(music_dir),
+            "--dataset",
+            "x",
+            "--model",
+            str(tiny_ckpt),
+            "--segment-seconds",
+            "3",
+            "-q",
+        ],
+    )
     assert r.exit_code == 2 and "--force" in r.output and "segment_seconds" in r.output
 
 
 def test_tracks_and_datasets_listing(music_dir, tiny_ckpt):
-    assert mess("extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
+    assert (
+        mess(
+            "extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "-q"
+        ).exit_code
+        == 0
+    )
     rows = json.loads(mess("tracks", "--dataset", "x", "--format", "json").stdout)
     assert [r["track_id"] for r in rows] == ["a", "sub/b"]
     assert rows[0]["n_segments"] == 3 and rows[0]["status"] == "ok"
@@ -226,7 +332,12 @@ def test_tracks_and_datasets_listing(music_dir, tiny_ckpt):
 
 
 def test_float16_store_is_compact(music_dir, tiny_ckpt):
-    assert mess("extract", music_dir, "--dataset", "h", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
+    assert (
+        mess(
+            "extract", music_dir, "--dataset", "h", "--model", tiny_ckpt, "--device", "cpu", "-q"
+        ).exit_code
+        == 0
+    )
     store = FeatureStore.open("h")
     path = store.root / "tracks"
     with np.load(next(path.iterdir()), allow_pickle=False) as z:
@@ -237,9 +348,23 @@ def test_float16_store_is_compact(music_dir, tiny_ckpt):
 def test_unsupported_device_is_an_error(music_dir, tiny_ckpt):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = runner.invoke(app, ["extract", str(music_dir), "--model", str(tiny_ckpt), "--device", "cuda"])
+    r = runner.invoke(
+        app, ["extract", str(music_dir), "--model", str(tiny_ckpt), "--device", "cuda"]
+    )
     assert r.exit_code == 2 and "no CUDA device" in r.output
-    r = runner.invoke(app, ["extract", str(music_dir), "--model", str(tiny_ckpt), "--device", "cpu", "--precision", "float16"])
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            str(music_dir),
+            "--model",
+            str(tiny_ckpt),
+            "--device",
+            "cpu",
+            "--precision",
+            "float16",
+        ],
+    )
     assert r.exit_code == 2 and "float16" in r.output
 
 
@@ -258,9 +383,15 @@ def test_default_dataset_name_and_configured_dataset(tmp_path, tiny_ckpt):
 
 def test_smd_tree_gets_ids_and_labels_and_probes_by_work(tmp_path, tiny_ckpt):
     d = tmp_path / "SMD"
-    names = ["Bach_BWV849-01_001_20090916-SMD", "Bach_BWV849-02_001_20090916-SMD", "Chopin_Op028-01_003_20100611-SMD",
-             "Chopin_Op028-04_003_20100611-SMD", "Ravel_JeuxDEau_008_20110315-SMD", "Mozart_KV265_006_20110315-SMD",
-             "Brahms_Op005-01_002_20110315-SMD"]  # fmt: skip
+    names = [
+        "Bach_BWV849-01_001_20090916-SMD",
+        "Bach_BWV849-02_001_20090916-SMD",
+        "Chopin_Op028-01_003_20100611-SMD",
+        "Chopin_Op028-04_003_20100611-SMD",
+        "Ravel_JeuxDEau_008_20110315-SMD",
+        "Mozart_KV265_006_20110315-SMD",
+        "Brahms_Op005-01_002_20110315-SMD",
+    ]
     for i, n in enumerate(names):
         write_audio(d / f"{n}.wav", 2.2, 22050, freq=200 + 60 * i, seed=i)
     r = mess("extract", d, "--model", tiny_ckpt, "--device", "cpu", "-q")
@@ -268,9 +399,29 @@ def test_smd_tree_gets_ids_and_labels_and_probes_by_work(tmp_path, tiny_ckpt):
     store = FeatureStore.open("SMD")
     assert store.manifest["source"]["kind"] == "smd"
     assert "Bach_BWV849-01" in store.track_ids() and "Ravel_JeuxDEau" in store.track_ids()
-    assert store.labels("Chopin_Op028-04") == {"composer": "Chopin", "work": "Chopin_Op028", "movement": "04",
-                                               "performer": "003", "date": "20100611"}  # fmt: skip
-    r = runner.invoke(app, ["probe", "--dataset", "SMD", "--group-by", "work", "--folds", "3", "--bootstrap", "20", "-f", "json"])
+    assert store.labels("Chopin_Op028-04") == {
+        "composer": "Chopin",
+        "work": "Chopin_Op028",
+        "movement": "04",
+        "performer": "003",
+        "date": "20100611",
+    }
+    r = runner.invoke(
+        app,
+        [
+            "probe",
+            "--dataset",
+            "SMD",
+            "--group-by",
+            "work",
+            "--folds",
+            "3",
+            "--bootstrap",
+            "20",
+            "-f",
+            "json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n_groups"] == 5
 
@@ -278,17 +429,28 @@ def test_smd_tree_gets_ids_and_labels_and_probes_by_work(tmp_path, tiny_ckpt):
 def test_orphaned_track_files_are_adopted_not_recomputed(music_dir, tiny_ckpt, monkeypatch):
     """A writer killed between a track file and the manifest update loses nothing: the next run
     lists the finished file (same model and settings) without model work."""
-    assert mess("extract", music_dir, "--dataset", "o", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
+    assert (
+        mess(
+            "extract", music_dir, "--dataset", "o", "--model", tiny_ckpt, "--device", "cpu", "-q"
+        ).exit_code
+        == 0
+    )
     store = FeatureStore.open("o")
     before = store.load("a")["segments"]
     manifest = json.loads((store.root / "manifest.json").read_text())
     manifest["tracks"].pop("a")
-    (store.root / "manifest.json").write_text(json.dumps(manifest))  # as if killed before listing "a"
+    (store.root / "manifest.json").write_text(
+        json.dumps(manifest)
+    )  # as if killed before listing "a"
     import messai.models.mert as mert
 
     with monkeypatch.context() as m:
-        m.setattr(mert, "load_mert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model work")))
-        r = runner.invoke(app, ["extract", str(music_dir), "--dataset", "o", "--model", str(tiny_ckpt)])
+        m.setattr(
+            mert, "load_mert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model work"))
+        )
+        r = runner.invoke(
+            app, ["extract", str(music_dir), "--dataset", "o", "--model", str(tiny_ckpt)]
+        )
     assert r.exit_code == 0 and "2 up to date" in r.output
     np.testing.assert_array_equal(FeatureStore.open("o").load("a")["segments"], before)
 
@@ -301,7 +463,21 @@ def test_maestro_tree_with_split_and_limit(tmp_path, tiny_ckpt):
     for tid in expected:  # the fixture's tones are shorter than a window: make them 1.5 s
         write_audio(d / f"{tid}.wav", 1.5, 44100)
     train = sorted(t for t, lab in expected.items() if lab["split"] == "train")
-    r = mess("extract", d, "--dataset", "m", "--split", "train", "--limit", "1", "--model", tiny_ckpt, "--device", "cpu", "-q")
+    r = mess(
+        "extract",
+        d,
+        "--dataset",
+        "m",
+        "--split",
+        "train",
+        "--limit",
+        "1",
+        "--model",
+        tiny_ckpt,
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     store = FeatureStore.open("m")
     assert store.manifest["source"]["kind"] == "maestro"

@@ -121,8 +121,7 @@ def test_fp16_shadow_stays_exact_among_near_ties(monkeypatch):
     index = build_index(X, ids_for(500), normalize="l2")
     calls = []
     real = index_module._faiss_search
-    monkeypatch.setattr(index_module, "_faiss_search",
-                        lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(index_module, "_faiss_search", lambda *a: calls.append(a[2]) or real(*a))
     Xn = unit(X.astype(np.float64))
     for q in (210, 333, 499):
         assert_valid_topk(index, Xn, q, 10)
@@ -181,7 +180,7 @@ def test_exclusion_sets_and_ids():
         expected = [p for p in exact[0] if p not in banned][:10]
         assert len(set(pos[0].tolist()) & set(expected)) >= 9
         excluded_ids = [index.track_ids[p] for p in full[0, 1:6]]
-        _, ids = index.search_track("t00007", 5, exclude_ids=excluded_ids + ["not-indexed"])
+        _, ids = index.search_track("t00007", 5, exclude_ids=[*excluded_ids, "not-indexed"])
         assert "t00007" not in ids and not set(excluded_ids) & set(ids) and len(ids) == 5
 
 
@@ -190,8 +189,12 @@ def test_exclusion_of_almost_everything(shadow):
     index = build_index(X, ids_for(20))
     sims, ids = index.search_track("t00000", 5, exclude_ids=ids_for(20)[1:18])
     assert sorted(ids) == ["t00018", "t00019"] and len(sims) == 2 and sims[0] >= sims[1]
-    assert ids[0] == ("t00018" if index.vector_of("t00018") @ index.vector_of("t00000")
-                      >= index.vector_of("t00019") @ index.vector_of("t00000") else "t00019")
+    assert ids[0] == (
+        "t00018"
+        if index.vector_of("t00018") @ index.vector_of("t00000")
+        >= index.vector_of("t00019") @ index.vector_of("t00000")
+        else "t00019"
+    )
 
 
 def test_single_query_search_restores_faiss_threads():
@@ -365,7 +368,11 @@ def test_save_load_round_trip(tmp_path, kind):
     index.save(tmp_path / "layer3")
     loaded = LayerIndex.load(tmp_path / "layer3")
     assert (loaded.kind, loaded.normalize, loaded.fingerprint, loaded.meta) == (
-        kind, "zscore", "fp1", meta)
+        kind,
+        "zscore",
+        "fp1",
+        meta,
+    )
     assert loaded.params == index.params and loaded.track_ids == index.track_ids
     assert loaded.n_fit == n and loaded.dim == 16
     np.testing.assert_array_equal(loaded.normalizer.mean_, index.normalizer.mean_)
@@ -414,11 +421,13 @@ CORRUPTIONS = {
     "missing mean": lambda p: (p / "mean.npy").unlink(),
     "truncated faiss": lambda p: os.truncate(p / "index.faiss", 100),
     "garbage faiss": lambda p: (p / "index.faiss").write_bytes(
-        b"\0" * (p / "index.faiss").stat().st_size),
+        b"\0" * (p / "index.faiss").stat().st_size
+    ),
     "bad json": lambda p: (p / "meta.json").write_text("{not json"),
     "future version": lambda p: _edit_meta(p, format_version=99),
     "ids vs vectors": lambda p: _edit_meta(
-        p, n=59, track_ids=json.loads((p / "meta.json").read_text())["track_ids"][:59]),
+        p, n=59, track_ids=json.loads((p / "meta.json").read_text())["track_ids"][:59]
+    ),
     "wrong dim": lambda p: _edit_meta(p, dim=9),
     "wrong kind": lambda p: _edit_meta(p, kind="hnsw"),
     "missing field": lambda p: _edit_meta(p, fingerprint=None),
@@ -453,8 +462,9 @@ def test_fusion_equals_hand_computation():
     layer_a, layer_b = clustered(n, 12, seed=1), clustered(n, 20, seed=2)
     a = build_index(layer_a, ids_for(n), meta={"layer": 1})
     b = build_index(layer_b, ids_for(n), normalize="l2", meta={"layer": 7})
-    result = fuse([(1.0, a, "t00004"), (0.5, b, "t00004")], 8, exclude_ids=["t00009"],
-                  n_candidates=n)
+    result = fuse(
+        [(1.0, a, "t00004"), (0.5, b, "t00004")], 8, exclude_ids=["t00009"], n_candidates=n
+    )
 
     def cos(X, centre):
         X = X.astype(np.float64) - (X.astype(np.float64).mean(0) if centre else 0)
@@ -465,8 +475,9 @@ def test_fusion_equals_hand_computation():
     fused[[4, 9]] = -np.inf
     expected = [f"t{i:05d}" for i in np.argsort(-fused, kind="stable")[:8]]
     assert result.track_ids == expected
-    np.testing.assert_allclose(result.similarities, fused[np.argsort(-fused, kind="stable")[:8]],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        result.similarities, fused[np.argsort(-fused, kind="stable")[:8]], atol=1e-5
+    )
     pos = [int(t[1:]) for t in result.track_ids]
     np.testing.assert_allclose(result.layer_similarities[:, 0], cos(layer_a, True)[pos], atol=1e-5)
     np.testing.assert_allclose(result.layer_similarities[:, 1], cos(layer_b, False)[pos], atol=1e-5)

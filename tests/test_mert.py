@@ -10,13 +10,20 @@ import pytest
 import torch
 
 from messai.errors import ModelError
-from messai.models.mert import load_mert, pooled_hidden_states, resolve_checkpoint, write_random_checkpoint
+from messai.models.mert import (
+    load_mert,
+    pooled_hidden_states,
+    resolve_checkpoint,
+    write_random_checkpoint,
+)
 from tests.conftest import write_checkpoint
 from tests.reference_forward import reference_hidden_states
 
 
 def _windows(n=2, seconds=1.3, seed=0):
-    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((n, int(seconds * 24000))).astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(seed).standard_normal((n, int(seconds * 24000))).astype(np.float32)
+    )
     return (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, unbiased=False, keepdim=True) + 1e-7)
 
 
@@ -30,7 +37,9 @@ def test_native_forward_matches_independent_reference(fixture, request):
     n_layers = json.loads((ckpt / "config.json").read_text())["num_hidden_layers"] + 1
     assert raw.shape[1] == len(ref) == n_layers
     for layer, r in enumerate(ref):
-        np.testing.assert_allclose(raw[:, layer].numpy(), r.numpy(), atol=1e-4, rtol=0, err_msg=f"layer {layer}")
+        np.testing.assert_allclose(
+            raw[:, layer].numpy(), r.numpy(), atol=1e-4, rtol=0, err_msg=f"layer {layer}"
+        )
         np.testing.assert_allclose(pooled[:, layer].numpy(), r.mean(1).numpy(), atol=1e-4, rtol=0)
 
 
@@ -135,20 +144,29 @@ def test_hub_cache_layout_is_used_when_cached(tmp_path, tiny_ckpt):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     env.pop("HF_HUB_CACHE", None)
     code = "from messai.models.mert import resolve_checkpoint as r; c = r('m-a-p/MERT-v1-95M'); print(c.revision, c.directory)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] == commit and out[1] == str(snap)
 
 
 def test_random_checkpoint_like_and_preset(tmp_path, tiny_stable_ckpt):
-    out = write_random_checkpoint(tmp_path / "r", like=tiny_stable_ckpt, seed=1, weights_format="both")
+    out = write_random_checkpoint(
+        tmp_path / "r", like=tiny_stable_ckpt, seed=1, weights_format="both"
+    )
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"} <= names
+    assert {
+        "config.json",
+        "preprocessor_config.json",
+        "model.safetensors",
+        "pytorch_model.bin",
+    } <= names
     ck = resolve_checkpoint(out)
     assert ck.config["model_type"] == "mert_model" and ck.config["do_stable_layer_norm"] is True
     state = torch.load(out / "pytorch_model.bin", weights_only=True)
     assert "encoder.pos_conv_embed.conv.weight_g" in state  # the hub's key names
     x = _windows(1)
-    pooled, raw = pooled_hidden_states(load_mert(out), x, keep_raw=True)
+    _pooled, raw = pooled_hidden_states(load_mert(out), x, keep_raw=True)
     ref = reference_hidden_states(out, x)
     np.testing.assert_allclose(raw[0, -1].numpy(), ref[-1][0].numpy(), atol=1e-4)
     with pytest.raises(ModelError, match="exactly one"):

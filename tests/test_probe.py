@@ -13,7 +13,6 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, cross_val_p
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from messai.errors import MessError
 from messai.analysis.probe import (
     ProbeResults,
     _inner_pairs,
@@ -21,6 +20,7 @@ from messai.analysis.probe import (
     group_kfold,
     probe_layers,
 )
+from messai.errors import MessError
 
 
 def _tracks(n_tracks: int, per_track: int) -> np.ndarray:
@@ -236,8 +236,16 @@ def test_to_dict_round_trip(linear_case):
     for key in ("n_samples", "n_groups", "n_layers", "folds", "seed", "alphas", "targets"):
         assert key in d
     t = d["targets"]["y"]
-    for key in ("r2", "r2_std", "control_r2", "r2_ci_low", "r2_ci_high", "alpha",
-                "random_model_r2", "selectivity"):
+    for key in (
+        "r2",
+        "r2_std",
+        "control_r2",
+        "r2_ci_low",
+        "r2_ci_high",
+        "alpha",
+        "random_model_r2",
+        "selectivity",
+    ):
         assert len(t[key]) == 3, key
     assert t["selectivity_baseline"] == "random_model"
     assert t["selectivity"][1] == pytest.approx(t["r2"][1] - t["random_model_r2"][1])

@@ -34,13 +34,31 @@ def lib(tmp_path):
 
 
 def test_force_with_new_settings_is_recorded(lib, tiny_ckpt):
-    assert mess("extract", lib, "-d", "x", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
-    r = mess("extract", lib, "-d", "x", "--model", tiny_ckpt, "--device", "cpu", "-q", "--hop-seconds", "2.5", "--force")
+    assert (
+        mess("extract", lib, "-d", "x", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code
+        == 0
+    )
+    r = mess(
+        "extract",
+        lib,
+        "-d",
+        "x",
+        "--model",
+        tiny_ckpt,
+        "--device",
+        "cpu",
+        "-q",
+        "--hop-seconds",
+        "2.5",
+        "--force",
+    )
     assert r.exit_code == 0, r.output
     store = FeatureStore.open("x")
     assert store.settings["hop_seconds"] == 2.5
     assert store.manifest["tracks"]["a"]["n_segments"] == len(store.load("a")["segments"]) == 4
-    r = mess("extract", lib, "-d", "x", "--model", tiny_ckpt, "--device", "cpu", "--hop-seconds", "2.5")
+    r = mess(
+        "extract", lib, "-d", "x", "--model", tiny_ckpt, "--device", "cpu", "--hop-seconds", "2.5"
+    )
     assert r.exit_code == 0 and "2 up to date" in r.output
 
 
@@ -76,14 +94,28 @@ def test_a_failing_forward_fails_only_its_track(lib, tiny_ckpt, monkeypatch):
 
     monkeypatch.setattr(mert, "pooled_hidden_states", flaky)
     write_audio(lib / "b.wav", 7.0, 44100, freq=500)  # its tail is 2 s: only a.wav's window breaks
-    r = mess("extract", lib, "-d", "f", "--model", tiny_ckpt, "--device", "cpu", "-q", "--batch-size", "2")
+    r = mess(
+        "extract",
+        lib,
+        "-d",
+        "f",
+        "--model",
+        tiny_ckpt,
+        "--device",
+        "cpu",
+        "-q",
+        "--batch-size",
+        "2",
+    )
     assert r.exit_code == 1
     assert "a.wav: model forward failed (RuntimeError: boom)" in r.output
     assert FeatureStore.open("f").track_ids() == ["b"]
 
 
 def test_windows_shorter_than_receptive_field_are_refused(lib, tiny_ckpt):
-    r = mess("extract", lib, "-d", "w", "--model", tiny_ckpt, "--device", "cpu", "--min-seconds", "0.005")
+    r = mess(
+        "extract", lib, "-d", "w", "--model", tiny_ckpt, "--device", "cpu", "--min-seconds", "0.005"
+    )
     assert r.exit_code == 2 and "receptive field" in r.output
 
 
@@ -98,7 +130,10 @@ def test_truncated_wav_and_clashing_ids_are_reported_per_file(tmp_path, tiny_ckp
     r = mess("extract", d, "-d", "t", "--model", tiny_ckpt, "--device", "cpu", "-q")
     assert r.exit_code == 1
     assert f"{d / 'cut.wav'}: truncated: the data chunk declares" in r.output
-    assert f"{d / 'twin.wav'}: same track id 'twin'" in r.output and f"{d / 'twin.flac'}: same track id 'twin'" in r.output
+    assert (
+        f"{d / 'twin.wav'}: same track id 'twin'" in r.output
+        and f"{d / 'twin.flac'}: same track id 'twin'" in r.output
+    )
     assert FeatureStore.open("t").track_ids() == ["good"]
 
 
@@ -106,13 +141,18 @@ def test_failure_reason_with_colon_in_name(tmp_path, tiny_ckpt):
     d = tmp_path / "in"
     write_audio(d / "ok.wav", 2.0, 24000)
     (d / "Track 1: Intro.wav").write_bytes(b"")
-    assert mess("extract", d, "-d", "n", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 1
+    assert (
+        mess("extract", d, "-d", "n", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 1
+    )
     row = next(r for r in FeatureStore.open("n").track_rows() if r["track_id"] == "Track 1: Intro")
     assert row["status"] == "failed: empty file"
 
 
 def test_missing_or_damaged_track_files(lib, tiny_ckpt):
-    assert mess("extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
+    assert (
+        mess("extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code
+        == 0
+    )
     store = FeatureStore.open("m")
     store._track_path("a").unlink()
     r = mess("extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu")
@@ -120,28 +160,47 @@ def test_missing_or_damaged_track_files(lib, tiny_ckpt):
     store = FeatureStore.open("m")
     store._track_path("b").write_bytes(b"PK\x03\x04 garbage")
     r = mess("recommend", "-d", "m", "--track", "a", "--layer", "0")
-    assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith("error: ") and "damaged" in r.output
+    assert (
+        r.exit_code == 2
+        and r.output.strip().splitlines()[-1].startswith("error: ")
+        and "damaged" in r.output
+    )
     with pytest.raises(Exception, match="damaged"):
         FeatureStore.open("m").load("b")
-    r = mess("extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu")  # what the message says to do
+    r = mess(
+        "extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu"
+    )  # what the message says to do
     assert r.exit_code == 0 and "1 extracted, 1 up to date" in r.output
     assert FeatureStore.open("m").load("b")["segments"].shape[0] == 2
 
 
 def test_removed_audio_is_reported_then_pruned(lib, tiny_ckpt):
-    assert mess("extract", lib, "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
+    assert (
+        mess("extract", lib, "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code
+        == 0
+    )
     (lib / "b.wav").unlink()
     r = mess("extract", lib, "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q")
-    assert r.exit_code == 0 and "1 stored track(s) have no audio file" in r.output and "--prune" in r.output
+    assert (
+        r.exit_code == 0
+        and "1 stored track(s) have no audio file" in r.output
+        and "--prune" in r.output
+    )
     assert FeatureStore.open("p").track_ids() == ["a", "b"]
     r = mess("extract", lib, "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q", "--prune")
     assert r.exit_code == 0 and FeatureStore.open("p").track_ids() == ["a"]
 
 
 def test_a_track_that_breaks_later_keeps_its_features_marked_stale(lib, tiny_ckpt):
-    assert mess("extract", lib, "-d", "s", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
+    assert (
+        mess("extract", lib, "-d", "s", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code
+        == 0
+    )
     (lib / "b.wav").write_bytes(b"RIFF junk")
-    assert mess("extract", lib, "-d", "s", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 1
+    assert (
+        mess("extract", lib, "-d", "s", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code
+        == 1
+    )
     rows = {r["track_id"]: r for r in FeatureStore.open("s").track_rows()}
     assert rows["b"]["status"].startswith("stale:") and rows["b"]["n_segments"] == 2
 
@@ -160,17 +219,55 @@ def test_audio_query_refuses_changed_weights(lib, tiny_ckpt, tmp_path):
 
 def test_recommend_argument_checks(isolated_env):
     make_store(Path(isolated_env))
-    d = json.loads(mess("recommend", "-d", "syn", "--track", "c0/track 000", "-k", "100000", "-f", "json").stdout)
+    d = json.loads(
+        mess(
+            "recommend", "-d", "syn", "--track", "c0/track 000", "-k", "100000", "-f", "json"
+        ).stdout
+    )
     assert len(d["recommendations"]) == 39
     r = mess("recommend", "-d", "syn", "--track", "c0/track 000", "--aspect", "foo", "--layer", "1")
     assert r.exit_code == 2 and "unknown aspect 'foo'" in r.output
     r = mess("recommend", "-d", "syn", "--track", "c0/track 000", "--layer", "9")
     assert r.exit_code == 2 and "out of range" in r.output
-    p = subprocess.run([sys.executable, "-m", "messai", "recommend", "-d", "syn", "--track", "-", "--aspect", "foo"],
-                       input="c0/track 000\nc0/track 004\n", capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "messai",
+            "recommend",
+            "-d",
+            "syn",
+            "--track",
+            "-",
+            "--aspect",
+            "foo",
+        ],
+        input="c0/track 000\nc0/track 004\n",
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+    )
     assert p.returncode == 2 and p.stderr.count("error:") == 1 and p.stdout == ""
-    p = subprocess.run([sys.executable, "-m", "messai", "recommend", "-d", "syn", "--track", "-", "-f", "tsv", "-k", "2"],
-                       input="c0/track 000\n\nc1/track 001\n", capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "messai",
+            "recommend",
+            "-d",
+            "syn",
+            "--track",
+            "-",
+            "-f",
+            "tsv",
+            "-k",
+            "2",
+        ],
+        input="c0/track 000\n\nc1/track 001\n",
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+    )
     lines = p.stdout.splitlines()
     assert p.returncode == 0 and lines[0].startswith("query\trank\ttrack_id") and len(lines) == 5
     assert sum(line.startswith("query\t") for line in lines) == 1
@@ -179,8 +276,13 @@ def test_recommend_argument_checks(isolated_env):
 def test_probe_results_go_stale_when_targets_are_recomputed(lib, tiny_ckpt, tmp_path):
     for i in range(3):
         write_audio(lib / f"more{i}.wav", 5.5, 24000, freq=120 * (i + 2), seed=i)
-    assert mess("extract", lib, "-d", "g", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code == 0
-    assert mess("probe", "-d", "g", "--folds", "3", "--bootstrap", "10", "-f", "json").exit_code == 0
+    assert (
+        mess("extract", lib, "-d", "g", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code
+        == 0
+    )
+    assert (
+        mess("probe", "-d", "g", "--folds", "3", "--bootstrap", "10", "-f", "json").exit_code == 0
+    )
     r = mess("aspects", "-d", "g", "-f", "json")
     assert not any(row["stale"] for row in json.loads(r.stdout))
     assert mess("targets", "-d", "g", "-q").exit_code == 0

@@ -36,13 +36,15 @@ def _signals(seconds: float = 3.0) -> dict[str, np.ndarray]:
         tt = t[: n - i * step]
         for h in range(1, 8):
             partial = np.sin(2 * np.pi * f0 * h * tt + rng.uniform(0, 6))
-            tones[i * step:] += np.exp(-3 * tt) * partial * 0.6 / h
+            tones[i * step :] += np.exp(-3 * tt) * partial * 0.6 / h
     out["tones"] = tones + 1e-3 * rng.standard_normal(n)
 
     bursts = 1e-4 * rng.standard_normal(n)  # decaying noise bursts
     for s in rng.integers(0, n - 4000, 8):
         length = int(rng.integers(1000, 4000))
-        bursts[s:s + length] += 0.5 * rng.standard_normal(length) * np.exp(-np.arange(length) / 800)
+        bursts[s : s + length] += (
+            0.5 * rng.standard_normal(length) * np.exp(-np.arange(length) / 800)
+        )
     out["bursts"] = bursts
 
     freq = 100 * (8000 / 100) ** (t / seconds)  # exponential chirp 100 Hz -> 8 kHz
@@ -50,7 +52,7 @@ def _signals(seconds: float = 3.0) -> dict[str, np.ndarray]:
 
     clicks = 1e-3 * rng.standard_normal(n)  # clicks every 250 ms
     for s in np.arange(0, n - 100, SR // 4) + int(rng.integers(0, 500)):
-        clicks[s:s + 60] += 0.8 * rng.choice([-1, 1]) * np.hanning(60)
+        clicks[s : s + 60] += 0.8 * rng.choice([-1, 1]) * np.hanning(60)
     out["clicks"] = clicks
 
     out["mix"] = out["tones"] + 0.5 * out["clicks"] + 0.3 * out["bursts"]
@@ -92,8 +94,9 @@ def _assert_matches(mine: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> 
         if name == "onset_rate":  # same onset frames -> exactly the same count
             assert got == expected, name
         elif name == "mfcc":  # coefficients cross zero: tolerance relative to their scale
-            np.testing.assert_allclose(got, expected, rtol=0, atol=RTOL * np.abs(expected).max(),
-                                       err_msg=name)
+            np.testing.assert_allclose(
+                got, expected, rtol=0, atol=RTOL * np.abs(expected).max(), err_msg=name
+            )
         elif name == "chroma":
             np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-5, err_msg=name)
         else:
@@ -109,7 +112,7 @@ def test_matches_librosa(name):
 @pytest.mark.parametrize("n_samples", [SR, 1000])
 def test_short_windows_match_librosa(n_samples):
     """A 1 s tail window, and one shorter than n_fft (librosa pads it with center=True)."""
-    y = SIGNALS["mix"][SR // 2: SR // 2 + n_samples]
+    y = SIGNALS["mix"][SR // 2 : SR // 2 + n_samples]
     _assert_matches(compute_targets([y], SR), _librosa_targets(y))
 
 
@@ -123,8 +126,14 @@ def test_silence_is_finite_and_documented():
     out = compute_targets([np.zeros(SR, np.float32), np.zeros(700, np.float32)], SR)
     for name, values in out.items():
         assert np.isfinite(values).all(), name
-    for name in ("spectral_centroid", "spectral_rolloff", "spectral_bandwidth",
-                 "zero_crossing_rate", "rms_db_std", "onset_rate"):
+    for name in (
+        "spectral_centroid",
+        "spectral_rolloff",
+        "spectral_bandwidth",
+        "zero_crossing_rate",
+        "rms_db_std",
+        "onset_rate",
+    ):
         np.testing.assert_array_equal(out[name], 0.0, err_msg=name)
     np.testing.assert_allclose(out["spectral_contrast"], 0.0, atol=1e-9)
     np.testing.assert_allclose(out["mfcc"], 0.0, atol=1e-9)
@@ -145,8 +154,8 @@ def test_rms_db_std_is_gain_invariant():
 def test_batch_of_unequal_windows_equals_one_by_one():
     y = SIGNALS["mix"]
     # lengths repeat so that equal-length windows share a batch; 11 equal ones exceed one chunk
-    windows = [y[:SR], y[SR:2 * SR], y[:int(1.3 * SR)], y[5000:5000 + SR], y[:900]]
-    windows += [y[i * 6000:i * 6000 + 6000] for i in range(11)]
+    windows = [y[:SR], y[SR : 2 * SR], y[: int(1.3 * SR)], y[5000 : 5000 + SR], y[:900]]
+    windows += [y[i * 6000 : i * 6000 + 6000] for i in range(11)]
     batched = compute_targets(windows, SR)
     singles = [compute_targets([w], SR) for w in windows]
     for name, values in batched.items():
@@ -158,7 +167,7 @@ def test_batch_of_unequal_windows_equals_one_by_one():
 
 def test_two_dimensional_input_and_subset():
     y = SIGNALS["chirp"]
-    out = compute_targets(np.stack([y[:SR], y[SR:2 * SR]]), SR, names=["chroma", "onset_rate"])
+    out = compute_targets(np.stack([y[:SR], y[SR : 2 * SR]]), SR, names=["chroma", "onset_rate"])
     assert list(out) == ["chroma", "onset_rate"]
     assert out["chroma"].shape == (2, 12)
     assert out["onset_rate"].shape == (2,)
@@ -195,7 +204,9 @@ def test_registry():
 
 
 def test_import_is_light():
-    code = ("import sys, messai.features.targets; "
-            "bad = {'torch', 'librosa', 'scipy', 'threadpoolctl'} & set(sys.modules); "
-            "assert not bad, bad")
+    code = (
+        "import sys, messai.features.targets; "
+        "bad = {'torch', 'librosa', 'scipy', 'threadpoolctl'} & set(sys.modules); "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,9 +17,10 @@ import functools
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from messai.errors import ConfigError
 
@@ -73,6 +74,7 @@ class FieldSpec:
 
     def check(self, name: str, value: Any, source: str) -> Any:
         """Convert and check one value (the light path); ConfigError naming field and source."""
+
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"invalid setting {name} (from {source}): {msg}")
 
@@ -109,21 +111,33 @@ class FieldSpec:
 
 #: Every setting. Names are the config-file keys and, upper-cased with ``MESS_``, the env vars.
 FIELDS: dict[str, FieldSpec] = {
-    "home": FieldSpec(Path, default_factory=default_home, description="data root (stores, probe results, indices)"),
+    "home": FieldSpec(
+        Path, default_factory=default_home, description="data root (stores, probe results, indices)"
+    ),
     "model": FieldSpec(str, DEFAULT_MODEL, "hub id or local checkpoint directory"),
     "revision": FieldSpec(str, None, "hub revision (branch, tag or commit)", optional=True),
-    "device": FieldSpec(str, "auto", "auto prefers MPS, then CUDA, then CPU", choices=("auto", "cpu", "cuda", "mps")),
-    "precision": FieldSpec(str, "float32", "compute dtype", choices=("float32", "bfloat16", "float16")),
-    "batch_size": FieldSpec(int, None, "windows per forward (default per device)", optional=True, ge=1, le=4096),
+    "device": FieldSpec(
+        str, "auto", "auto prefers MPS, then CUDA, then CPU", choices=("auto", "cpu", "cuda", "mps")
+    ),
+    "precision": FieldSpec(
+        str, "float32", "compute dtype", choices=("float32", "bfloat16", "float16")
+    ),
+    "batch_size": FieldSpec(
+        int, None, "windows per forward (default per device)", optional=True, ge=1, le=4096
+    ),
     "segment_seconds": FieldSpec(float, 5.0, "window length, seconds", gt=0.2, le=120.0),
     "hop_seconds": FieldSpec(float, 5.0, "window hop, seconds", gt=0.0, le=120.0),
     "min_seconds": FieldSpec(float, 1.0, "shortest tail window kept, seconds", gt=0.0, le=120.0),
-    "store_dtype": FieldSpec(str, "float16", "dtype of stored features", choices=("float16", "float32")),
+    "store_dtype": FieldSpec(
+        str, "float16", "dtype of stored features", choices=("float16", "float32")
+    ),
     "folds": FieldSpec(int, 5, "outer group folds of the probe", ge=2, le=100),
     "seed": FieldSpec(int, 0, "seed of folds, controls and bootstrap"),
     "r2_threshold": FieldSpec(float, 0.5, "minimum R² for an aspect to count as validated"),
     "index_kind": FieldSpec(str, "flat", "FAISS index kind", choices=("flat", "hnsw", "ivf")),
-    "normalize": FieldSpec(str, "center", "vector normalisation before cosine", choices=("center", "zscore", "l2")),
+    "normalize": FieldSpec(
+        str, "center", "vector normalisation before cosine", choices=("center", "zscore", "l2")
+    ),
 }
 _ALL_KEYS = (*FIELDS, "datasets")
 
@@ -148,8 +162,11 @@ def _models():
         if spec.optional:
             tp = Optional[tp]
         kw = {k: getattr(spec, k) for k in ("ge", "gt", "le") if getattr(spec, k) is not None}
-        field = Field(default_factory=spec.default_factory, description=spec.description, **kw) if spec.default_factory \
-            else Field(spec.default, description=spec.description, **kw)  # fmt: skip
+        field = (
+            Field(default_factory=spec.default_factory, description=spec.description, **kw)
+            if spec.default_factory
+            else Field(spec.default, description=spec.description, **kw)
+        )
         fields[name] = (tp, field)
     settings = create_model(
         "Settings",
@@ -211,7 +228,11 @@ def _merge(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, 
     sources = {name: "default" for name in _ALL_KEYS}
     for values, label in layers:
         for key, value in values.items():
-            merged[key] = Path(value).expanduser() if key == "home" and isinstance(value, (str, Path)) else value
+            merged[key] = (
+                Path(value).expanduser()
+                if key == "home" and isinstance(value, (str, Path))
+                else value
+            )
             sources[key] = f"env MESS_{key.upper()}" if label == "env" else label
     return merged, sources
 
@@ -232,7 +253,9 @@ def resolve_settings(overrides: dict[str, Any] | None = None):
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "settings"
         top = str(err["loc"][0]) if err["loc"] else ""
-        raise ConfigError(f"invalid setting {field} (from {sources.get(top, '')}): {err['msg']}") from None
+        raise ConfigError(
+            f"invalid setting {field} (from {sources.get(top, '')}): {err['msg']}"
+        ) from None
     return settings, sources
 
 
@@ -257,7 +280,9 @@ def resolve_fields(names: list[str], overrides: dict[str, Any] | None = None) ->
     values = {}
     for name in names:
         spec = FIELDS[name]
-        values[name] = spec.check(name, merged[name], sources[name]) if name in merged else spec.get_default()
+        values[name] = (
+            spec.check(name, merged[name], sources[name]) if name in merged else spec.get_default()
+        )
     return FieldValues(values, {n: sources[n] for n in names})
 
 

@@ -22,7 +22,9 @@ def find_demo_folder() -> Path:
         candidate = parent / "data" / "demo"
         if (candidate / "metadata.csv").is_file():
             return candidate
-    raise ConfigError("the demo audio (data/demo) is not next to this installation; run from a clone of the repository or pass --path")
+    raise ConfigError(
+        "the demo audio (data/demo) is not next to this installation; run from a clone of the repository or pass --path"
+    )
 
 
 @dataclass
@@ -43,11 +45,13 @@ def random_control_checkpoint(settings) -> Path:
     """A random-weight twin of ``settings.model`` (same architecture, seed 1: not the default seed
     of `mess model random`, so a smoke-test model is not its own control), written once under
     the data root and reused: the random-initialisation control of the probe."""
-    from messai.models.mert import resolve_checkpoint, write_random_checkpoint
     from messai.features.store import model_slug
+    from messai.models.mert import resolve_checkpoint, write_random_checkpoint
 
     source = resolve_checkpoint(settings.model, revision=settings.revision)
-    folder = settings.home / "random-controls" / f"{model_slug(source.identity())}-{source.config_hash}"
+    folder = (
+        settings.home / "random-controls" / f"{model_slug(source.identity())}-{source.config_hash}"
+    )
     if (folder / "config.json").is_file():
         return folder
     tmp = folder.with_name(folder.name + ".partial")
@@ -59,22 +63,30 @@ def random_control_checkpoint(settings) -> Path:
     return folder
 
 
-def run_demo(settings, *, path: Path | None = None, dataset: str | None = None, query: str = "piano/bach_bwv846_prelude",
-             aspect: str = "spectral_brightness", folds: int = 3, random_control: bool = True,
-             on_step: Callable[[str], None] | None = None, on_window=None, on_plan=None, on_track=None) -> DemoReport:  # fmt: skip
+def run_demo(
+    settings,
+    *,
+    path: Path | None = None,
+    dataset: str | None = None,
+    query: str = "piano/bach_bwv846_prelude",
+    aspect: str = "spectral_brightness",
+    folds: int = 3,
+    random_control: bool = True,
+    on_step: Callable[[str], None] | None = None,
+    on_window=None,
+    on_plan=None,
+    on_track=None,
+) -> DemoReport:
     """Run the whole tool on the demo set with ``settings`` (model, device, MESS_HOME ...).
 
     With ``random_control`` the audio is also extracted by a random-weight model of the same
     architecture, and a layer counts as validated only if it beats that too."""
-    from messai.analysis.aspects import aspect_map
-    from messai.analysis.discovery import LayerDiscovery
-    from messai.features.extractor import extract_dataset
-    from messai.search.recommend import LayerBasedRecommender
-
     from messai import datasets
-    from messai.analysis.aspects import ASPECTS
-    from messai.features.extractor import default_dataset_name
+    from messai.analysis.aspects import ASPECTS, aspect_map
+    from messai.analysis.discovery import LayerDiscovery
+    from messai.features.extractor import default_dataset_name, extract_dataset
     from messai.models.mert import resolve_checkpoint
+    from messai.search.recommend import LayerBasedRecommender
 
     step = on_step or (lambda s: None)
     folder = Path(path) if path else find_demo_folder()
@@ -82,13 +94,19 @@ def run_demo(settings, *, path: Path | None = None, dataset: str | None = None, 
     dataset = dataset or ("demo" if path is None else f"demo-{default_dataset_name(folder)}")
     tracks = datasets.scan(folder, kind="folder")
     if query not in {t.track_id for t in tracks}:
-        raise ConfigError(f"--query {query!r} is not a track of {folder} (e.g. {tracks[0].track_id if tracks else 'none'})")
+        raise ConfigError(
+            f"--query {query!r} is not a track of {folder} (e.g. {tracks[0].track_id if tracks else 'none'})"
+        )
     if aspect not in ASPECTS:
         raise ConfigError(f"--aspect {aspect!r} is unknown; known: {', '.join(ASPECTS)}")
     group_by = "work" if tracks and all(t.labels.get("work") for t in tracks) else "track"
     notes = []
-    if resolve_checkpoint(settings.model, revision=settings.revision).config.get("mess_random_init"):
-        notes.append(f"{settings.model} is a random-weight checkpoint: its numbers mean nothing musically")
+    if resolve_checkpoint(settings.model, revision=settings.revision).config.get(
+        "mess_random_init"
+    ):
+        notes.append(
+            f"{settings.model} is a random-weight checkpoint: its numbers mean nothing musically"
+        )
     step(f"extracting {folder} with {settings.model}")
     callbacks = dict(on_window=on_window, on_plan=on_plan, on_track=on_track)
     report = extract_dataset(folder, dataset=dataset, settings=settings, kind="folder", **callbacks)
@@ -98,34 +116,74 @@ def run_demo(settings, *, path: Path | None = None, dataset: str | None = None, 
     if random_control:
         ckpt = random_control_checkpoint(settings)
         control = f"{dataset}-random"[:128]
-        step(f"extracting it again with a random-weight model of the same architecture ({ckpt}): the control")
-        rand = extract_dataset(folder, dataset=control, settings=settings.model_copy(update={"model": str(ckpt), "revision": None}),
-                               kind="folder", **callbacks)  # fmt: skip
+        step(
+            f"extracting it again with a random-weight model of the same architecture ({ckpt}): the control"
+        )
+        rand = extract_dataset(
+            folder,
+            dataset=control,
+            settings=settings.model_copy(update={"model": str(ckpt), "revision": None}),
+            kind="folder",
+            **callbacks,
+        )
         if rand.failures:
             notes.append(f"{len(rand.failures)} files failed for the random control")
     step(f"probing every layer (grouped by {group_by}: none on both sides of a split)")
-    discovery = LayerDiscovery(dataset, settings.model, home=settings.home, folds=folds, seed=settings.seed,
-                               group_by=group_by, control_store=control, min_r2=settings.r2_threshold,
-                               n_bootstrap=300)  # fmt: skip
+    discovery = LayerDiscovery(
+        dataset,
+        settings.model,
+        home=settings.home,
+        folds=folds,
+        seed=settings.seed,
+        group_by=group_by,
+        control_store=control,
+        min_r2=settings.r2_threshold,
+        n_bootstrap=300,
+    )
     results = discovery.run_full_discovery()
     summary = []
     for name, res in results.targets.items():
         b = res.best_layer
-        summary.append({
-            "target": name, "best_layer": b,
-            "r2": None if b is None or not math.isfinite(res.r2[b]) else round(res.r2[b], 3),
-            "control_r2": None if b is None or not math.isfinite(res.control_r2[b]) else round(res.control_r2[b], 3),
-            "random_model_r2": None if b is None or res.random_model_r2 is None or not math.isfinite(res.random_model_r2[b])
-            else round(res.random_model_r2[b], 3),
-            "margin_over_median": None if not math.isfinite(res.margin_over_median) else round(res.margin_over_median, 3),
-            "validated": "yes" if b is not None and res.is_validated(b, min_r2=settings.r2_threshold) else "no",
-        })  # fmt: skip
+        summary.append(
+            {
+                "target": name,
+                "best_layer": b,
+                "r2": None if b is None or not math.isfinite(res.r2[b]) else round(res.r2[b], 3),
+                "control_r2": None
+                if b is None or not math.isfinite(res.control_r2[b])
+                else round(res.control_r2[b], 3),
+                "random_model_r2": None
+                if b is None
+                or res.random_model_r2 is None
+                or not math.isfinite(res.random_model_r2[b])
+                else round(res.random_model_r2[b], 3),
+                "margin_over_median": None
+                if not math.isfinite(res.margin_over_median)
+                else round(res.margin_over_median, 3),
+                "validated": "yes"
+                if b is not None and res.is_validated(b, min_r2=settings.r2_threshold)
+                else "no",
+            }
+        )
     mapping = aspect_map(discovery.store, min_r2=settings.r2_threshold)
     step("indexing and recommending")
-    rec = LayerBasedRecommender(dataset, settings.model, home=settings.home, normalize=settings.normalize, kind="flat",
-                                on_notice=lambda m: None)  # fmt: skip
+    rec = LayerBasedRecommender(
+        dataset,
+        settings.model,
+        home=settings.home,
+        normalize=settings.normalize,
+        kind="flat",
+        on_notice=lambda m: None,
+    )
     for layer in range(discovery.store.n_layers):
         rec.index(layer)
     recs = rec.recommend(query, aspect, 5)
-    return DemoReport(dataset, discovery.store.model_id, report.to_dict(), [e.to_dict() for e in mapping.values()],
-                      summary, recs, notes)  # fmt: skip
+    return DemoReport(
+        dataset,
+        discovery.store.model_id,
+        report.to_dict(),
+        [e.to_dict() for e in mapping.values()],
+        summary,
+        recs,
+        notes,
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
 FORMATS = ("png", "pdf", "svg")
 
 
@@ -40,10 +39,19 @@ def probe_heatmap(results, path: str | Path, *, title: str = "") -> Path:
     import numpy as np
 
     names = list(results.targets)
-    r2 = np.array([[v if v is not None else math.nan for v in results.targets[n].r2] for n in names])
-    sel = np.array([[v if v is not None else math.nan for v in results.targets[n].selectivity] for n in names])
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 0.5 * r2.shape[1] * 2, 1.5 + 0.45 * len(names)), constrained_layout=True)
-    for ax, data, label in ((axes[0], r2, "R² (out-of-fold)"), (axes[1], sel, "selectivity (R² − control)")):
+    r2 = np.array(
+        [[v if v is not None else math.nan for v in results.targets[n].r2] for n in names]
+    )
+    sel = np.array(
+        [[v if v is not None else math.nan for v in results.targets[n].selectivity] for n in names]
+    )
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2 + 0.5 * r2.shape[1] * 2, 1.5 + 0.45 * len(names)), constrained_layout=True
+    )
+    for ax, data, label in (
+        (axes[0], r2, "R² (out-of-fold)"),
+        (axes[1], sel, "selectivity (R² − control)"),
+    ):
         im = ax.imshow(np.clip(data, -0.2, 1.0), aspect="auto", cmap="viridis", vmin=-0.2, vmax=1.0)
         ax.set_xticks(range(data.shape[1]))
         ax.set_yticks(range(len(names)))
@@ -56,8 +64,15 @@ def probe_heatmap(results, path: str | Path, *, title: str = "") -> Path:
                 ax.add_patch(plt.Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
             for j in range(data.shape[1]):
                 if math.isfinite(data[i, j]) and data.shape[1] <= 25:
-                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if data[i, j] < 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{data[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if data[i, j] < 0.5 else "black",
+                    )
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle((title + "\n" if title else "") + "red box: best layer of each target", fontsize=9)
     return save_figure(fig, path)

@@ -30,7 +30,11 @@ ASPECTS: dict[str, str] = {
 
 #: The prototype's (MESS-AI) claimed layers. All three were really the spectral centroid
 #: predicted from different layers; they are a starting point, never evidence.
-PROTOTYPE_DEFAULTS: dict[str, int] = {"spectral_brightness": 0, "timbral_texture": 1, "acoustic_structure": 2}
+PROTOTYPE_DEFAULTS: dict[str, int] = {
+    "spectral_brightness": 0,
+    "timbral_texture": 1,
+    "acoustic_structure": 2,
+}
 
 SOURCE_PROBE = "probe"
 SOURCE_PROBE_UNVALIDATED = "probe (not validated)"
@@ -60,7 +64,9 @@ def _finite(x: Any) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else round(float(x), 4)
 
 
-def aspect_map_from_probe(probe: dict[str, Any] | None, *, min_r2: float = 0.5, stale: bool = False) -> dict[str, AspectLayer]:
+def aspect_map_from_probe(
+    probe: dict[str, Any] | None, *, min_r2: float = 0.5, stale: bool = False
+) -> dict[str, AspectLayer]:
     """Aspect → ``AspectLayer`` from a saved probe-results dict (``ProbeResults.to_dict()``)."""
     from messai.features.targets import ASPECTS_OF_TARGETS
 
@@ -87,13 +93,21 @@ def aspect_map_from_probe(probe: dict[str, Any] | None, *, min_r2: float = 0.5, 
             r2, name, layer, ok = best
             res = results.targets[name]
             out[aspect] = AspectLayer(
-                aspect, layer, SOURCE_PROBE if ok else SOURCE_PROBE_UNVALIDATED, ok, name, _finite(r2),
+                aspect,
+                layer,
+                SOURCE_PROBE if ok else SOURCE_PROBE_UNVALIDATED,
+                ok,
+                name,
+                _finite(r2),
                 _finite(res.control_r2[layer]),
                 _finite(res.random_model_r2[layer]) if res.random_model_r2 is not None else None,
-                description, stale,
-            )  # fmt: skip
+                description,
+                stale,
+            )
         elif aspect in PROTOTYPE_DEFAULTS:
-            out[aspect] = AspectLayer(aspect, PROTOTYPE_DEFAULTS[aspect], SOURCE_DEFAULT, False, description=description)
+            out[aspect] = AspectLayer(
+                aspect, PROTOTYPE_DEFAULTS[aspect], SOURCE_DEFAULT, False, description=description
+            )
     return out
 
 
@@ -105,7 +119,9 @@ def load_probe(store) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable probe results ({exc}); re-run 'mess probe'") from None
+        raise ConfigError(
+            f"{path}: unreadable probe results ({exc}); re-run 'mess probe'"
+        ) from None
     return saved.get("results"), saved.get("meta") or {}
 
 

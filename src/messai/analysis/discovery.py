@@ -31,8 +31,13 @@ class ProbeInputs:
     n_segments: list[int]  # per track
 
 
-def probe_inputs(store, *, targets: list[str] | None = None, group_by: str = "track",
-                 track_ids: list[str] | None = None) -> ProbeInputs:  # fmt: skip
+def probe_inputs(
+    store,
+    *,
+    targets: list[str] | None = None,
+    group_by: str = "track",
+    track_ids: list[str] | None = None,
+) -> ProbeInputs:
     """Stack the windows of every track (or ``track_ids``) with their (transformed) targets."""
     from messai.features.targets import TARGETS
 
@@ -48,7 +53,10 @@ def probe_inputs(store, *, targets: list[str] | None = None, group_by: str = "tr
             )
     n_seg = [int(store.entries[t]["n_segments"]) for t in ids]
     total = sum(n_seg)
-    feats = np.empty((total, store.n_layers, store.dim), dtype=np.float16 if store.settings.get("store_dtype") == "float16" else np.float32)
+    feats = np.empty(
+        (total, store.n_layers, store.dim),
+        dtype=np.float16 if store.settings.get("store_dtype") == "float16" else np.float32,
+    )
     groups = np.empty(total, dtype=object)
     collected: dict[str, list[np.ndarray]] = {}
     row = 0
@@ -62,7 +70,9 @@ def probe_inputs(store, *, targets: list[str] | None = None, group_by: str = "tr
     available = {k for k, v in collected.items() if len(v) == len(ids)}
     wanted = list(targets) if targets else [t for t in TARGETS if t in collected]
     if not wanted:
-        raise StoreError(f"store {store.dataset!r} has no proxy targets; run 'mess targets --dataset {store.dataset}'")
+        raise StoreError(
+            f"store {store.dataset!r} has no proxy targets; run 'mess targets --dataset {store.dataset}'"
+        )
     unknown = [t for t in wanted if t not in TARGETS]
     if unknown:
         raise ConfigError(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
@@ -71,7 +81,10 @@ def probe_inputs(store, *, targets: list[str] | None = None, group_by: str = "tr
         raise StoreError(
             f"store {store.dataset!r} has no stored values for {', '.join(absent)}; run 'mess targets --dataset {store.dataset}'"
         )
-    values = {t: TARGETS[t].apply_transform(np.concatenate(collected[t]).astype(np.float64)) for t in wanted}
+    values = {
+        t: TARGETS[t].apply_transform(np.concatenate(collected[t]).astype(np.float64))
+        for t in wanted
+    }
     return ProbeInputs(feats, values, groups.astype(str), list(ids), n_seg)
 
 
@@ -109,15 +122,21 @@ class LayerDiscovery:
         c = self.control
         missing = [t for t in inputs.track_ids if t not in c]
         if missing:
-            raise StoreError(f"control store {c.dataset!r} lacks {len(missing)} tracks (e.g. {missing[0]!r}); extract the same audio with the random model")
+            raise StoreError(
+                f"control store {c.dataset!r} lacks {len(missing)} tracks (e.g. {missing[0]!r}); extract the same audio with the random model"
+            )
         if c.n_layers != self.store.n_layers:
-            raise StoreError(f"control store {c.dataset!r} has {c.n_layers} layers, {self.store.dataset!r} has {self.store.n_layers}")
+            raise StoreError(
+                f"control store {c.dataset!r} has {c.n_layers} layers, {self.store.dataset!r} has {self.store.n_layers}"
+            )
         out = np.empty((len(inputs.features), c.n_layers, c.dim), dtype=np.float32)
         row = 0
         for tid, n in zip(inputs.track_ids, inputs.n_segments):
             seg = c.load(tid)["segments"]
             if len(seg) != n:
-                raise StoreError(f"control store {c.dataset!r}: track {tid!r} has {len(seg)} windows, expected {n} (same window settings needed)")
+                raise StoreError(
+                    f"control store {c.dataset!r}: track {tid!r} has {len(seg)} windows, expected {n} (same window settings needed)"
+                )
             out[row : row + n] = seg
             row += n
         return out
@@ -128,9 +147,14 @@ class LayerDiscovery:
 
         inputs = probe_inputs(self.store, targets=self.targets, group_by=self.group_by)
         results = probe_layers(
-            inputs.features, inputs.targets, inputs.groups, folds=self.folds, seed=self.seed,
-            control_features=self._control_features(inputs), n_bootstrap=self.n_bootstrap,
-        )  # fmt: skip
+            inputs.features,
+            inputs.targets,
+            inputs.groups,
+            folds=self.folds,
+            seed=self.seed,
+            control_features=self._control_features(inputs),
+            n_bootstrap=self.n_bootstrap,
+        )
         self.results_ = results
         if save:
             self.save(results)

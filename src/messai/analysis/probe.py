@@ -98,6 +98,7 @@ that is available.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -333,8 +334,12 @@ def _build_setup(
         by_mask.setdefault(valid.tobytes(), []).append((name, y, valid))
     tasks = [
         _make_task(
-            members, order=order, fold_sorted=fold[order], group_index=group_index,
-            group_cycle=group_cycle, folds=folds,
+            members,
+            order=order,
+            fold_sorted=fold[order],
+            group_index=group_index,
+            group_cycle=group_cycle,
+            folds=folds,
         )
         for members in by_mask.values()
     ]
@@ -537,7 +542,7 @@ def _fit_task(
     bounds = task.bounds
     folds = len(bounds) - 1
     m = task.y.shape[1]
-    blocks = [_Sums.of(x[lo:hi], task.y[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    blocks = [_Sums.of(x[lo:hi], task.y[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
     total = blocks[0]
     for b in blocks[1:]:
         total = total + b
@@ -1148,12 +1153,20 @@ def probe_layers(
     options = _Options(grid, relative, inner_folds, ci)
     jobs = _resolve_jobs(n_jobs)
     setup, meta = _build_setup(
-        targets, groups, folds=folds, seed=seed,
-        control=control == "permute", transforms=dict(target_transforms or {}),
+        targets,
+        groups,
+        folds=folds,
+        seed=seed,
+        control=control == "permute",
+        transforms=dict(target_transforms or {}),
         n_bootstrap=n_bootstrap,
     )
     arrays, predictions = _run_layers(
-        features, setup, meta, options=options, n_jobs=jobs,
+        features,
+        setup,
+        meta,
+        options=options,
+        n_jobs=jobs,
         return_predictions=return_predictions,
     )
     random_arrays = None
@@ -1166,12 +1179,18 @@ def probe_layers(
             setup.folds,
         )
         random_arrays, _ = _run_layers(
-            control_features, plain_setup, meta, options=options, n_jobs=jobs,
+            control_features,
+            plain_setup,
+            meta,
+            options=options,
+            n_jobs=jobs,
             return_predictions=False,
         )
     results = {
         name: _summarise(
-            name, meta[name], arrays[name],
+            name,
+            meta[name],
+            arrays[name],
             None if random_arrays is None else random_arrays[name]["r2"],
             has_control=control == "permute",
         )

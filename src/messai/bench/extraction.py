@@ -12,14 +12,18 @@ from typing import Any
 import numpy as np
 
 
-def _make_audio(folder: Path, *, n_files: int, seconds: float, sample_rate: int = 44100) -> list[Path]:
+def _make_audio(
+    folder: Path, *, n_files: int, seconds: float, sample_rate: int = 44100
+) -> list[Path]:
     import soundfile as sf
 
     rng = np.random.default_rng(0)
     paths = []
     for i in range(n_files):
         t = np.arange(int(seconds * sample_rate)) / sample_rate
-        x = 0.2 * np.sin(2 * np.pi * (220 + 40 * i) * t)[:, None] + 0.02 * rng.standard_normal((len(t), 2))
+        x = 0.2 * np.sin(2 * np.pi * (220 + 40 * i) * t)[:, None] + 0.02 * rng.standard_normal(
+            (len(t), 2)
+        )
         p = folder / f"track{i:02d}.flac"
         sf.write(str(p), x.astype(np.float32), sample_rate)
         paths.append(p)
@@ -44,11 +48,11 @@ def bench_extraction(
     """
     import torch
 
-    from messai.features.decode import decode, iter_windows, normalize_window
     from messai.datasets.base import TrackInfo
+    from messai.features.decode import decode, iter_windows, normalize_window
     from messai.features.extractor import FeatureExtractor, result_arrays
-    from messai.models.mert import pooled_hidden_states, write_random_checkpoint
     from messai.features.store import FeatureStore
+    from messai.models.mert import pooled_hidden_states, write_random_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="mess-bench-") as tmp:
         tmp = Path(tmp)
@@ -61,7 +65,11 @@ def bench_extraction(
         fx = FeatureExtractor(model, device=device, precision=precision, batch_size=batch_size)
         loaded = fx.loaded
         rate, spec = fx.sample_rate, fx.window
-        windows = [normalize_window(w) for p in paths for _, w in iter_windows(iter([decode(p, rate)]), spec, rate)]
+        windows = [
+            normalize_window(w)
+            for p in paths
+            for _, w in iter_windows(iter([decode(p, rate)]), spec, rate)
+        ]
         audio_seconds = sum(len(w) for w in windows) / rate
         seg = spec.samples(rate)[0]
         pooled_hidden_states(loaded, torch.from_numpy(windows[0][None]))  # warm-up
@@ -71,14 +79,18 @@ def bench_extraction(
             t0 = time.perf_counter()
             full = [w for w in windows if len(w) == seg]
             for i in range(0, len(full), fx.batch_size):
-                pooled_hidden_states(loaded, torch.from_numpy(np.stack(full[i : i + fx.batch_size])))
+                pooled_hidden_states(
+                    loaded, torch.from_numpy(np.stack(full[i : i + fx.batch_size]))
+                )
             for w in windows:
                 if len(w) != seg:
                     pooled_hidden_states(loaded, torch.from_numpy(w[None]))
             return time.perf_counter() - t0
 
         def pipeline(k: int) -> float:
-            store = FeatureStore.create(tmp / f"store{k}", dataset="bench", model=fx.checkpoint.identity(), settings={})
+            store = FeatureStore.create(
+                tmp / f"store{k}", dataset="bench", model=fx.checkpoint.identity(), settings={}
+            )
             t0 = time.perf_counter()
             for r in fx.run(tracks):
                 if not r.ok:

@@ -75,14 +75,24 @@ def retrieval_scores(order: np.ndarray, labels: np.ndarray, k: int) -> dict[str,
     rel = labels[order] == labels[:, None]  # [n, n-1]
     has = rel.any(1)
     if not has.any():
-        return {"precision_at_k": float("nan"), "map": float("nan"), "mrr": float("nan"), "n_queries": 0}
+        return {
+            "precision_at_k": float("nan"),
+            "map": float("nan"),
+            "mrr": float("nan"),
+            "n_queries": 0,
+        }
     rel = rel[has]
     p_at_k = rel[:, :k].mean(1)
     ranks = np.arange(1, rel.shape[1] + 1)
     cum = np.cumsum(rel, axis=1)
     ap = (rel * cum / ranks).sum(1) / rel.sum(1)
     mrr = 1.0 / (rel.argmax(1) + 1)
-    return {"precision_at_k": float(p_at_k.mean()), "map": float(ap.mean()), "mrr": float(mrr.mean()), "n_queries": int(has.sum())}
+    return {
+        "precision_at_k": float(p_at_k.mean()),
+        "map": float(ap.mean()),
+        "mrr": float(mrr.mean()),
+        "n_queries": int(has.sum()),
+    }
 
 
 def aspect_fidelity(order: np.ndarray, values: dict[str, np.ndarray], k: int) -> dict[str, float]:
@@ -91,7 +101,10 @@ def aspect_fidelity(order: np.ndarray, values: dict[str, np.ndarray], k: int) ->
     n = len(order)
     for name, v in values.items():
         v = v.reshape(n, -1)
-        diff = lambda a, b: np.linalg.norm(v[a] - v[b], axis=-1)  # noqa: E731
+
+        def diff(a, b, v=v):
+            return np.linalg.norm(v[a] - v[b], axis=-1)
+
         neigh = diff(np.repeat(np.arange(n), k), order[:, :k].ravel()).mean()
         iu = np.triu_indices(n, 1)
         base = diff(iu[0], iu[1]).mean()
@@ -107,7 +120,9 @@ def track_targets(store, ids: list[str]) -> dict[str, np.ndarray]:
     for tid in ids:
         for name, v in store.load(tid)["targets"].items():
             if name in TARGETS:
-                per.setdefault(name, []).append(TARGETS[name].apply_transform(np.asarray(v, np.float64)).mean(0))
+                per.setdefault(name, []).append(
+                    TARGETS[name].apply_transform(np.asarray(v, np.float64)).mean(0)
+                )
     return {n: np.stack(v) for n, v in per.items() if len(v) == len(ids)}
 
 
@@ -127,25 +142,31 @@ def evaluate_similarity(
     "hub_skewness", "max_hub_occurrence", "max_hub_track", "precision_at_k", "map", "mrr",
     "fidelity": {target: ratio}, "aspect_fidelity": {aspect: ratio}}]}``."""
     from messai.errors import ConfigError
-    from messai.search.cache import layer_vectors
     from messai.features.targets import ASPECTS_OF_TARGETS
+    from messai.search.cache import layer_vectors
 
     if k < 1 or max_tracks < 3:
-        raise ConfigError(f"k must be at least 1 and max_tracks at least 3 (got k={k}, max_tracks={max_tracks})")
+        raise ConfigError(
+            f"k must be at least 1 and max_tracks at least 3 (got k={k}, max_tracks={max_tracks})"
+        )
     ids = store.track_ids()
     subsampled = len(ids) > max_tracks
     if subsampled:
         ids = sorted(np.random.default_rng(seed).choice(ids, max_tracks, replace=False).tolist())
     n = len(ids)
     if n < 3:
-        raise ConfigError(f"dataset {store.dataset!r} has {n} tracks; the benchmark needs at least 3")
+        raise ConfigError(
+            f"dataset {store.dataset!r} has {n} tracks; the benchmark needs at least 3"
+        )
     k = min(k, n - 1)
     labels = None
     if label:
         raw = [store.labels(t).get(label) for t in ids]
         if all(v is None for v in raw):
             raise ConfigError(f"--label {label}: no track of {store.dataset!r} has that label")
-        labels = np.array([v if v is not None else f"\0{t}" for v, t in zip(raw, ids)], dtype=object)
+        labels = np.array(
+            [v if v is not None else f"\0{t}" for v, t in zip(raw, ids)], dtype=object
+        )
     values = track_targets(store, ids)
     results = []
     for layer in layers if layers is not None else range(store.n_layers):
@@ -158,11 +179,16 @@ def evaluate_similarity(
                 order = _ranking(S)
                 occ = np.bincount(order[:, :k].ravel(), minlength=n)
                 row: dict[str, Any] = {
-                    "layer": layer, "metric": metric, "normalize": norm,
-                    "mean_similarity": float(off.mean()), "std_similarity": float(off.std()),
+                    "layer": layer,
+                    "metric": metric,
+                    "normalize": norm,
+                    "mean_similarity": float(off.mean()),
+                    "std_similarity": float(off.std()),
                     "frac_above_0_9": float((off > 0.9).mean()) if metric == "cosine" else None,
-                    "hub_skewness": _skew(occ), "max_hub_occurrence": int(occ.max()), "max_hub_track": ids[int(occ.argmax())],
-                }  # fmt: skip
+                    "hub_skewness": _skew(occ),
+                    "max_hub_occurrence": int(occ.max()),
+                    "max_hub_track": ids[int(occ.argmax())],
+                }
                 if labels is not None:
                     row.update(retrieval_scores(order, labels, k))
                 fid = aspect_fidelity(order, values, k)
@@ -172,8 +198,16 @@ def evaluate_similarity(
                     by_aspect.setdefault(ASPECTS_OF_TARGETS.get(name, name), []).append(r)
                 row["aspect_fidelity"] = {a: float(np.nanmean(v)) for a, v in by_aspect.items()}
                 results.append(row)
-    return {"benchmark": "similarity", "dataset": store.dataset, "model": store.model_id, "n_tracks": n,
-            "subsampled": subsampled, "k": k, "label": label, "results": results}  # fmt: skip
+    return {
+        "benchmark": "similarity",
+        "dataset": store.dataset,
+        "model": store.model_id,
+        "n_tracks": n,
+        "subsampled": subsampled,
+        "k": k,
+        "label": label,
+        "results": results,
+    }
 
 
 def plot_similarity(report: dict[str, Any], path) -> None:
@@ -185,10 +219,15 @@ def plot_similarity(report: dict[str, Any], path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    panels = [("mean_similarity", "mean pairwise similarity (cosine rows)"), ("hub_skewness", "k-occurrence skewness")]
+    panels = [
+        ("mean_similarity", "mean pairwise similarity (cosine rows)"),
+        ("hub_skewness", "k-occurrence skewness"),
+    ]
     if report.get("label"):
         panels.append(("precision_at_k", f"precision@{report['k']} ({report['label']})"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5 * len(panels), 3.8), constrained_layout=True
+    )
     rows = report["results"]
     combos = sorted({(r["metric"], r["normalize"]) for r in rows})
     for ax, (key, title) in zip(axes, panels):
@@ -196,7 +235,13 @@ def plot_similarity(report: dict[str, Any], path) -> None:
             if key == "mean_similarity" and metric != "cosine":
                 continue
             sel = [r for r in rows if r["metric"] == metric and r["normalize"] == norm]
-            ax.plot([r["layer"] for r in sel], [r[key] for r in sel], marker="o", ms=3, label=f"{metric}/{norm}")
+            ax.plot(
+                [r["layer"] for r in sel],
+                [r[key] for r in sel],
+                marker="o",
+                ms=3,
+                label=f"{metric}/{norm}",
+            )
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(title)

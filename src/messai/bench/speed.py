@@ -21,10 +21,16 @@ import numpy as np
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
 
 
-def clustered(n: int, dim: int, *, n_clusters: int = 50, seed: int = 0, offset: float = 3.0) -> np.ndarray:
+def clustered(
+    n: int, dim: int, *, n_clusters: int = 50, seed: int = 0, offset: float = 3.0
+) -> np.ndarray:
     """Gaussian-mixture vectors around a shared offset: closer to MERT means than uniform noise."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(n_clusters, dim)).astype(np.float32)
@@ -32,23 +38,57 @@ def clustered(n: int, dim: int, *, n_clusters: int = 50, seed: int = 0, offset: 
     return (offset + centers[labels] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
 
 
-def synthetic_store(home: Path, dataset: str, *, n_tracks: int, n_layers: int = 13, dim: int = 768, seed: int = 0):
+def synthetic_store(
+    home: Path, dataset: str, *, n_tracks: int, n_layers: int = 13, dim: int = 768, seed: int = 0
+):
     """A store of ``n_tracks`` synthetic tracks (one window each), written like a real one."""
     from messai.features.store import FeatureStore
 
-    identity = {"id": "synthetic/benchmark", "revision": "0" * 40, "config_hash": "bench", "sample_rate": 24000,
-                "n_layers": n_layers, "dim": dim, "do_normalize": True, "stable_layer_norm": False}  # fmt: skip
-    settings = {"sample_rate": 24000, "segment_seconds": 5.0, "hop_seconds": 5.0, "min_seconds": 1.0,
-                "do_normalize": True, "store_dtype": "float16", "precision": "float32"}  # fmt: skip
-    store = FeatureStore.create(home / "stores" / dataset / "synthetic--benchmark", dataset=dataset, model=identity, settings=settings)
+    identity = {
+        "id": "synthetic/benchmark",
+        "revision": "0" * 40,
+        "config_hash": "bench",
+        "sample_rate": 24000,
+        "n_layers": n_layers,
+        "dim": dim,
+        "do_normalize": True,
+        "stable_layer_norm": False,
+    }
+    settings = {
+        "sample_rate": 24000,
+        "segment_seconds": 5.0,
+        "hop_seconds": 5.0,
+        "min_seconds": 1.0,
+        "do_normalize": True,
+        "store_dtype": "float16",
+        "precision": "float32",
+    }
+    store = FeatureStore.create(
+        home / "stores" / dataset / "synthetic--benchmark",
+        dataset=dataset,
+        model=identity,
+        settings=settings,
+    )
     vecs = clustered(n_tracks, n_layers * dim, seed=seed).reshape(n_tracks, n_layers, dim)
     with store.writer():  # inside the writer, put() batches the manifest writes
         for i in range(n_tracks):
             tid = f"track{i:06d}"
-            arrays = {"segments": vecs[i][None].astype(np.float16), "aggregated": vecs[i],
-                      "starts": np.zeros(1, np.int64), "lengths": np.full(1, 120000, np.int64)}  # fmt: skip
-            entry = {"source": f"{tid}.wav", "size": 1, "mtime_ns": 1, "content_hash": hashlib.md5(tid.encode()).hexdigest(),
-                     "duration_seconds": 5.0, "n_segments": 1, "targets": [], "labels": {}}  # fmt: skip
+            arrays = {
+                "segments": vecs[i][None].astype(np.float16),
+                "aggregated": vecs[i],
+                "starts": np.zeros(1, np.int64),
+                "lengths": np.full(1, 120000, np.int64),
+            }
+            entry = {
+                "source": f"{tid}.wav",
+                "size": 1,
+                "mtime_ns": 1,
+                "content_hash": hashlib.md5(tid.encode()).hexdigest(),
+                "duration_seconds": 5.0,
+                "n_segments": 1,
+                "targets": [],
+                "labels": {},
+            }
             store.put(tid, arrays, entry)
     return store
 
@@ -57,7 +97,9 @@ def _time_command(cmd: list[str], env: dict[str, str], runs: int) -> list[float]
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
+        )
         times.append(time.perf_counter() - t0)
     return times
 
@@ -79,7 +121,16 @@ def bench_cold_start(*, n_tracks: int = 1000, runs: int = 7) -> dict[str, Any]:
         store = synthetic_store(home, "bench", n_tracks=n_tracks)
         build_layer_index(home, store, 0)
         env = dict(os.environ, MESS_HOME=str(home), MESS_CONFIG=str(home / "none.toml"))
-        rec = [mess, "recommend", "--dataset", "bench", "--track", "track000007", "--format", "json"]
+        rec = [
+            mess,
+            "recommend",
+            "--dataset",
+            "bench",
+            "--track",
+            "track000007",
+            "--format",
+            "json",
+        ]
         base = [sys.executable, "-c", "import numpy, faiss, typer, rich"]
         _time_command(rec, env, 1), _time_command(base, env, 1)  # warm the page cache
         rec_t, base_t = [], []
@@ -87,12 +138,24 @@ def bench_cold_start(*, n_tracks: int = 1000, runs: int = 7) -> dict[str, Any]:
             rec_t += _time_command(rec, env, 1)
             base_t += _time_command(base, env, 1)
     r, b = statistics.median(rec_t), statistics.median(base_t)
-    return {"n_tracks": n_tracks, "runs": runs, "recommend_median_s": r, "baseline_imports_median_s": b,
-            "ratio": r / b, "goal_ratio": 1.5}  # fmt: skip
+    return {
+        "n_tracks": n_tracks,
+        "runs": runs,
+        "recommend_median_s": r,
+        "baseline_imports_median_s": b,
+        "ratio": r / b,
+        "goal_ratio": 1.5,
+    }
 
 
-def bench_queries(*, n_flat: int = 10_000, n_hnsw: int = 100_000, dim: int = 768, n_queries: int = 200,
-                  hnsw_params: dict | None = None) -> dict[str, Any]:  # fmt: skip
+def bench_queries(
+    *,
+    n_flat: int = 10_000,
+    n_hnsw: int = 100_000,
+    dim: int = 768,
+    n_queries: int = 200,
+    hnsw_params: dict | None = None,
+) -> dict[str, Any]:
     """Single-query latency (as ``mess recommend`` issues them) for flat and hnsw, with
     recall@10 of hnsw against exact search, plus build times and a numpy brute-force baseline."""
     from messai.search.layer_index import build_index
@@ -105,7 +168,9 @@ def bench_queries(*, n_flat: int = 10_000, n_hnsw: int = 100_000, dim: int = 768
         X = clustered(n, dim, seed=2)
         ids = [str(i) for i in range(n)]
         t0 = time.perf_counter()
-        index = build_index(X, ids, kind=kind, normalize="center", params=hnsw_params if kind == "hnsw" else None)
+        index = build_index(
+            X, ids, kind=kind, normalize="center", params=hnsw_params if kind == "hnsw" else None
+        )
         build_s = time.perf_counter() - t0
         queries = rng.choice(n, n_queries, replace=False)
         lat, found = [], []
@@ -114,7 +179,12 @@ def bench_queries(*, n_flat: int = 10_000, n_hnsw: int = 100_000, dim: int = 768
             _, pos = index.search(X[q][None], 10)
             lat.append(time.perf_counter() - t0)
             found.append(pos[0])
-        entry: dict[str, Any] = {"n": n, "build_s": build_s, "params": index.params, **_percentiles(lat)}
+        entry: dict[str, Any] = {
+            "n": n,
+            "build_s": build_s,
+            "params": index.params,
+            **_percentiles(lat),
+        }
         Xn = index.normalized_vectors()
         base = []
         exact = []
@@ -127,12 +197,21 @@ def bench_queries(*, n_flat: int = 10_000, n_hnsw: int = 100_000, dim: int = 768
         entry["numpy_bruteforce"] = _percentiles(base)
         entry["p50_ratio_to_numpy"] = entry["p50_ms"] / entry["numpy_bruteforce"]["p50_ms"]
         if kind == "hnsw":
-            entry["recall_at_10"] = float(np.mean([len(set(f.tolist()) & e) / 10 for f, e in zip(found, exact)]))
+            entry["recall_at_10"] = float(
+                np.mean([len(set(f.tolist()) & e) / 10 for f, e in zip(found, exact)])
+            )
         out[kind] = entry
     return out
 
 
-def bench_probe(*, n_samples: int = 20_000, n_layers: int = 13, dim: int = 768, n_groups: int = 400, folds: int = 5) -> dict[str, Any]:
+def bench_probe(
+    *,
+    n_samples: int = 20_000,
+    n_layers: int = 13,
+    dim: int = 768,
+    n_groups: int = 400,
+    folds: int = 5,
+) -> dict[str, Any]:
     """Wall time of ``probe_layers`` on synthetic windows with every registered target's shape."""
     from messai.analysis.probe import probe_layers
     from messai.features.targets import TARGETS
@@ -140,13 +219,24 @@ def bench_probe(*, n_samples: int = 20_000, n_layers: int = 13, dim: int = 768, 
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(n_samples, n_layers, dim)).astype(np.float16)
     groups = np.repeat(np.arange(n_groups), -(-n_samples // n_groups))[:n_samples]
-    targets = {name: rng.normal(size=(n_samples,) if t.size == 1 else (n_samples, t.size)) for name, t in TARGETS.items()}
+    targets = {
+        name: rng.normal(size=(n_samples,) if t.size == 1 else (n_samples, t.size))
+        for name, t in TARGETS.items()
+    }
     t0 = time.perf_counter()
     probe_layers(feats, targets, groups, folds=folds, n_bootstrap=200)
     s = time.perf_counter() - t0
     t0 = time.perf_counter()
     np.linalg.eigh(np.cov(rng.normal(size=(2000, dim)), rowvar=False))
     eig = time.perf_counter() - t0
-    return {"n_samples": n_samples, "n_layers": n_layers, "dim": dim, "n_targets": len(targets),
-            "n_outputs": sum(t.size for t in TARGETS.values()), "folds": folds, "seconds": s, "goal_seconds": 20.0,
-            "one_eigh_dim_x_dim_s": eig}  # fmt: skip
+    return {
+        "n_samples": n_samples,
+        "n_layers": n_layers,
+        "dim": dim,
+        "n_targets": len(targets),
+        "n_outputs": sum(t.size for t in TARGETS.values()),
+        "folds": folds,
+        "seconds": s,
+        "goal_seconds": 20.0,
+        "one_eigh_dim_x_dim_s": eig,
+    }

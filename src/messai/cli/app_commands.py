@@ -1,3 +1,12 @@
 """Import every command module so each registers itself on the app."""
 
-from messai.cli import cmd_benchmark, cmd_config, cmd_demo, cmd_extract, cmd_model, cmd_probe, cmd_search, cmd_stores  # noqa: F401
+from messai.cli import (  # noqa: F401  (importing registers the commands)
+    cmd_benchmark,
+    cmd_config,
+    cmd_demo,
+    cmd_extract,
+    cmd_model,
+    cmd_probe,
+    cmd_search,
+    cmd_stores,
+)

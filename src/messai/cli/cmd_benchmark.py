@@ -10,7 +10,9 @@ import typer
 from messai.cli import common
 from messai.cli.common import DeviceOpt, ModelOpt, PrecisionOpt, app, print_json
 
-bench_app = typer.Typer(help="Measure similarity metrics, retrieval quality and speed.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Measure similarity metrics, retrieval quality and speed.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="benchmark")
 
 
@@ -20,9 +22,16 @@ def bench_extract_command(
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    files: Annotated[int, typer.Option("--files", min=1, help="Generated 44.1 kHz stereo files.")] = 4,
-    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Length of each file (at least --min-seconds).")] = 10.0,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Alternating runs per variant; best counts.")] = 2,
+    files: Annotated[
+        int, typer.Option("--files", min=1, help="Generated 44.1 kHz stereo files.")
+    ] = 4,
+    seconds: Annotated[
+        float,
+        typer.Option("--seconds", min=1.0, help="Length of each file (at least --min-seconds)."),
+    ] = 10.0,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="Alternating runs per variant; best counts.")
+    ] = 2,
 ) -> None:
     """Extraction throughput: full pipeline (decode, resample, targets, forward, store) vs the
     bare model forward on the same windows, × real time and their ratio. Without --model it
@@ -32,9 +41,14 @@ def bench_extract_command(
     settings = common.settings_from(device=device, precision=precision, batch_size=batch_size)
     common.notice("benchmarking extraction (this takes a minute on a CPU) ...")
     result = bench_extraction(
-        model=model, device=settings.device, precision=settings.precision, batch_size=settings.batch_size,
-        n_files=files, seconds_per_file=seconds, repeats=repeats,
-    )  # fmt: skip
+        model=model,
+        device=settings.device,
+        precision=settings.precision,
+        batch_size=settings.batch_size,
+        n_files=files,
+        seconds_per_file=seconds,
+        repeats=repeats,
+    )
     print_json(result)
 
 
@@ -42,12 +56,24 @@ def bench_extract_command(
 def bench_similarity_command(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")],
     model: ModelOpt = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="Label for retrieval scores (composer, work, instrument ...).")] = None,
+    label: Annotated[
+        Optional[str],
+        typer.Option(
+            "--label", help="Label for retrieval scores (composer, work, instrument ...)."
+        ),
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 10,
-    layers: Annotated[Optional[str], typer.Option("--layers", help="'all' (default) or comma-separated layers.")] = None,
-    max_tracks: Annotated[int, typer.Option("--max-tracks", min=3, help="Subsample larger stores (seeded).")] = 4000,
+    layers: Annotated[
+        Optional[str], typer.Option("--layers", help="'all' (default) or comma-separated layers.")
+    ] = None,
+    max_tracks: Annotated[
+        int, typer.Option("--max-tracks", min=3, help="Subsample larger stores (seeded).")
+    ] = 4000,
     fmt: Annotated[common.Format, typer.Option("--format", "-f")] = common.Format.table,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of spread, hubness and precision by layer.")] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="Write a PNG of spread, hubness and precision by layer."),
+    ] = None,
 ) -> None:
     """Per layer × metric (cosine, euclidean, dot) × normalisation (none, center, zscore):
     similarity spread, hubness, retrieval against a label, and aspect fidelity."""
@@ -67,23 +93,50 @@ def bench_similarity_command(
     rows = []
     for r in report["results"]:
         fid = r["aspect_fidelity"]
-        rows.append({
-            "layer": r["layer"], "metric": r["metric"], "normalize": r["normalize"],
-            "mean_sim": r["mean_similarity"], "frac>0.9": r["frac_above_0_9"], "hub_skew": r["hub_skewness"],
-            "max_hub": r["max_hub_occurrence"], "P@k": r.get("precision_at_k"), "MAP": r.get("map"), "MRR": r.get("mrr"),
-            "fidelity(mean)": (sum(fid.values()) / len(fid)) if fid else None,
-        })  # fmt: skip
-    common.render_rows(rows, fmt, title=f"{dataset}: {report['n_tracks']} tracks, k={report['k']}"
-                       + (f", retrieval against label {label!r}" if label else " (no --label: no retrieval scores)"))
+        rows.append(
+            {
+                "layer": r["layer"],
+                "metric": r["metric"],
+                "normalize": r["normalize"],
+                "mean_sim": r["mean_similarity"],
+                "frac>0.9": r["frac_above_0_9"],
+                "hub_skew": r["hub_skewness"],
+                "max_hub": r["max_hub_occurrence"],
+                "P@k": r.get("precision_at_k"),
+                "MAP": r.get("map"),
+                "MRR": r.get("mrr"),
+                "fidelity(mean)": (sum(fid.values()) / len(fid)) if fid else None,
+            }
+        )
+    common.render_rows(
+        rows,
+        fmt,
+        title=f"{dataset}: {report['n_tracks']} tracks, k={report['k']}"
+        + (
+            f", retrieval against label {label!r}"
+            if label
+            else " (no --label: no retrieval scores)"
+        ),
+    )
 
 
 @bench_app.command("speed")
 def bench_speed_command(
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes (a few minutes less; figures not comparable to the goals).")] = False,
-    skip_extract: Annotated[bool, typer.Option("--skip-extract", help="Leave out the extraction benchmark.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the JSON to this file.")] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Smaller sizes (a few minutes less; figures not comparable to the goals).",
+        ),
+    ] = False,
+    skip_extract: Annotated[
+        bool, typer.Option("--skip-extract", help="Leave out the extraction benchmark.")
+    ] = False,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Also write the JSON to this file.")
+    ] = None,
 ) -> None:
     """Extraction (pipeline vs bare forward), probe time, index build, query latency p50/p99 for
     flat and hnsw with recall@10, and cold start of 'mess recommend' — as JSON for tracking."""
@@ -92,14 +145,24 @@ def bench_speed_command(
 
     from messai.bench import speed
 
-    report: dict = {"benchmark": "speed", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus", "quick": quick}
+    report: dict = {
+        "benchmark": "speed",
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cpus",
+        "quick": quick,
+    }
     if not skip_extract:
         from messai.bench.extraction import bench_extraction
 
         common.notice("extraction ...")
         settings = common.settings_from(device=device)
-        report["extraction"] = bench_extraction(model=model, device=settings.device, batch_size=settings.batch_size,
-                                                n_files=2 if quick else 4, seconds_per_file=10.0, repeats=1 if quick else 2)  # fmt: skip
+        report["extraction"] = bench_extraction(
+            model=model,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            n_files=2 if quick else 4,
+            seconds_per_file=10.0,
+            repeats=1 if quick else 2,
+        )
     common.notice("probe ...")
     report["probe"] = speed.bench_probe(n_samples=4000 if quick else 20000)
     common.notice("queries ...")

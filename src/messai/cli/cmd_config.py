@@ -13,9 +13,22 @@ def config_command(fmt: FormatOpt = Format.table) -> None:
     settings, sources = resolve_settings({})
     values = settings.model_dump(mode="json")
     if fmt == Format.json:
-        print_json({"config_file": str(config_file_path()), "config_file_exists": config_file_path().is_file(),
-                    "settings": values, "sources": sources})
+        print_json(
+            {
+                "config_file": str(config_file_path()),
+                "config_file_exists": config_file_path().is_file(),
+                "settings": values,
+                "sources": sources,
+            }
+        )
         return
-    rows = [{"key": k, "value": "" if v is None else v, "source": sources[k]} for k, v in values.items()]
+    rows = [
+        {"key": k, "value": "" if v is None else v, "source": sources[k]} for k, v in values.items()
+    ]
     path = config_file_path()
-    render_rows(rows, fmt, title=f"config file: {path}" + ("" if path.is_file() else " (not present: defaults and environment only)"))
+    render_rows(
+        rows,
+        fmt,
+        title=f"config file: {path}"
+        + ("" if path.is_file() else " (not present: defaults and environment only)"),
+    )

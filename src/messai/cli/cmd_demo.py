@@ -17,10 +17,23 @@ def demo_command(
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
-    path: Annotated[Optional[Path], typer.Option("--path", help="Demo folder (default: data/demo of this checkout).")] = None,
-    query: Annotated[str, typer.Option("--query", help="Track to recommend for.")] = "piano/bach_bwv846_prelude",
-    aspect: Annotated[str, typer.Option("--aspect", help="Aspect to recommend by.")] = "spectral_brightness",
-    random_control: Annotated[bool, typer.Option("--random-control/--no-random-control", help="Also extract with a random-weight model of the same architecture and require layers to beat it (doubles extraction time).")] = True,
+    path: Annotated[
+        Optional[Path],
+        typer.Option("--path", help="Demo folder (default: data/demo of this checkout)."),
+    ] = None,
+    query: Annotated[
+        str, typer.Option("--query", help="Track to recommend for.")
+    ] = "piano/bach_bwv846_prelude",
+    aspect: Annotated[
+        str, typer.Option("--aspect", help="Aspect to recommend by.")
+    ] = "spectral_brightness",
+    random_control: Annotated[
+        bool,
+        typer.Option(
+            "--random-control/--no-random-control",
+            help="Also extract with a random-weight model of the same architecture and require layers to beat it (doubles extraction time).",
+        ),
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Extract → probe → index → recommend on 24 bundled public-domain pieces (6 works × 4
@@ -31,12 +44,22 @@ def demo_command(
     extracted by a random-weight twin of the model, the control every layer must beat."""
     from messai.demo import run_demo
 
-    settings = common.settings_from(model=model, revision=revision, device=device, precision=precision)
+    settings = common.settings_from(
+        model=model, revision=revision, device=device, precision=precision
+    )
     progress = _DemoProgress()
     try:
-        report = run_demo(settings, path=path, query=query, aspect=aspect, random_control=random_control,
-                          on_step=progress.step, on_plan=progress.plan, on_window=progress.window,
-                          on_track=progress.track)  # fmt: skip
+        report = run_demo(
+            settings,
+            path=path,
+            query=query,
+            aspect=aspect,
+            random_control=random_control,
+            on_step=progress.step,
+            on_plan=progress.plan,
+            on_window=progress.window,
+            on_track=progress.track,
+        )
     finally:
         progress.stop()
     for line in report.notes:
@@ -44,12 +67,22 @@ def demo_command(
     if json_out:
         common.print_json(report.to_dict())
         return
-    common.print_table(report.probe_summary, title=f"best layer per proxy target ({report.model}); control_r2: targets permuted "
-                       "across works; random_model_r2: same probe on an untrained model of the same architecture")
-    common.print_table(report.aspects, ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"], title="aspect → layer")
+    common.print_table(
+        report.probe_summary,
+        title=f"best layer per proxy target ({report.model}); control_r2: targets permuted "
+        "across works; random_model_r2: same probe on an untrained model of the same architecture",
+    )
+    common.print_table(
+        report.aspects,
+        ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"],
+        title="aspect → layer",
+    )
     r = report.recommendations
-    common.print_table(r["recommendations"], ["rank", "track_id", "similarity", "composer", "work", "instrument"],
-                       title=f"tracks like {r['query']['track_id']} in {r['aspect']} (layer {r['layer']})")  # fmt: skip
+    common.print_table(
+        r["recommendations"],
+        ["rank", "track_id", "similarity", "composer", "work", "instrument"],
+        title=f"tracks like {r['query']['track_id']} in {r['aspect']} (layer {r['layer']})",
+    )
 
 
 class _DemoProgress:

@@ -8,50 +8,113 @@ from typing import Annotated, Optional
 import typer
 
 from messai.cli.common import (
-    DeviceOpt, ModelOpt, PrecisionOpt, RevisionOpt, app, err_console, notice, print_json, settings_from,
-)  # fmt: skip
+    DeviceOpt,
+    ModelOpt,
+    PrecisionOpt,
+    RevisionOpt,
+    app,
+    err_console,
+    notice,
+    print_json,
+    settings_from,
+)
 
 
 @app.command("extract")
 def extract_command(
-    path: Annotated[Optional[Path], typer.Argument(help="Folder of audio (recursive). Optional when --dataset is configured.")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Store name (default: the folder's name).")] = None,
-    kind: Annotated[Optional[str], typer.Option("--kind", help="Dataset layout: folder, smd, maestro (auto-detected).")] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="MAESTRO split to extract (train/validation/test).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Extract at most this many tracks (MAESTRO).")] = None,
+    path: Annotated[
+        Optional[Path],
+        typer.Argument(help="Folder of audio (recursive). Optional when --dataset is configured."),
+    ] = None,
+    dataset: Annotated[
+        Optional[str],
+        typer.Option("--dataset", "-d", help="Store name (default: the folder's name)."),
+    ] = None,
+    kind: Annotated[
+        Optional[str],
+        typer.Option("--kind", help="Dataset layout: folder, smd, maestro (auto-detected)."),
+    ] = None,
+    split: Annotated[
+        Optional[str],
+        typer.Option("--split", help="MAESTRO split to extract (train/validation/test)."),
+    ] = None,
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", help="Extract at most this many tracks (MAESTRO).")
+    ] = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Windows per forward (default: 2 on CPU, 16 on CUDA, 8 on MPS).")] = None,
-    segment_seconds: Annotated[Optional[float], typer.Option("--segment-seconds", help="Window length in seconds [default: 5].")] = None,
-    hop_seconds: Annotated[Optional[float], typer.Option("--hop-seconds", help="Window hop in seconds [default: 5].")] = None,
-    min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Shortest tail window kept, seconds [default: 1].")] = None,
-    store_dtype: Annotated[Optional[str], typer.Option("--store-dtype", help="float16 (default) or float32.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Re-extract every track, even up-to-date ones.")] = False,
-    prune: Annotated[bool, typer.Option("--prune", help="Drop stored tracks whose audio file no longer exists.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; failures and the summary only.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the run's report as JSON on stdout.")] = False,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size", help="Windows per forward (default: 2 on CPU, 16 on CUDA, 8 on MPS)."
+        ),
+    ] = None,
+    segment_seconds: Annotated[
+        Optional[float],
+        typer.Option("--segment-seconds", help="Window length in seconds [default: 5]."),
+    ] = None,
+    hop_seconds: Annotated[
+        Optional[float], typer.Option("--hop-seconds", help="Window hop in seconds [default: 5].")
+    ] = None,
+    min_seconds: Annotated[
+        Optional[float],
+        typer.Option("--min-seconds", help="Shortest tail window kept, seconds [default: 1]."),
+    ] = None,
+    store_dtype: Annotated[
+        Optional[str], typer.Option("--store-dtype", help="float16 (default) or float32.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-extract every track, even up-to-date ones.")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Drop stored tracks whose audio file no longer exists.")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress output; failures and the summary only."),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the run's report as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Extract the time-averaged hidden states of every MERT layer, per window, for every audio
     file under PATH, into the dataset's feature store. Re-running skips up-to-date tracks."""
     from messai.features.extractor import extract_dataset
 
     settings = settings_from(
-        model=model, revision=revision, device=device, precision=precision, batch_size=batch_size,
-        segment_seconds=segment_seconds, hop_seconds=hop_seconds, min_seconds=min_seconds, store_dtype=store_dtype,
-    )  # fmt: skip
+        model=model,
+        revision=revision,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        segment_seconds=segment_seconds,
+        hop_seconds=hop_seconds,
+        min_seconds=min_seconds,
+        store_dtype=store_dtype,
+    )
     path, dataset, kind = _resolve_path(path, dataset, kind, settings)
     scan_options = {k: v for k, v in (("split", split), ("limit", limit)) if v is not None}
     progress = _Progress(quiet=quiet)
     try:
         report = extract_dataset(
-            path, dataset=dataset, settings=settings, kind=kind, force=force, prune=prune, scan_options=scan_options,
-            on_plan=progress.plan, on_window=progress.window, on_track=progress.track,
-        )  # fmt: skip
+            path,
+            dataset=dataset,
+            settings=settings,
+            kind=kind,
+            force=force,
+            prune=prune,
+            scan_options=scan_options,
+            on_plan=progress.plan,
+            on_window=progress.window,
+            on_track=progress.track,
+        )
     finally:
         progress.stop()
-    for line in report.failures:  # files the scan rejected (those from the run were printed already)
+    for (
+        line
+    ) in report.failures:  # files the scan rejected (those from the run were printed already)
         if line not in progress.printed:
             notice(line)
     for line in report.warnings:
@@ -59,8 +122,14 @@ def extract_command(
     if json_out:
         print_json(report.to_dict())
     if not quiet or report.failures:
-        speed = (f"{report.audio_seconds / 3600:.3f} h of audio in {report.wall_seconds:.1f} s "
-                 f"({report.realtime_factor:.2f}× real time)") if report.n_extracted else f"{report.wall_seconds:.1f} s"  # fmt: skip
+        speed = (
+            (
+                f"{report.audio_seconds / 3600:.3f} h of audio in {report.wall_seconds:.1f} s "
+                f"({report.realtime_factor:.2f}× real time)"
+            )
+            if report.n_extracted
+            else f"{report.wall_seconds:.1f} s"
+        )
         notice(
             f"{report.dataset}: {report.n_extracted} extracted, {report.n_skipped} up to date, "
             f"{len(report.failures)} failed of {report.n_tracks} tracks; {speed} → {report.store_path}"
@@ -78,7 +147,9 @@ def _resolve_path(path, dataset, kind, settings):
         entry = settings.datasets[dataset]
         return entry.path, dataset, kind or entry.kind
     if dataset:
-        raise ConfigError(f"no PATH given and dataset {dataset!r} is not configured ([datasets.{dataset}] path = ... in the config file)")
+        raise ConfigError(
+            f"no PATH given and dataset {dataset!r} is not configured ([datasets.{dataset}] path = ... in the config file)"
+        )
     raise ConfigError("give a folder of audio: mess extract PATH [--dataset NAME]")
 
 
@@ -86,7 +157,13 @@ class _Progress:
     """Rich progress on stderr: files, audio hours, × real time, ETA."""
 
     def __init__(self, *, quiet: bool = False):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -128,8 +205,8 @@ class _Progress:
             threading.Thread(target=self._count_audio, args=(plan.todo,), daemon=True).start()
 
     def _count_audio(self, tracks) -> None:
-        from messai.features.decode import audio_info
         from messai.errors import MessError
+        from messai.features.decode import audio_info
 
         total = 0.0
         for t in tracks:
@@ -139,7 +216,11 @@ class _Progress:
                 pass
         self.total_seconds = max(total, 1e-9)
         if self.task is not None:
-            self.progress.update(self.task, total=self.total_seconds, completed=min(self.done_seconds, self.total_seconds))
+            self.progress.update(
+                self.task,
+                total=self.total_seconds,
+                completed=min(self.done_seconds, self.total_seconds),
+            )
 
     def _fields(self) -> dict:
         import time
@@ -156,7 +237,11 @@ class _Progress:
     def window(self, track, seconds: float) -> None:
         self.done_seconds += seconds
         if self.task is not None:
-            done = min(self.done_seconds, self.total_seconds) if self.total_seconds else self.done_seconds
+            done = (
+                min(self.done_seconds, self.total_seconds)
+                if self.total_seconds
+                else self.done_seconds
+            )
             self.progress.update(self.task, completed=done, **self._fields())
 
     def track(self, result) -> None:

@@ -29,10 +29,18 @@ class WeightsFormat(str, Enum):
 @model_app.command("random")
 def random_command(
     directory: Annotated[Path, typer.Argument(help="New folder to write the checkpoint into.")],
-    like: Annotated[Optional[str], typer.Option("--like", help="Copy the architecture of this hub id or directory.")] = None,
-    preset: Annotated[Optional[Preset], typer.Option("--preset", help="tiny (tests), base (95M shape), large (330M shape).")] = None,
+    like: Annotated[
+        Optional[str],
+        typer.Option("--like", help="Copy the architecture of this hub id or directory."),
+    ] = None,
+    preset: Annotated[
+        Optional[Preset],
+        typer.Option("--preset", help="tiny (tests), base (95M shape), large (330M shape)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    weights_format: Annotated[WeightsFormat, typer.Option("--weights-format", help="Weights file(s) to write.")] = WeightsFormat.safetensors,
+    weights_format: Annotated[
+        WeightsFormat, typer.Option("--weights-format", help="Weights file(s) to write.")
+    ] = WeightsFormat.safetensors,
     revision: RevisionOpt = None,
 ) -> None:
     """Write a random-weight MERT checkpoint in the hub layout (config.json, weights,
@@ -46,8 +54,12 @@ def random_command(
     from messai.models.mert import write_random_checkpoint
 
     out = write_random_checkpoint(
-        directory, like=like, preset=preset.value if preset else None, seed=seed,
-        weights_format=weights_format.value, revision=revision,
-    )  # fmt: skip
+        directory,
+        like=like,
+        preset=preset.value if preset else None,
+        seed=seed,
+        weights_format=weights_format.value,
+        revision=revision,
+    )
     notice(f"wrote random-weight checkpoint to {out} (embeddings mean nothing musically)")
     print(out)

@@ -9,7 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from messai.cli.common import DatasetOpt, Format, ModelOpt, app, notice, print_json, render_rows, settings_from
+from messai.cli.common import (
+    DatasetOpt,
+    Format,
+    ModelOpt,
+    app,
+    notice,
+    print_json,
+    render_rows,
+    settings_from,
+)
 
 
 class ProbeFormat(str, Enum):
@@ -21,16 +30,53 @@ class ProbeFormat(str, Enum):
 def probe_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
-    targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated targets (default: all stored).")] = None,
-    folds: Annotated[Optional[int], typer.Option("--folds", help="Outer group folds [default: 5].")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of folds, permutation control and bootstrap [default: 0].")] = None,
-    group_by: Annotated[str, typer.Option("--group-by", help="track, or a label such as work (no group on both sides of a split).")] = "track",
-    control_store: Annotated[Optional[str], typer.Option("--control-store", help="Dataset extracted from the same audio with a random-weight model ('mess model random --like').")] = None,
-    min_r2: Annotated[Optional[float], typer.Option("--min-r2", help="R² an aspect needs to count as validated [default: 0.5].")] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Group-bootstrap resamples for the CIs.")] = 1000,
+    targets: Annotated[
+        Optional[str],
+        typer.Option("--targets", help="Comma-separated targets (default: all stored)."),
+    ] = None,
+    folds: Annotated[
+        Optional[int], typer.Option("--folds", help="Outer group folds [default: 5].")
+    ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            "--seed", help="Seed of folds, permutation control and bootstrap [default: 0]."
+        ),
+    ] = None,
+    group_by: Annotated[
+        str,
+        typer.Option(
+            "--group-by", help="track, or a label such as work (no group on both sides of a split)."
+        ),
+    ] = "track",
+    control_store: Annotated[
+        Optional[str],
+        typer.Option(
+            "--control-store",
+            help="Dataset extracted from the same audio with a random-weight model ('mess model random --like').",
+        ),
+    ] = None,
+    min_r2: Annotated[
+        Optional[float],
+        typer.Option("--min-r2", help="R² an aspect needs to count as validated [default: 0.5]."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Group-bootstrap resamples for the CIs.")
+    ] = 1000,
     fmt: Annotated[ProbeFormat, typer.Option("--format", "-f")] = ProbeFormat.table,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a heat-map of R² by layer × target (.png, .pdf or .svg).")] = None,
-    save: Annotated[bool, typer.Option("--save/--no-save", help="Save the results with the store (they replace the previous ones and define 'mess aspects').")] = True,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--plot", help="Write a heat-map of R² by layer × target (.png, .pdf or .svg)."
+        ),
+    ] = None,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save/--no-save",
+            help="Save the results with the store (they replace the previous ones and define 'mess aspects').",
+        ),
+    ] = True,
 ) -> None:
     """Layer discovery: regress every layer onto every proxy target with grouped CV, alpha tuned
     inside training folds, a permuted-target control (and a random-model control), and save the
@@ -40,9 +86,17 @@ def probe_command(
     settings = settings_from(folds=folds, seed=seed, r2_threshold=min_r2)
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     discovery = LayerDiscovery(
-        dataset, model, home=settings.home, targets=names, folds=settings.folds, seed=settings.seed,
-        group_by=group_by, control_store=control_store, min_r2=settings.r2_threshold, n_bootstrap=bootstrap,
-    )  # fmt: skip
+        dataset,
+        model,
+        home=settings.home,
+        targets=names,
+        folds=settings.folds,
+        seed=settings.seed,
+        group_by=group_by,
+        control_store=control_store,
+        min_r2=settings.r2_threshold,
+        n_bootstrap=bootstrap,
+    )
     with _status(f"probing {discovery.store.n_layers} layers of {dataset} ..."):
         results = discovery.run_full_discovery(save=save)
     if plot is not None:
@@ -67,8 +121,11 @@ def _print_probe_table(results, min_r2: float) -> None:
 
     from messai.cli.common import out_console
 
-    table = Table(title=f"out-of-fold R² per layer (n={results.n_samples} windows, {results.n_groups} groups, "
-                        f"{results.folds} folds); * best layer, \\[control R²]", header_style="bold")  # fmt: skip
+    table = Table(
+        title=f"out-of-fold R² per layer (n={results.n_samples} windows, {results.n_groups} groups, "
+        f"{results.folds} folds); * best layer, \\[control R²]",
+        header_style="bold",
+    )
     table.add_column("target", no_wrap=True)
     for layer in range(results.n_layers):
         table.add_column(str(layer), justify="right")
@@ -85,14 +142,21 @@ def _print_probe_table(results, min_r2: float) -> None:
             cells.append(txt)
         best = res.best_layer
         ctrl = res.control_r2[best] if best is not None else math.nan
-        rnd = res.random_model_r2[best] if best is not None and res.random_model_r2 is not None else math.nan
+        rnd = (
+            res.random_model_r2[best]
+            if best is not None and res.random_model_r2 is not None
+            else math.nan
+        )
         validated = best is not None and res.is_validated(best, min_r2=min_r2)
         table.add_row(
-            name, *cells,
-            "—" if best is None else (f"{best} \\[{ctrl:.2f} | {rnd:.2f}]" if random else f"{best} \\[{ctrl:.2f}]"),
+            name,
+            *cells,
+            "—"
+            if best is None
+            else (f"{best} \\[{ctrl:.2f} | {rnd:.2f}]" if random else f"{best} \\[{ctrl:.2f}]"),
             "—" if not math.isfinite(res.margin_over_median) else f"{res.margin_over_median:+.2f}",
             "yes" if validated else "no",
-        )  # fmt: skip
+        )
     out_console().print(table)
 
 
@@ -111,7 +175,9 @@ def aspects_command(
     store = FeatureStore.open(dataset, model, home=settings.home)
     mapping = aspect_map(store)
     if any(e.stale for e in mapping.values()):
-        notice(f"note: the store changed after the last probe; re-run 'mess probe --dataset {dataset}'")
+        notice(
+            f"note: the store changed after the last probe; re-run 'mess probe --dataset {dataset}'"
+        )
     rows = [e.to_dict() for e in mapping.values()]
     if fmt == Format.json:
         print_json(rows)
@@ -134,6 +200,8 @@ def targets_command(
     for line in report.failures:
         notice(line)
     if not quiet or report.failures:
-        notice(f"{dataset}: targets computed for {report.n_extracted} tracks, {len(report.failures)} failed")
+        notice(
+            f"{dataset}: targets computed for {report.n_extracted} tracks, {len(report.failures)} failed"
+        )
     if report.failures:
         raise typer.Exit(1)

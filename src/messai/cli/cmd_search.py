@@ -10,9 +10,21 @@ from typing import Annotated, Optional
 import typer
 
 from messai.cli.common import (
-    DatasetOpt, DeviceOpt, Format, ListFormat, ModelOpt, app, parse_layers, error_line, notice, print_json, print_json_line, print_table,
-    print_tsv, settings_from,
-)  # fmt: skip
+    DatasetOpt,
+    DeviceOpt,
+    Format,
+    ListFormat,
+    ModelOpt,
+    app,
+    error_line,
+    notice,
+    parse_layers,
+    print_json,
+    print_json_line,
+    print_table,
+    print_tsv,
+    settings_from,
+)
 
 
 class Kind(str, Enum):
@@ -27,10 +39,19 @@ class Normalize(str, Enum):
     l2 = "l2"
 
 
-KindOpt = Annotated[Optional[Kind], typer.Option("--kind", help="flat (exact; the default, fine up to ~100k tracks), hnsw or ivf (approximate, for larger stores).")]
+KindOpt = Annotated[
+    Optional[Kind],
+    typer.Option(
+        "--kind",
+        help="flat (exact; the default, fine up to ~100k tracks), hnsw or ivf (approximate, for larger stores).",
+    ),
+]
 NormOpt = Annotated[
     Optional[Normalize],
-    typer.Option("--normalize", help="center (default: subtract the layer mean, then cosine), zscore, or l2 (plain cosine)."),
+    typer.Option(
+        "--normalize",
+        help="center (default: subtract the layer mean, then cosine), zscore, or l2 (plain cosine).",
+    ),
 ]
 
 
@@ -38,55 +59,117 @@ NormOpt = Annotated[
 def index_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
-    layers: Annotated[str, typer.Option("--layers", help="'all' or comma-separated layer numbers.")] = "all",
+    layers: Annotated[
+        str, typer.Option("--layers", help="'all' or comma-separated layer numbers.")
+    ] = "all",
     kind: KindOpt = None,
     normalize: NormOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when up to date.")] = False,
     m: Annotated[Optional[int], typer.Option("--hnsw-m", help="HNSW: links per node.")] = None,
-    ef_construction: Annotated[Optional[int], typer.Option("--ef-construction", help="HNSW: build beam width.")] = None,
-    ef_search: Annotated[Optional[int], typer.Option("--ef-search", help="HNSW: search beam width.")] = None,
+    ef_construction: Annotated[
+        Optional[int], typer.Option("--ef-construction", help="HNSW: build beam width.")
+    ] = None,
+    ef_search: Annotated[
+        Optional[int], typer.Option("--ef-search", help="HNSW: search beam width.")
+    ] = None,
     nlist: Annotated[Optional[int], typer.Option("--nlist", help="IVF: number of lists.")] = None,
-    nprobe: Annotated[Optional[int], typer.Option("--nprobe", help="IVF: lists searched per query.")] = None,
+    nprobe: Annotated[
+        Optional[int], typer.Option("--nprobe", help="IVF: lists searched per query.")
+    ] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
 ) -> None:
     """Build per-layer FAISS indices of track vectors (mean of each track's windows), cached
     under the data root and keyed by a fingerprint of the store; incremental when tracks were added."""
     from messai.errors import ConfigError
-    from messai.search.cache import build_layer_index
     from messai.features.store import FeatureStore
+    from messai.search.cache import build_layer_index
 
     settings = settings_from(index_kind=kind, normalize=normalize)
     store = FeatureStore.open(dataset, model, home=settings.home)
-    named = {"M": m, "efConstruction": ef_construction, "efSearch": ef_search, "nlist": nlist, "nprobe": nprobe}
-    flags = {"M": "--hnsw-m", "efConstruction": "--ef-construction", "efSearch": "--ef-search", "nlist": "--nlist", "nprobe": "--nprobe"}
+    named = {
+        "M": m,
+        "efConstruction": ef_construction,
+        "efSearch": ef_search,
+        "nlist": nlist,
+        "nprobe": nprobe,
+    }
+    flags = {
+        "M": "--hnsw-m",
+        "efConstruction": "--ef-construction",
+        "efSearch": "--ef-search",
+        "nlist": "--nlist",
+        "nprobe": "--nprobe",
+    }
     params = {k: v for k, v in named.items() if v is not None} or None
-    wrong = [flags[k] for k in params or {} if (k in ("nlist", "nprobe")) != (settings.index_kind == "ivf") or settings.index_kind == "flat"]
+    wrong = [
+        flags[k]
+        for k in params or {}
+        if (k in ("nlist", "nprobe")) != (settings.index_kind == "ivf")
+        or settings.index_kind == "flat"
+    ]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --kind {settings.index_kind}")
     rows = []
     for layer in parse_layers(layers, store.n_layers):
-        out = build_layer_index(settings.home, store, layer, normalize=settings.normalize, kind=settings.index_kind,
-                                params=params, force=force)  # fmt: skip
+        out = build_layer_index(
+            settings.home,
+            store,
+            layer,
+            normalize=settings.normalize,
+            kind=settings.index_kind,
+            params=params,
+            force=force,
+        )
         rows.append(out.to_dict())
     if fmt == Format.json:
         print_json(rows)
     elif fmt == Format.tsv:
         print_tsv(rows)
     else:
-        print_table(rows, ["layer", "action", "n_tracks", "seconds", "path"], title=f"{settings.index_kind}/{settings.normalize} indices of {dataset}")
+        print_table(
+            rows,
+            ["layer", "action", "n_tracks", "seconds", "path"],
+            title=f"{settings.index_kind}/{settings.normalize} indices of {dataset}",
+        )
 
 
 @app.command("recommend")
 def recommend_command(
     dataset: DatasetOpt,
-    track: Annotated[Optional[str], typer.Option("--track", "-t", help="Query track id; '-' reads ids from stdin, one per line: json/table print one JSON line per query, tsv rows with a query column, ids the recommended ids.")] = None,
-    aspect: Annotated[Optional[list[str]], typer.Option("--aspect", "-a", help="Aspect (default spectral_brightness), or several as NAME[:WEIGHT] for weighted fusion; see 'mess aspects'.")] = None,
+    track: Annotated[
+        Optional[str],
+        typer.Option(
+            "--track",
+            "-t",
+            help="Query track id; '-' reads ids from stdin, one per line: json/table print one JSON line per query, tsv rows with a query column, ids the recommended ids.",
+        ),
+    ] = None,
+    aspect: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--aspect",
+            "-a",
+            help="Aspect (default spectral_brightness), or several as NAME[:WEIGHT] for weighted fusion; see 'mess aspects'.",
+        ),
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of recommendations.")] = 5,
-    layer: Annotated[Optional[int], typer.Option("--layer", help="Use this layer instead of the aspect's.")] = None,
+    layer: Annotated[
+        Optional[int], typer.Option("--layer", help="Use this layer instead of the aspect's.")
+    ] = None,
     normalize: NormOpt = None,
     kind: KindOpt = None,
-    exclude_same: Annotated[Optional[list[str]], typer.Option("--exclude-same", help="Drop tracks sharing this label with the query (e.g. work).")] = None,
-    audio: Annotated[Optional[Path], typer.Option("--audio", help="Query with an audio file outside the store (loads the model).")] = None,
+    exclude_same: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--exclude-same", help="Drop tracks sharing this label with the query (e.g. work)."
+        ),
+    ] = None,
+    audio: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--audio", help="Query with an audio file outside the store (loads the model)."
+        ),
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     fmt: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.table,
@@ -98,17 +181,29 @@ def recommend_command(
     from messai.search.recommend import LayerBasedRecommender
 
     # the fast path: validate only what this command reads, without importing pydantic
-    settings = resolve_fields(["home", "index_kind", "normalize", "device"],
-                              {"index_kind": kind and kind.value, "normalize": normalize and normalize.value})
+    settings = resolve_fields(
+        ["home", "index_kind", "normalize", "device"],
+        {"index_kind": kind and kind.value, "normalize": normalize and normalize.value},
+    )
     aspects = aspect or ["spectral_brightness"]
     if (track is None) == (audio is None):
         raise ConfigError("give exactly one of --track ID (or '-') and --audio FILE")
-    rec = LayerBasedRecommender(dataset, model, home=settings.home, normalize=settings.normalize,
-                                kind=settings.index_kind, on_notice=notice)  # fmt: skip
+    rec = LayerBasedRecommender(
+        dataset,
+        model,
+        home=settings.home,
+        normalize=settings.normalize,
+        kind=settings.index_kind,
+        on_notice=notice,
+    )
     if audio is not None:
         if exclude_same:
-            raise ConfigError("--exclude-same needs --track: an --audio query has no labels to compare")
-        result = rec.recommend_audio(audio, aspects, k, layer=layer, device=(device.value if device else settings.device))
+            raise ConfigError(
+                "--exclude-same needs --track: an --audio query has no labels to compare"
+            )
+        result = rec.recommend_audio(
+            audio, aspects, k, layer=layer, device=(device.value if device else settings.device)
+        )
         _render(result, fmt)
         return
     if track != "-":
@@ -143,17 +238,24 @@ def recommend_command(
 def _short_notice(result: dict, k: int) -> None:
     n = len(result["recommendations"])
     if n < k:
-        notice(f"note: only {n} track(s) could be returned (the store's size, minus the query and exclusions)")
+        notice(
+            f"note: only {n} track(s) could be returned (the store's size, minus the query and exclusions)"
+        )
 
 
 def _describe(result: dict) -> str:
     if isinstance(result["aspect"], str):
         return f"aspect {result['aspect']} · layer {result['layer']}"
-    parts = [f"{a} (layer {lay}, weight {w:g})" for a, lay, w in zip(result["aspect"], result["layer"], result["weights"])]
+    parts = [
+        f"{a} (layer {lay}, weight {w:g})"
+        for a, lay, w in zip(result["aspect"], result["layer"], result["weights"])
+    ]
     return "fused: " + " + ".join(parts)
 
 
-def _render(result: dict, fmt: ListFormat, *, with_query: bool = False, header: bool = True) -> None:
+def _render(
+    result: dict, fmt: ListFormat, *, with_query: bool = False, header: bool = True
+) -> None:
     recs = result["recommendations"]
     if fmt == ListFormat.json:
         print_json(result)
@@ -170,6 +272,8 @@ def _render(result: dict, fmt: ListFormat, *, with_query: bool = False, header: 
     else:
         q = result["query"].get("track_id") or result["query"].get("audio")
         title = f"{q} · {_describe(result)} · {result['normalize']}"
-        cols = ["rank", "track_id", "similarity"] + (["layer_similarities"] if recs and "layer_similarities" in recs[0] else [])
+        cols = ["rank", "track_id", "similarity"] + (
+            ["layer_similarities"] if recs and "layer_similarities" in recs[0] else []
+        )
         cols += [c for r in recs for c in r if c not in cols]
         print_table(recs, list(dict.fromkeys(cols)), title=title)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import functools
-import os
-
 import typer
 from typer.core import TyperGroup
-
-
 
 
 @functools.cache
@@ -108,7 +105,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """mess — music similarity research on MERT: extract every layer, find which layer encodes
     which musical aspect, and search tracks by aspect."""
@@ -116,14 +118,20 @@ def _main(
 
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Hub id (default m-a-p/MERT-v1-95M) or a local checkpoint directory."),
+    typer.Option(
+        "--model", "-m", help="Hub id (default m-a-p/MERT-v1-95M) or a local checkpoint directory."
+    ),
 ]
-RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
+RevisionOpt = Annotated[
+    Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")
+]
 DeviceOpt = Annotated[
-    Optional[DeviceChoice], typer.Option("--device", help="auto prefers Apple MPS, then CUDA, then CPU.")
+    Optional[DeviceChoice],
+    typer.Option("--device", help="auto prefers Apple MPS, then CUDA, then CPU."),
 ]
 PrecisionOpt = Annotated[
-    Optional[PrecisionChoice], typer.Option("--precision", help="Compute dtype (float16 only on GPU/MPS).")
+    Optional[PrecisionChoice],
+    typer.Option("--precision", help="Compute dtype (float16 only on GPU/MPS)."),
 ]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
@@ -149,7 +157,9 @@ def _finite(obj: Any) -> Any:
 
 
 def print_json(obj: Any) -> None:
-    text = json.dumps(_finite(json.loads(json.dumps(obj, default=_json_default))), ensure_ascii=False, indent=2)
+    text = json.dumps(
+        _finite(json.loads(json.dumps(obj, default=_json_default))), ensure_ascii=False, indent=2
+    )
     sys.stdout.write(text + "\n")
 
 
@@ -167,7 +177,9 @@ def parse_layers(text: str | None, n_layers: int) -> list[int]:
     try:
         layers = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise ConfigError(f"--layers {text!r}: expected 'all' or comma-separated integers") from None
+        raise ConfigError(
+            f"--layers {text!r}: expected 'all' or comma-separated integers"
+        ) from None
     bad = [x for x in layers if not 0 <= x < n_layers]
     if bad or not layers:
         raise ConfigError(f"--layers {text!r}: layers must be within 0..{n_layers - 1}")
@@ -184,7 +196,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def print_tsv(rows: list[dict[str, Any]], columns: list[str] | None = None, *, header: bool = True) -> None:
+def print_tsv(
+    rows: list[dict[str, Any]], columns: list[str] | None = None, *, header: bool = True
+) -> None:
     columns = columns or _columns(rows)
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
@@ -195,7 +209,9 @@ def print_tsv(rows: list[dict[str, Any]], columns: list[str] | None = None, *, h
     sys.stdout.write(buf.getvalue())
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None, *, title: str | None = None) -> None:
+def print_table(
+    rows: list[dict[str, Any]], columns: list[str] | None = None, *, title: str | None = None
+) -> None:
     from rich.table import Table
 
     columns = columns or _columns(rows)
@@ -207,7 +223,13 @@ def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None, *,
     out_console().print(table)
 
 
-def render_rows(rows: list[dict[str, Any]], fmt: Format, *, columns: list[str] | None = None, title: str | None = None) -> None:
+def render_rows(
+    rows: list[dict[str, Any]],
+    fmt: Format,
+    *,
+    columns: list[str] | None = None,
+    title: str | None = None,
+) -> None:
     if fmt == Format.json:
         print_json(rows)
     elif fmt == Format.tsv:

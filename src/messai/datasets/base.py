@@ -44,8 +44,13 @@ class TrackList(list):
     name): extraction reports them as failed files. The library never prints either.
     """
 
-    def __init__(self, tracks: Iterable[TrackInfo] = (), *, warnings: Iterable[str] = (),
-                 rejected: Iterable[str] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tracks: Iterable[TrackInfo] = (),
+        *,
+        warnings: Iterable[str] = (),
+        rejected: Iterable[str] = (),
+    ) -> None:
         super().__init__(tracks)
         self.warnings: list[str] = list(warnings)
         self.rejected: list[str] = list(rejected)

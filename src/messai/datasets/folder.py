@@ -74,10 +74,14 @@ def scan(root: Path) -> TrackList:
     for tid, paths in clashes.items():
         for path in paths:
             others = ", ".join(p.name for p in paths if p != path)
-            rejected.append(f"{path}: same track id {tid!r} as {others}; rename one of them (both skipped)")
+            rejected.append(
+                f"{path}: same track id {tid!r} as {others}; rename one of them (both skipped)"
+            )
     warnings: list[str] = []
     # rows naming a rejected (clashing) id are fine: the id exists, the track is just skipped
-    labels = _read_metadata(root / METADATA_FILE, {**{t: ps[0] for t, ps in clashes.items()}, **seen}, warnings)
+    labels = _read_metadata(
+        root / METADATA_FILE, {**{t: ps[0] for t, ps in clashes.items()}, **seen}, warnings
+    )
     if labels is not None:
         unlabelled = [tid for tid in seen if tid not in labels]
         if unlabelled:

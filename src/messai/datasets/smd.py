@@ -106,8 +106,9 @@ def scan(root: Path) -> TrackList:
         else:
             parsed.append((path, name))
     if not parsed:
-        raise DatasetError(f"{root}: no SMD audio files (names like "
-                           "Beethoven_Op027No1-01_003_20090916-SMD.mp3)")
+        raise DatasetError(
+            f"{root}: no SMD audio files (names like Beethoven_Op027No1-01_003_20090916-SMD.mp3)"
+        )
     by_base: dict[str, list[tuple[Path, SmdName]]] = defaultdict(list)
     for path, name in parsed:
         by_base[name.base_id].append((path, name))

@@ -57,11 +57,15 @@ def audio_info(path: str | Path) -> AudioInfo:
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
         raise AudioError(f"{path}: not a readable audio file ({_short(exc)})") from None
     if info.samplerate <= 0 or info.channels <= 0:
-        raise AudioError(f"{path}: invalid header (sample rate {info.samplerate}, {info.channels} channels)")
+        raise AudioError(
+            f"{path}: invalid header (sample rate {info.samplerate}, {info.channels} channels)"
+        )
     truncated = _container_truncation(path, str(info.format), size)
     if truncated:
         raise AudioError(f"{path}: truncated: {truncated}")
-    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
+    return AudioInfo(
+        path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format)
+    )
 
 
 def _container_truncation(path: Path, fmt: str, size: int) -> str | None:
@@ -205,7 +209,9 @@ class StreamResampler:
         yield self._emit(self._total_in, final=True)
 
 
-def stream_mono(path: str | Path, sample_rate: int, *, block_seconds: float = _BLOCK_SECONDS) -> Iterator[np.ndarray]:
+def stream_mono(
+    path: str | Path, sample_rate: int, *, block_seconds: float = _BLOCK_SECONDS
+) -> Iterator[np.ndarray]:
     """Decode ``path`` block by block: downmix (channel mean), resample to ``sample_rate``.
 
     Yields float32 blocks ``[n]``. Raises AudioError for unreadable, truncated files and for
@@ -225,15 +231,21 @@ def stream_mono(path: str | Path, sample_rate: int, *, block_seconds: float = _B
                     break
                 read += data.shape[0]
                 if not np.isfinite(data).all():
-                    raise AudioError(f"{path}: contains NaN or infinite samples near {read / info.sample_rate:.1f} s")
+                    raise AudioError(
+                        f"{path}: contains NaN or infinite samples near {read / info.sample_rate:.1f} s"
+                    )
                 mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
                 yield from resampler.push(np.ascontiguousarray(mono, dtype=np.float32))
     except AudioError:
         raise
     except Exception as exc:
-        raise AudioError(f"{path}: decoding failed after {read / info.sample_rate:.1f} s ({_short(exc)})") from None
+        raise AudioError(
+            f"{path}: decoding failed after {read / info.sample_rate:.1f} s ({_short(exc)})"
+        ) from None
     if info.frames > 0 and read < info.frames:
-        raise AudioError(f"{path}: truncated: header says {info.frames} frames, only {read} could be read")
+        raise AudioError(
+            f"{path}: truncated: header says {info.frames} frames, only {read} could be read"
+        )
     yield from resampler.flush()
 
 
@@ -259,7 +271,11 @@ class WindowSpec:
         )
 
     def to_dict(self) -> dict:
-        return {"segment_seconds": self.segment_seconds, "hop_seconds": self.hop_seconds, "min_seconds": self.min_seconds}
+        return {
+            "segment_seconds": self.segment_seconds,
+            "hop_seconds": self.hop_seconds,
+            "min_seconds": self.min_seconds,
+        }
 
 
 def window_starts(n_samples: int, segment: int, hop: int, minimum: int) -> list[tuple[int, int]]:
@@ -278,7 +294,9 @@ def window_starts(n_samples: int, segment: int, hop: int, minimum: int) -> list[
     return out
 
 
-def iter_windows(blocks: Iterator[np.ndarray], spec: WindowSpec, sample_rate: int) -> Iterator[tuple[int, np.ndarray]]:
+def iter_windows(
+    blocks: Iterator[np.ndarray], spec: WindowSpec, sample_rate: int
+) -> Iterator[tuple[int, np.ndarray]]:
     """Cut a stream of blocks into windows: yields ``(start_sample, samples [length])``.
 
     Same windows as ``window_starts`` on the concatenated signal, holding at most one window

@@ -21,9 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from messai.features.decode import WindowSpec, audio_info, iter_windows, normalize_window, stream_mono
 from messai.datasets.base import TrackInfo
 from messai.errors import AudioError, ConfigError, MessError, StoreError
+from messai.features.decode import (
+    WindowSpec,
+    audio_info,
+    iter_windows,
+    normalize_window,
+    stream_mono,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +110,14 @@ class FeatureExtractor:
         self.device = select_device(device)
         self.dtype = select_dtype(precision, self.device)
         self.precision = precision
-        self.checkpoint = model if isinstance(model, MertCheckpoint) else resolve_checkpoint(model, revision=revision)
-        self.window = check_window(WindowSpec(segment_seconds, hop_seconds, min_seconds), self.checkpoint)
+        self.checkpoint = (
+            model
+            if isinstance(model, MertCheckpoint)
+            else resolve_checkpoint(model, revision=revision)
+        )
+        self.window = check_window(
+            WindowSpec(segment_seconds, hop_seconds, min_seconds), self.checkpoint
+        )
         self.batch_size = batch_size or default_batch_size(self.device)
         self.compute_targets = compute_targets
         self.prefetch_windows = max(prefetch_windows, 2 * self.batch_size)
@@ -136,9 +148,13 @@ class FeatureExtractor:
             raise AudioError(result.error)
         out = result_arrays(result, store_dtype="float32")
         out = {
-            "segments": out["segments"], "aggregated": out["aggregated"], "starts": out["starts"],
-            "lengths": out["lengths"], "targets": result.targets, "duration_seconds": result.duration_seconds,
-        }  # fmt: skip
+            "segments": out["segments"],
+            "aggregated": out["aggregated"],
+            "starts": out["starts"],
+            "lengths": out["lengths"],
+            "targets": result.targets,
+            "duration_seconds": result.duration_seconds,
+        }
         if keep_raw:
             full = [r for r in result.raw if r.shape[1] == result.raw[0].shape[1]]
             out["raw"] = np.stack(full)
@@ -158,7 +174,9 @@ class FeatureExtractor:
         tracks = list(tracks)
         q: queue.Queue = queue.Queue(maxsize=self.prefetch_windows)
         stop = threading.Event()
-        producer = threading.Thread(target=self._produce, args=(tracks, q, stop), daemon=True, name="mess-decode")
+        producer = threading.Thread(
+            target=self._produce, args=(tracks, q, stop), daemon=True, name="mess-decode"
+        )
         producer.start()
         run = _RunState(tracks)
         segment_len = self.window.samples(self.sample_rate)[0]
@@ -214,7 +232,9 @@ class FeatureExtractor:
                 return q.get(timeout=1.0)
             except queue.Empty:
                 if not producer.is_alive() and q.empty():
-                    raise MessError("the decoding thread stopped unexpectedly; see the log") from None
+                    raise MessError(
+                        "the decoding thread stopped unexpectedly; see the log"
+                    ) from None
 
     # ------------------------------------------------------------------ internals
     def _produce(self, tracks: list[TrackInfo], q: queue.Queue, stop: threading.Event) -> None:
@@ -248,7 +268,9 @@ class FeatureExtractor:
                     return
         put(_END)
 
-    def _decode_track(self, ti: int, track: TrackInfo, put) -> tuple[float, tuple[int, int, str]] | None:
+    def _decode_track(
+        self, ti: int, track: TrackInfo, put
+    ) -> tuple[float, tuple[int, int, str]] | None:
         """Send one track's windows; return ``(duration, (size, mtime_ns, content hash))`` of the
         file as read (None when stopped). A file that changes while it is read fails."""
         from messai.features.store import file_content_hash
@@ -260,18 +282,32 @@ class FeatureExtractor:
             raise AudioError(f"{path}: cannot read: {exc.strerror or exc}") from None
         info = audio_info(path)
         if info.duration_seconds < self.window.min_seconds and info.frames > 0:
-            raise AudioError(f"{path}: too short ({info.duration_seconds:.2f} s < --min-seconds {self.window.min_seconds:g})")
+            raise AudioError(
+                f"{path}: too short ({info.duration_seconds:.2f} s < --min-seconds {self.window.min_seconds:g})"
+            )
         digest = file_content_hash(path)
         if not put(("start", ti)):
             return None
         n_out = 0
-        for start, samples in iter_windows(stream_mono(path, self.sample_rate), self.window, self.sample_rate):
+        for start, samples in iter_windows(
+            stream_mono(path, self.sample_rate), self.window, self.sample_rate
+        ):
             targets = self._targets(samples)
-            if not put(("window", ti, start, normalize_window(samples) if self.checkpoint.do_normalize else samples, targets)):
+            if not put(
+                (
+                    "window",
+                    ti,
+                    start,
+                    normalize_window(samples) if self.checkpoint.do_normalize else samples,
+                    targets,
+                )
+            ):
                 return None
             n_out += 1
         if n_out == 0:
-            raise AudioError(f"{path}: too short (no window of at least {self.window.min_seconds:g} s)")
+            raise AudioError(
+                f"{path}: too short (no window of at least {self.window.min_seconds:g} s)"
+            )
         after = path.stat()
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise AudioError(f"{path}: changed while it was being read; run again")
@@ -285,12 +321,14 @@ class FeatureExtractor:
         values = compute_targets([samples], self.sample_rate)
         return {k: np.asarray(v)[0] for k, v in values.items()}
 
-    def _flush(self, run: "_RunState", keep_raw: bool) -> None:
+    def _flush(self, run: _RunState, keep_raw: bool) -> None:
         if run.pending:
             items, run.pending = run.pending, []
             self._forward(run, items, keep_raw)
 
-    def _forward(self, run: "_RunState", items: list[tuple[int, int, np.ndarray]], keep_raw: bool) -> None:
+    def _forward(
+        self, run: _RunState, items: list[tuple[int, int, np.ndarray]], keep_raw: bool
+    ) -> None:
         """Forward a batch; if it raises, retry its windows one by one and fail only the tracks
         whose own window cannot be computed."""
         import torch
@@ -311,7 +349,10 @@ class FeatureExtractor:
                     self._forward(run, [item], keep_raw)
                 return
             ti = items[0][0]
-            run.fail(ti, f"{run.tracks[ti].path}: model forward failed ({type(exc).__name__}: {str(exc)[:200]})")
+            run.fail(
+                ti,
+                f"{run.tracks[ti].path}: model forward failed ({type(exc).__name__}: {str(exc)[:200]})",
+            )
             return
         pooled = pooled.numpy()
         for j, (ti, wi, _) in enumerate(items):
@@ -387,7 +428,9 @@ class ExtractionReport:
     n_extracted: int = 0
     n_skipped: int = 0
     failures: list[str] = field(default_factory=list)  # "path: reason"
-    warnings: list[str] = field(default_factory=list)  # dataset scan notes (skipped names, unlabelled tracks)
+    warnings: list[str] = field(
+        default_factory=list
+    )  # dataset scan notes (skipped names, unlabelled tracks)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -442,12 +485,20 @@ def store_root_for(settings, dataset: str, identity: dict[str, Any]) -> Path:
     return settings.stores_dir / dataset / model_slug(identity)
 
 
-def reconcile_build(store, identity: dict[str, Any], ext_settings: dict[str, Any], *, force: bool) -> None:
+def reconcile_build(
+    store, identity: dict[str, Any], ext_settings: dict[str, Any], *, force: bool
+) -> None:
     """Under the store's lock: refuse to mix models or settings in one store unless ``force``;
     with ``force``, a store built differently is emptied (its tracks are all redone anyway)."""
     old_settings = {k: store.settings.get(k) for k in ext_settings}
-    changed = [f"{k}: {old_settings[k]} → {v}" for k, v in ext_settings.items() if old_settings[k] != v]
-    changed += [f"model {k}: {store.model.get(k)} → {v}" for k, v in identity.items() if store.model.get(k) != v]
+    changed = [
+        f"{k}: {old_settings[k]} → {v}" for k, v in ext_settings.items() if old_settings[k] != v
+    ]
+    changed += [
+        f"model {k}: {store.model.get(k)} → {v}"
+        for k, v in identity.items()
+        if store.model.get(k) != v
+    ]
     if changed and store.entries:
         if not force:
             raise StoreError(
@@ -488,8 +539,8 @@ def extract_dataset(
     from messai import datasets
     from messai.config import load_settings, validate_dataset_name
     from messai.device import select_device, select_dtype
-    from messai.models.mert import resolve_checkpoint
     from messai.features.store import FeatureStore
+    from messai.models.mert import resolve_checkpoint
 
     settings = settings or load_settings()
     root = Path(path).expanduser()
@@ -501,23 +552,42 @@ def extract_dataset(
     tracks = datasets.scan(root, kind=kind, **(scan_options or {}))
     rejected = list(getattr(tracks, "rejected", []))
     if not tracks and not rejected:
-        raise MessError(f"{root}: no audio files found (looked for {', '.join(sorted(datasets.AUDIO_EXTENSIONS))})")
-    select_dtype(settings.precision, select_device(settings.device))  # fail before touching the store
+        raise MessError(
+            f"{root}: no audio files found (looked for {', '.join(sorted(datasets.AUDIO_EXTENSIONS))})"
+        )
+    select_dtype(
+        settings.precision, select_device(settings.device)
+    )  # fail before touching the store
     checkpoint = resolve_checkpoint(settings.model, revision=settings.revision)
-    check_window(WindowSpec(settings.segment_seconds, settings.hop_seconds, settings.min_seconds), checkpoint)
+    check_window(
+        WindowSpec(settings.segment_seconds, settings.hop_seconds, settings.min_seconds), checkpoint
+    )
     identity = checkpoint.identity()
     if settings.revision:
         identity["requested_revision"] = settings.revision
-    ext_settings = dict(sample_rate=checkpoint.sample_rate, segment_seconds=settings.segment_seconds,
-                        hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
-                        do_normalize=checkpoint.do_normalize, store_dtype=settings.store_dtype,
-                        precision=settings.precision)  # fmt: skip
+    ext_settings = dict(
+        sample_rate=checkpoint.sample_rate,
+        segment_seconds=settings.segment_seconds,
+        hop_seconds=settings.hop_seconds,
+        min_seconds=settings.min_seconds,
+        do_normalize=checkpoint.do_normalize,
+        store_dtype=settings.store_dtype,
+        precision=settings.precision,
+    )
     store_root = store_root_for(settings, dataset, identity)
     new_store = not (store_root / "manifest.json").is_file()
-    store = FeatureStore.create(store_root, dataset=dataset, model=identity, settings=ext_settings) if new_store \
-        else FeatureStore.at(store_root)  # fmt: skip
-    report = ExtractionReport(dataset=dataset, store_path=store.root, n_tracks=len(tracks) + len(rejected),
-                              warnings=list(getattr(tracks, "warnings", [])), failures=rejected)  # fmt: skip
+    store = (
+        FeatureStore.create(store_root, dataset=dataset, model=identity, settings=ext_settings)
+        if new_store
+        else FeatureStore.at(store_root)
+    )
+    report = ExtractionReport(
+        dataset=dataset,
+        store_path=store.root,
+        n_tracks=len(tracks) + len(rejected),
+        warnings=list(getattr(tracks, "warnings", [])),
+        failures=rejected,
+    )
     t0 = time.perf_counter()
     try:
         with store.writer():
@@ -534,10 +604,14 @@ def extract_dataset(
             store.save_manifest()
             if plan.todo:
                 extractor = FeatureExtractor(
-                    checkpoint, device=settings.device, precision=settings.precision,
-                    batch_size=settings.batch_size, segment_seconds=settings.segment_seconds,
-                    hop_seconds=settings.hop_seconds, min_seconds=settings.min_seconds,
-                )  # fmt: skip
+                    checkpoint,
+                    device=settings.device,
+                    precision=settings.precision,
+                    batch_size=settings.batch_size,
+                    segment_seconds=settings.segment_seconds,
+                    hop_seconds=settings.hop_seconds,
+                    min_seconds=settings.min_seconds,
+                )
                 for result in extractor.run(plan.todo, on_window=on_window):
                     _store_result(store, result, root, settings.store_dtype, report)
                     if on_track is not None:
@@ -552,19 +626,31 @@ def extract_dataset(
     return report
 
 
-def _tidy(store, root: Path, tracks: list[TrackInfo], *, prune: bool, report: ExtractionReport) -> None:
+def _tidy(
+    store, root: Path, tracks: list[TrackInfo], *, prune: bool, report: ExtractionReport
+) -> None:
     """Forget failures of files that are gone; report (or with ``prune`` drop) stored tracks
     whose audio file no longer exists. A partial scan (``--limit``) never counts as removal."""
     scanned = {t.track_id for t in tracks}
-    for tid in [t for t, f in store.manifest["failures"].items() if t not in scanned and not (root / f.get("source", "")).exists()]:
+    for tid in [
+        t
+        for t, f in store.manifest["failures"].items()
+        if t not in scanned and not (root / f.get("source", "")).exists()
+    ]:
         store.manifest["failures"].pop(tid)
-    gone = sorted(t for t, e in store.entries.items() if t not in scanned and not (root / e.get("source", "")).exists())
+    gone = sorted(
+        t
+        for t, e in store.entries.items()
+        if t not in scanned and not (root / e.get("source", "")).exists()
+    )
     if not gone:
         return
     if prune:
         for tid in gone:
             store.remove(tid)
-        report.warnings.append(f"pruned {len(gone)} track(s) whose audio file is gone (first: {gone[0]})")
+        report.warnings.append(
+            f"pruned {len(gone)} track(s) whose audio file is gone (first: {gone[0]})"
+        )
     else:
         report.warnings.append(
             f"{len(gone)} stored track(s) have no audio file under {root} any more (first: {gone[0]}); "
@@ -578,7 +664,7 @@ def _store_result(store, result: TrackResult, root: Path, store_dtype: str, repo
     if not result.ok:
         report.failures.append(result.error)
         prefix = f"{result.track.path}: "
-        reason = result.error[len(prefix):] if result.error.startswith(prefix) else result.error
+        reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
         store.mark_failed(tid, source, reason)
         return
     size, mtime, digest = result.source
@@ -625,16 +711,29 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
                 if file_content_hash(path) != entry["content_hash"]:
                     raise AudioError(f"{path}: changed since extraction; re-run 'mess extract'")
                 # window by window: memory stays bounded for long files
-                rows = [compute_targets([w], rate) for _, w in iter_windows(stream_mono(path, rate), spec, rate)]
+                rows = [
+                    compute_targets([w], rate)
+                    for _, w in iter_windows(stream_mono(path, rate), spec, rate)
+                ]
                 if len(rows) != entry["n_segments"]:
-                    raise AudioError(f"{path}: {len(rows)} windows now, {entry['n_segments']} stored")
+                    raise AudioError(
+                        f"{path}: {len(rows)} windows now, {entry['n_segments']} stored"
+                    )
                 values = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-                arrays = {k: v for k, v in store.read_arrays(tid).items() if not k.startswith("target__") and k != "meta"}
+                arrays = {
+                    k: v
+                    for k, v in store.read_arrays(tid).items()
+                    if not k.startswith("target__") and k != "meta"
+                }
             except (AudioError, StoreError) as exc:
                 report.failures.append(str(exc))
                 continue
-            arrays.update({f"target__{k}": np.asarray(v, dtype=np.float32) for k, v in values.items()})
-            entry = {k: v for k, v in entry.items() if k != "file"}  # features unchanged: keep extracted_at
+            arrays.update(
+                {f"target__{k}": np.asarray(v, dtype=np.float32) for k, v in values.items()}
+            )
+            entry = {
+                k: v for k, v in entry.items() if k != "file"
+            }  # features unchanged: keep extracted_at
             store.put(tid, arrays, {**entry, "targets": sorted(values), "targets_at": now_iso()})
             report.n_extracted += 1
     report.wall_seconds = time.perf_counter() - t0

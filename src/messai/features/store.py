@@ -40,7 +40,7 @@ _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def model_slug(identity: dict[str, Any]) -> str:
@@ -95,7 +95,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode()
+    )
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -161,7 +163,7 @@ class FeatureStore:
         return load_settings().home
 
     @classmethod
-    def list(cls, *, home: Path | str | None = None) -> list["FeatureStore"]:
+    def list(cls, *, home: Path | str | None = None) -> list[FeatureStore]:
         """Every store under the data root, sorted by dataset then model."""
         base = cls._home(home) / "stores"
         stores = []
@@ -171,7 +173,7 @@ class FeatureStore:
         return stores
 
     @classmethod
-    def at(cls, root: Path | str) -> "FeatureStore":
+    def at(cls, root: Path | str) -> FeatureStore:
         root = Path(root)
         path = root / "manifest.json"
         try:
@@ -183,11 +185,15 @@ class FeatureStore:
         if manifest.get("format") != FORMAT:
             raise StoreError(f"{path}: not a mess feature store manifest")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise StoreError(f"{path}: written by a newer mess (format {manifest['format_version']}); upgrade mess")
+            raise StoreError(
+                f"{path}: written by a newer mess (format {manifest['format_version']}); upgrade mess"
+            )
         return cls(root, manifest)
 
     @classmethod
-    def open(cls, dataset: str, model: str | None = None, *, home: Path | str | None = None) -> "FeatureStore":
+    def open(
+        cls, dataset: str, model: str | None = None, *, home: Path | str | None = None
+    ) -> FeatureStore:
         """The store of ``dataset``; ``model`` (hub id, directory, or slug) may be omitted when
         the dataset has one store."""
         from messai.config import validate_dataset_name
@@ -196,21 +202,34 @@ class FeatureStore:
         folder = cls._home(home) / "stores" / dataset
         candidates = [cls.at(m.parent) for m in sorted(folder.glob("*/manifest.json"))]
         if not candidates:
-            raise StoreError(f"no feature store for dataset {dataset!r} under {folder.parent}; run 'mess extract PATH --dataset {dataset}'")
+            raise StoreError(
+                f"no feature store for dataset {dataset!r} under {folder.parent}; run 'mess extract PATH --dataset {dataset}'"
+            )
         if model is not None:
-            wanted = {str(model), str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else str(model)}
+            wanted = {
+                str(model),
+                str(Path(model).expanduser().resolve())
+                if Path(model).expanduser().exists()
+                else str(model),
+            }
             matches = [s for s in candidates if s.root.name in wanted or s.model_id in wanted]
             if not matches:
                 have = ", ".join(s.model_id for s in candidates)
-                raise StoreError(f"dataset {dataset!r} has no store for model {model!r} (it has: {have})")
+                raise StoreError(
+                    f"dataset {dataset!r} has no store for model {model!r} (it has: {have})"
+                )
             return matches[0]
         if len(candidates) > 1:
             have = ", ".join(s.model_id for s in candidates)
-            raise StoreError(f"dataset {dataset!r} has stores for several models ({have}); pass --model")
+            raise StoreError(
+                f"dataset {dataset!r} has stores for several models ({have}); pass --model"
+            )
         return candidates[0]
 
     @classmethod
-    def create(cls, root: Path, *, dataset: str, model: dict[str, Any], settings: dict[str, Any]) -> "FeatureStore":
+    def create(
+        cls, root: Path, *, dataset: str, model: dict[str, Any], settings: dict[str, Any]
+    ) -> FeatureStore:
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -274,28 +293,39 @@ class FeatureStore:
     def fingerprint(self, *, probe_inputs: bool = False) -> str:
         """Changes whenever the features change (indices depend on this). With ``probe_inputs``
         it also covers the proxy targets and labels (probe results depend on those too)."""
+
         def row(t: str, e: dict[str, Any]) -> tuple:
             base = (t, e["content_hash"], e["n_segments"], e.get("extracted_at"))
             if probe_inputs:
                 base += (e.get("targets_at"), json.dumps(e.get("labels") or {}, sort_keys=True))
             return base
 
-        blob = json.dumps([self.manifest["model"], self.manifest["settings"],
-                           sorted(row(t, e) for t, e in self.entries.items())], sort_keys=True)  # fmt: skip
+        blob = json.dumps(
+            [
+                self.manifest["model"],
+                self.manifest["settings"],
+                sorted(row(t, e) for t, e in self.entries.items()),
+            ],
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     # ---------------------------------------------------------------- reading
     def require_track(self, track_id: str) -> None:
         """TrackNotFoundError naming the three closest ids when ``track_id`` is not stored."""
         if track_id not in self.entries:
-            raise TrackNotFoundError(_unknown_track_message(track_id, self.track_ids(), self.dataset))
+            raise TrackNotFoundError(
+                _unknown_track_message(track_id, self.track_ids(), self.dataset)
+            )
 
     def _track_path(self, track_id: str) -> Path:
         self.require_track(track_id)
         entry = self.entries[track_id]
         name = entry["file"]
         if name != track_file_name(track_id):  # never follow a path taken from the manifest blindly
-            raise StoreError(f"{self.root / 'manifest.json'}: entry of {track_id!r} points at an unexpected file")
+            raise StoreError(
+                f"{self.root / 'manifest.json'}: entry of {track_id!r} points at an unexpected file"
+            )
         return self.root / "tracks" / name
 
     def load(self, track_id: str) -> dict[str, Any]:
@@ -307,12 +337,16 @@ class FeatureStore:
             "aggregated": data["aggregated"].astype(np.float32),
             "starts": data["starts"],
             "lengths": data["lengths"],
-            "targets": {k[len("target__"):]: v for k, v in data.items() if k.startswith("target__")},
+            "targets": {
+                k[len("target__") :]: v for k, v in data.items() if k.startswith("target__")
+            },
             "meta": {**self.entries[track_id], "track_id": track_id},
         }
         return out
 
-    def read_arrays(self, track_id: str, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    def read_arrays(
+        self, track_id: str, names: tuple[str, ...] | None = None
+    ) -> dict[str, np.ndarray]:
         """Arrays of a track file (all, or ``names``); a missing or damaged file is a StoreError."""
         path = self._track_path(track_id)
         try:
@@ -343,7 +377,7 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
-    def writer(self) -> Iterator["FeatureStore"]:
+    def writer(self) -> Iterator[FeatureStore]:
         """Hold the store's lock for the duration; a second writer gets a clear StoreError."""
         import fcntl
 
@@ -365,7 +399,10 @@ class FeatureStore:
             with contextlib.suppress(StoreError):
                 self.manifest = FeatureStore.at(self.root).manifest
             # with the lock held, temporary files can only be leftovers of a killed writer
-            for tmp in [*self.root.glob(".manifest.json.*.tmp"), *(self.root / "tracks").glob(".*.tmp")]:
+            for tmp in [
+                *self.root.glob(".manifest.json.*.tmp"),
+                *(self.root / "tracks").glob(".*.tmp"),
+            ]:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
             self._writing = True
@@ -403,8 +440,15 @@ class FeatureStore:
         """Store one track atomically: the array file (with its manifest entry embedded) first,
         then the manifest that lists it (rewritten at most once a second while writing)."""
         name = track_file_name(track_id)
-        full = {"extracted_at": now_iso(), **entry, "file": name}  # callers may keep an extraction time
-        meta = json.dumps({"track_id": track_id, "build_stamp": self.build_stamp(), "entry": full}, ensure_ascii=False)
+        full = {
+            "extracted_at": now_iso(),
+            **entry,
+            "file": name,
+        }  # callers may keep an extraction time
+        meta = json.dumps(
+            {"track_id": track_id, "build_stamp": self.build_stamp(), "entry": full},
+            ensure_ascii=False,
+        )
         atomic_savez(self.root / "tracks" / name, {**arrays, "meta": np.array(meta)})
         self.entries[track_id] = full
         self.manifest["failures"].pop(track_id, None)
@@ -465,17 +509,29 @@ class FeatureStore:
         """``mess tracks``: one row per stored or failed track."""
         failures = self.manifest.get("failures", {})
         rows = [
-            {"track_id": t, "duration_seconds": round(float(e["duration_seconds"]), 3),
-             "n_segments": int(e["n_segments"]),
-             "status": "ok" if t not in failures else f"stale: kept from an earlier run; last extraction failed: {failures[t]['reason']}",
-             "source": e.get("source", ""),
-             **{f"label_{k}": v for k, v in (e.get("labels") or {}).items()}}
+            {
+                "track_id": t,
+                "duration_seconds": round(float(e["duration_seconds"]), 3),
+                "n_segments": int(e["n_segments"]),
+                "status": "ok"
+                if t not in failures
+                else f"stale: kept from an earlier run; last extraction failed: {failures[t]['reason']}",
+                "source": e.get("source", ""),
+                **{f"label_{k}": v for k, v in (e.get("labels") or {}).items()},
+            }
             for t, e in self.entries.items()
-        ]  # fmt: skip
+        ]
         for t, f in self.manifest.get("failures", {}).items():
             if t not in self.entries:
-                rows.append({"track_id": t, "duration_seconds": None, "n_segments": 0,
-                             "status": f"failed: {f['reason']}", "source": f.get("source", "")})  # fmt: skip
+                rows.append(
+                    {
+                        "track_id": t,
+                        "duration_seconds": None,
+                        "n_segments": 0,
+                        "status": f"failed: {f['reason']}",
+                        "source": f.get("source", ""),
+                    }
+                )
         return sorted(rows, key=lambda r: r["track_id"])
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 import threading
@@ -97,27 +98,57 @@ class Target:
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("spectral_centroid", "mean spectral centroid of the magnitude spectrum, Hz",
-               "spectral_brightness", transform="log"),
-        Target("spectral_rolloff", "mean frequency below which 85% of spectral magnitude lies, Hz",
-               "spectral_brightness", transform="log"),
-        Target("spectral_bandwidth", "mean 2nd-order spectral spread around the centroid, Hz",
-               "acoustic_structure", transform="log"),
-        Target("spectral_contrast", "mean peak-minus-valley dB in 7 octave bands (librosa)",
-               "acoustic_structure", size=_CONTRAST_BANDS + 1),
-        Target("spectral_flatness", "mean spectral flatness (geometric / arithmetic mean power)",
-               "noisiness"),
-        Target("mfcc", "mean MFCCs c1..c13 (slaney mel, dB, DCT-II ortho; c0 dropped)",
-               "timbral_texture", size=_N_MFCC - 1),
-        Target("zero_crossing_rate", "mean fraction of sign changes per sample in 2048-frames",
-               "noisiness"),
+        Target(
+            "spectral_centroid",
+            "mean spectral centroid of the magnitude spectrum, Hz",
+            "spectral_brightness",
+            transform="log",
+        ),
+        Target(
+            "spectral_rolloff",
+            "mean frequency below which 85% of spectral magnitude lies, Hz",
+            "spectral_brightness",
+            transform="log",
+        ),
+        Target(
+            "spectral_bandwidth",
+            "mean 2nd-order spectral spread around the centroid, Hz",
+            "acoustic_structure",
+            transform="log",
+        ),
+        Target(
+            "spectral_contrast",
+            "mean peak-minus-valley dB in 7 octave bands (librosa)",
+            "acoustic_structure",
+            size=_CONTRAST_BANDS + 1,
+        ),
+        Target(
+            "spectral_flatness",
+            "mean spectral flatness (geometric / arithmetic mean power)",
+            "noisiness",
+        ),
+        Target(
+            "mfcc",
+            "mean MFCCs c1..c13 (slaney mel, dB, DCT-II ortho; c0 dropped)",
+            "timbral_texture",
+            size=_N_MFCC - 1,
+        ),
+        Target(
+            "zero_crossing_rate",
+            "mean fraction of sign changes per sample in 2048-frames",
+            "noisiness",
+        ),
         Target("rms_db_mean", "mean frame RMS level, dB re full scale (floor -120 dB)", "dynamics"),
         Target("rms_db_std", "std over frames of RMS level, dB (gain-invariant)", "dynamics"),
         Target("onset_rate", "librosa onset_detect onsets per second", "rhythmic_density"),
-        Target("chroma", "mean 12-bin chroma_stft (C..B, per-frame max-normalised)", "harmony",
-               size=12),
-        Target("chroma_entropy", "Shannon entropy of the normalised mean chroma, bits (0..3.585)",
-               "harmonic_complexity"),
+        Target(
+            "chroma", "mean 12-bin chroma_stft (C..B, per-frame max-normalised)", "harmony", size=12
+        ),
+        Target(
+            "chroma_entropy",
+            "Shannon entropy of the normalised mean chroma, bits (0..3.585)",
+            "harmonic_complexity",
+        ),
     )
 }
 """The registry: target name -> :class:`Target`, in a stable order."""
@@ -159,18 +190,24 @@ def compute_targets(
         raise ConfigError(f"sample_rate must be positive, got {sample_rate}")
     highest_contrast_band_hz = _CONTRAST_FMIN * 2 ** (_CONTRAST_BANDS - 1)
     if "spectral_contrast" in wanted and 0.5 * sample_rate <= highest_contrast_band_hz:
-        raise ConfigError(f"spectral_contrast needs sample_rate > "
-                          f"{_CONTRAST_FMIN * 2**_CONTRAST_BANDS:.0f} Hz, got {sample_rate}")
+        raise ConfigError(
+            f"spectral_contrast needs sample_rate > "
+            f"{_CONTRAST_FMIN * 2**_CONTRAST_BANDS:.0f} Hz, got {sample_rate}"
+        )
     signals = _as_signals(windows)
-    out = {name: np.zeros((len(signals), TARGETS[name].size) if TARGETS[name].size > 1
-                          else (len(signals),)) for name in wanted}
+    out = {
+        name: np.zeros(
+            (len(signals), TARGETS[name].size) if TARGETS[name].size > 1 else (len(signals),)
+        )
+        for name in wanted
+    }
     by_length: dict[int, list[int]] = {}
     for i, y in enumerate(signals):
         by_length.setdefault(len(y), []).append(i)
     with _single_threaded_blas():
         for indices in by_length.values():
             for start in range(0, len(indices), _BATCH):
-                chunk = indices[start:start + _BATCH]
+                chunk = indices[start : start + _BATCH]
                 analysis = _Analysis(np.stack([signals[i] for i in chunk]), sample_rate)
                 for name in wanted:
                     out[name][chunk] = _COMPUTE[name](analysis)
@@ -221,9 +258,11 @@ def _numpy_blas_controller():  # -> threadpoolctl.ThreadpoolController | None
         return None
     numpy_dir = os.path.dirname(np.__file__)  # numpy/ and numpy.libs/ (manylinux wheels)
     controller = threadpoolctl.ThreadpoolController()
-    paths = [info["filepath"] for info in controller.info()
-             if info.get("user_api") == "blas"
-             and str(info.get("filepath", "")).startswith(numpy_dir)]
+    paths = [
+        info["filepath"]
+        for info in controller.info()
+        if info.get("user_api") == "blas" and str(info.get("filepath", "")).startswith(numpy_dir)
+    ]
     return controller.select(filepath=paths) if paths else None
 
 
@@ -235,8 +274,10 @@ def _resolve_names(names: Iterable[str] | None) -> list[str]:
     wanted = list(dict.fromkeys(names))
     unknown = [n for n in wanted if n not in TARGETS]
     if unknown:
-        raise ConfigError(f"unknown target(s) {', '.join(map(repr, unknown))}; "
-                          f"known targets: {', '.join(TARGETS)}")
+        raise ConfigError(
+            f"unknown target(s) {', '.join(map(repr, unknown))}; "
+            f"known targets: {', '.join(TARGETS)}"
+        )
     return wanted
 
 
@@ -308,8 +349,11 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 def _mel_basis_t(sample_rate: int, n_fft: int, n_mels: int = _N_MELS) -> np.ndarray:
     """Transposed slaney mel filter bank ``[n_bins, n_mels]``, float32 (librosa.filters.mel)."""
     fftfreqs = _fft_frequencies(sample_rate, n_fft)
-    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(np.array([0.0]))[0],
-                                   _hz_to_mel(np.array([sample_rate / 2.0]))[0], n_mels + 2))
+    mel_f = _mel_to_hz(
+        np.linspace(
+            _hz_to_mel(np.array([0.0]))[0], _hz_to_mel(np.array([sample_rate / 2.0]))[0], n_mels + 2
+        )
+    )
     fdiff = np.diff(mel_f)
     ramps = np.subtract.outer(mel_f, fftfreqs)
     lower = -ramps[:-2] / fdiff[:-1, None]
@@ -358,7 +402,7 @@ def _contrast_bands(sample_rate: int, n_fft: int) -> tuple[tuple[int, int, int],
     octa = np.zeros(_CONTRAST_BANDS + 2)
     octa[1:] = _CONTRAST_FMIN * 2.0 ** np.arange(0, _CONTRAST_BANDS + 1)
     bands = []
-    for k, (f_low, f_high) in enumerate(zip(octa[:-1], octa[1:])):
+    for k, (f_low, f_high) in enumerate(itertools.pairwise(octa)):
         idx = np.flatnonzero((freq >= f_low) & (freq <= f_high))
         if idx.size == 0:
             raise ConfigError(f"spectral_contrast band {k} is empty at sample_rate={sample_rate}")
@@ -377,8 +421,9 @@ def _contrast_bands(sample_rate: int, n_fft: int) -> tuple[tuple[int, int, int],
 class _Analysis:
     """Lazily computed spectra of a batch of equal-length windows ``[batch, n_samples]``."""
 
-    def __init__(self, y: np.ndarray, sample_rate: int, *, n_fft: int = N_FFT,
-                 hop_length: int = HOP_LENGTH) -> None:
+    def __init__(
+        self, y: np.ndarray, sample_rate: int, *, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH
+    ) -> None:
         self.y = y
         self.sample_rate = sample_rate
         self.n_fft = n_fft
@@ -473,7 +518,7 @@ def _estimate_tuning(power: np.ndarray, sample_rate: int, n_fft: int) -> float:
     ref = 0.1 * power.max(axis=-1, keepdims=True)
     gated = np.where(power > ref, power, np.float32(0.0))
     centre = gated[:, lo:hi]
-    is_peak = (centre > gated[:, lo - 1:hi - 1]) & (centre >= gated[:, lo + 1:hi + 1])
+    is_peak = (centre > gated[:, lo - 1 : hi - 1]) & (centre >= gated[:, lo + 1 : hi + 1])
     frame, col = np.nonzero(is_peak)
     if frame.size == 0:
         return 0.0
@@ -494,8 +539,16 @@ def _estimate_tuning(power: np.ndarray, sample_rate: int, n_fft: int) -> float:
     return float(edges[np.argmax(counts)])
 
 
-def _peak_pick(x: np.ndarray, *, pre_max: int, post_max: int, pre_avg: int, post_avg: int,
-               delta: float, wait: int) -> np.ndarray:
+def _peak_pick(
+    x: np.ndarray,
+    *,
+    pre_max: int,
+    post_max: int,
+    pre_avg: int,
+    post_avg: int,
+    delta: float,
+    wait: int,
+) -> np.ndarray:
     """librosa.util.peak_pick for one envelope ``[n]``: indices of the picked peaks.
 
     ``n`` is a peak when ``x[n] == max(x[n - pre_max : n + post_max])`` and
@@ -579,8 +632,13 @@ def _zero_crossing_rate(a: _Analysis) -> np.ndarray:
     n = a.n_fft
     padded = np.pad(a.y, ((0, 0), (n // 2, n // 2)), mode="edge")
     negative = padded < -_ZCR_THRESHOLD
-    changes = np.concatenate([np.zeros((a.y.shape[0], 1), np.int64),
-                              np.cumsum(negative[:, 1:] != negative[:, :-1], axis=-1)], axis=-1)
+    changes = np.concatenate(
+        [
+            np.zeros((a.y.shape[0], 1), np.int64),
+            np.cumsum(negative[:, 1:] != negative[:, :-1], axis=-1),
+        ],
+        axis=-1,
+    )
     starts = np.arange(0, padded.shape[-1] - n + 1, a.hop_length)
     per_frame = changes[:, starts + n - 1] - changes[:, starts]
     return (per_frame / n).mean(axis=-1)
@@ -612,8 +670,14 @@ def _onset_rate(a: _Analysis) -> np.ndarray:
     if n_frames > shift:
         envelope[:, shift:] = flux[:, : n_frames - shift]
     sr, hop = a.sample_rate, a.hop_length
-    params = dict(pre_max=int(0.03 * sr // hop), post_max=1, pre_avg=int(0.10 * sr // hop),
-                  post_avg=int(0.10 * sr // hop) + 1, wait=int(0.03 * sr // hop), delta=0.07)
+    params = dict(
+        pre_max=int(0.03 * sr // hop),
+        post_max=1,
+        pre_avg=int(0.10 * sr // hop),
+        post_avg=int(0.10 * sr // hop) + 1,
+        wait=int(0.03 * sr // hop),
+        delta=0.07,
+    )
     duration_s = a.y.shape[1] / a.sample_rate
     rates = np.zeros(mel_db.shape[0])
     for b, env in enumerate(envelope):

@@ -29,10 +29,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MERT_ONLY_KEYS = (
-    "model_type", "auto_map", "architectures", "attention_relax", "deepnorm",
-    "feature_extractor_cqt", "feature_extractor_cqt_bins", "_name_or_path", "transformers_version",
-    "torch_dtype", "dtype",
-)  # fmt: skip
+    "model_type",
+    "auto_map",
+    "architectures",
+    "attention_relax",
+    "deepnorm",
+    "feature_extractor_cqt",
+    "feature_extractor_cqt_bins",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _G, _V = "encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed.conv.weight_v"
@@ -53,7 +61,9 @@ class MertCheckpoint:
 
     @property
     def sample_rate(self) -> int:
-        return int(self.preprocessor.get("sampling_rate") or self.config.get("sample_rate") or 24000)
+        return int(
+            self.preprocessor.get("sampling_rate") or self.config.get("sample_rate") or 24000
+        )
 
     @property
     def do_normalize(self) -> bool:
@@ -70,7 +80,10 @@ class MertCheckpoint:
     def receptive_field(self) -> int:
         """Samples the CNN front end needs for one output frame (400 for MERT-v1)."""
         rf, jump = 1, 1
-        for k, st in zip(self.config.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2]), self.config.get("conv_stride", [5, 2, 2, 2, 2, 2, 2])):
+        for k, st in zip(
+            self.config.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2]),
+            self.config.get("conv_stride", [5, 2, 2, 2, 2, 2, 2]),
+        ):
             rf += (k - 1) * jump
             jump *= st
         return rf
@@ -128,7 +141,9 @@ def _download(model_id: str, revision: str | None) -> tuple[Path, str]:
     patterns = ["config.json", "preprocessor_config.json", *WEIGHT_FILES]
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
-        path = snapshot_download(model_id, revision=revision, allow_patterns=patterns, local_files_only=True)
+        path = snapshot_download(
+            model_id, revision=revision, allow_patterns=patterns, local_files_only=True
+        )
     except Exception:
         if offline:
             raise ModelError(
@@ -157,10 +172,14 @@ def resolve_checkpoint(model: str | os.PathLike, *, revision: str | None = None)
         directory, rev = _download(text, revision)
         model_id = text
     else:
-        raise ModelError(f"{text}: not a checkpoint directory (no such folder) and not a hub id like 'm-a-p/MERT-v1-95M'")
+        raise ModelError(
+            f"{text}: not a checkpoint directory (no such folder) and not a hub id like 'm-a-p/MERT-v1-95M'"
+        )
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
-        raise ModelError(f"{directory}: no config.json (expected the hub layout: config.json, weights, preprocessor_config.json)")
+        raise ModelError(
+            f"{directory}: no config.json (expected the hub layout: config.json, weights, preprocessor_config.json)"
+        )
     config = _read_json(cfg_path)
     pre_path = directory / "preprocessor_config.json"
     preprocessor = _read_json(pre_path) if pre_path.is_file() else {}
@@ -174,7 +193,9 @@ def resolve_checkpoint(model: str | os.PathLike, *, revision: str | None = None)
 def _check_supported(config: dict[str, Any], where: Path) -> None:
     mtype = config.get("model_type")
     if mtype not in ("mert_model", "hubert"):
-        raise ModelError(f"{where}: model_type {mtype!r} is not a MERT checkpoint (expected 'mert_model')")
+        raise ModelError(
+            f"{where}: model_type {mtype!r} is not a MERT checkpoint (expected 'mert_model')"
+        )
     if config.get("feature_extractor_cqt"):
         raise ModelError(
             f"{where}: feature_extractor_cqt is on; the CQT branch exists only in MERT's remote code, "
@@ -200,7 +221,7 @@ def hubert_config(checkpoint: MertCheckpoint):
     return cfg
 
 
-def read_state_dict(weights_file: Path) -> dict[str, "torch.Tensor"]:
+def read_state_dict(weights_file: Path) -> dict[str, torch.Tensor]:
     """Weights from safetensors, or from the pickle with ``weights_only=True`` (no code runs)."""
     import torch
 
@@ -212,13 +233,15 @@ def read_state_dict(weights_file: Path) -> dict[str, "torch.Tensor"]:
         else:
             state = torch.load(str(weights_file), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"{weights_file}: cannot read weights ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise ModelError(
+            f"{weights_file}: cannot read weights ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     if not isinstance(state, dict):
         raise ModelError(f"{weights_file}: expected a state dict of tensors")
     return state
 
 
-def to_native_keys(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+def to_native_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hub key names → ``HubertModel`` names: strip a ``hubert.``/``mert.`` prefix and map the
     positional conv's ``weight_g``/``weight_v`` onto torch's weight-norm parametrisation."""
     out = {}
@@ -232,7 +255,7 @@ def to_native_keys(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"
     return out
 
 
-def to_hub_keys(state: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+def to_hub_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``HubertModel`` names → the hub's (``weight_g``/``weight_v``), contiguous tensors."""
     return {{_P0: _G, _P1: _V}.get(k, k): v.detach().contiguous() for k, v in state.items()}
 
@@ -255,17 +278,21 @@ class LoadedMert:
 
     checkpoint: MertCheckpoint
     model: Any
-    device: "torch.device"
-    dtype: "torch.dtype"
+    device: torch.device
+    dtype: torch.dtype
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def load_mert(model: str | os.PathLike, *, revision: str | None = None, device="cpu", dtype=None) -> LoadedMert:
+def load_mert(
+    model: str | os.PathLike, *, revision: str | None = None, device="cpu", dtype=None
+) -> LoadedMert:
     """Resolve, build ``HubertModel`` from the MERT config, load weights strictly, fuse weight norm."""
     import torch
     from transformers import HubertModel
 
-    checkpoint = model if isinstance(model, MertCheckpoint) else resolve_checkpoint(model, revision=revision)
+    checkpoint = (
+        model if isinstance(model, MertCheckpoint) else resolve_checkpoint(model, revision=revision)
+    )
     cfg = hubert_config(checkpoint)
     state = to_native_keys(read_state_dict(checkpoint.weights_file))
     net = HubertModel(cfg)
@@ -278,11 +305,15 @@ def load_mert(model: str | os.PathLike, *, revision: str | None = None, device="
         )
     unexpected = sorted(set(state) - expected)
     if unexpected:
-        log.info("ignoring %d tensors not used by the encoder (e.g. %s)", len(unexpected), unexpected[:3])
+        log.info(
+            "ignoring %d tensors not used by the encoder (e.g. %s)", len(unexpected), unexpected[:3]
+        )
     try:
         net.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     except RuntimeError as exc:
-        raise ModelError(f"{checkpoint.weights_file}: weights do not match the config: {str(exc)[:300]}") from None
+        raise ModelError(
+            f"{checkpoint.weights_file}: weights do not match the config: {str(exc)[:300]}"
+        ) from None
     fuse_weight_norm(net)
     net.eval()
     dtype = dtype or torch.float32
@@ -291,7 +322,7 @@ def load_mert(model: str | os.PathLike, *, revision: str | None = None, device="
     return LoadedMert(checkpoint, net, device, dtype)
 
 
-def pooled_hidden_states(loaded: LoadedMert, windows: "torch.Tensor", *, keep_raw: bool = False):
+def pooled_hidden_states(loaded: LoadedMert, windows: torch.Tensor, *, keep_raw: bool = False):
     """Forward a batch of equal-length, already-normalised windows ``[batch, samples]``.
 
     Returns ``pooled [batch, n_layers, dim]`` float32 (time mean of every hidden state) and,
@@ -309,14 +340,37 @@ def pooled_hidden_states(loaded: LoadedMert, windows: "torch.Tensor", *, keep_ra
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                 conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 conv_dim=[512] * 7, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                  conv_dim=[512] * 7, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
-                  do_stable_layer_norm=True, feat_extract_norm="layer", attention_relax=32.0),
-}  # fmt: skip
+    "tiny": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[16] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    ),
+    "base": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        conv_dim=[512] * 7,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+    ),
+    "large": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        conv_dim=[512] * 7,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        attention_relax=32.0,
+    ),
+}
 
 
 def mert_config(preset: str = "base", **overrides: Any) -> dict[str, Any]:
@@ -324,15 +378,31 @@ def mert_config(preset: str = "base", **overrides: Any) -> dict[str, Any]:
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     cfg: dict[str, Any] = {
-        "model_type": "mert_model", "architectures": ["MERTModel"],
-        "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_bias": False,
-        "feat_extract_norm": "group", "feat_extract_activation": "gelu", "feat_proj_layer_norm": True,
-        "do_stable_layer_norm": False, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
-        "hidden_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "feat_proj_dropout": 0.1,
-        "layerdrop": 0.05, "mask_time_prob": 0.05, "initializer_range": 0.02, "sample_rate": 24000,
-        "deepnorm": False, "feature_extractor_cqt": False, "feature_extractor_cqt_bins": 336,
-        "num_feat_extract_layers": 7, "vocab_size": 32,
-    }  # fmt: skip
+        "model_type": "mert_model",
+        "architectures": ["MERTModel"],
+        "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+        "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+        "conv_bias": False,
+        "feat_extract_norm": "group",
+        "feat_extract_activation": "gelu",
+        "feat_proj_layer_norm": True,
+        "do_stable_layer_norm": False,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "hidden_dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.0,
+        "feat_proj_dropout": 0.1,
+        "layerdrop": 0.05,
+        "mask_time_prob": 0.05,
+        "initializer_range": 0.02,
+        "sample_rate": 24000,
+        "deepnorm": False,
+        "feature_extractor_cqt": False,
+        "feature_extractor_cqt_bins": 336,
+        "num_feat_extract_layers": 7,
+        "vocab_size": 32,
+    }
     cfg.update(PRESETS[preset])
     cfg.update(overrides)
     return cfg
@@ -368,12 +438,16 @@ def write_random_checkpoint(
         raise ModelError(f"{out}: folder exists and is not empty; choose a new folder")
     _check_supported(config, out / "config.json")
     torch.manual_seed(seed)
-    net = HubertModel(hubert_config(MertCheckpoint("random", out, "local", config, preprocessor, out)))
+    net = HubertModel(
+        hubert_config(MertCheckpoint("random", out, "local", config, preprocessor, out))
+    )
     state = to_hub_keys(net.state_dict())
     out.mkdir(parents=True, exist_ok=True)
     config = {**config, "mess_random_init": {"seed": seed, "like": str(like) if like else preset}}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n", encoding="utf-8")
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(preprocessor, indent=2) + "\n", encoding="utf-8"
+    )
     if weights_format in ("safetensors", "both"):
         from safetensors.torch import save_file
 
@@ -385,7 +459,11 @@ def write_random_checkpoint(
 
 def _default_preprocessor(sample_rate: int) -> dict[str, Any]:
     return {
-        "do_normalize": True, "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
-        "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True,
+        "do_normalize": True,
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": True,
         "sampling_rate": sample_rate,
-    }  # fmt: skip
+    }

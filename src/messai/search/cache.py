@@ -27,23 +27,37 @@ INCREMENTAL_MAX_FRACTION = 0.1
 
 
 def index_dir(home: Path, store, layer: int, *, normalize: str, kind: str) -> Path:
-    return Path(home) / "indices" / store.dataset / store.root.name / f"layer{layer:02d}-{normalize}-{kind}"
+    return (
+        Path(home)
+        / "indices"
+        / store.dataset
+        / store.root.name
+        / f"layer{layer:02d}-{normalize}-{kind}"
+    )
 
 
-def index_fingerprint(store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None = None) -> str:
+def index_fingerprint(
+    store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None = None
+) -> str:
     blob = json.dumps([store.fingerprint(), layer, normalize, kind, params or {}], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def _versions(store, ids: list[str]) -> dict[str, str]:
-    return {t: f"{store.entries[t]['content_hash']}:{store.entries[t].get('extracted_at')}" for t in ids}
+    return {
+        t: f"{store.entries[t]['content_hash']}:{store.entries[t].get('extracted_at')}" for t in ids
+    }
 
 
-def layer_vectors(store, layer: int, track_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+def layer_vectors(
+    store, layer: int, track_ids: list[str] | None = None
+) -> tuple[list[str], np.ndarray]:
     """Track-level vectors ``[n_tracks, dim]`` float32 of one layer (mean of the windows)."""
     ids = track_ids if track_ids is not None else store.track_ids()
     if not 0 <= layer < store.n_layers:
-        raise ConfigError(f"layer {layer} out of range: the store's model has layers 0..{store.n_layers - 1}")
+        raise ConfigError(
+            f"layer {layer} out of range: the store's model has layers 0..{store.n_layers - 1}"
+        )
     out = np.empty((len(ids), store.dim), dtype=np.float32)
     for i, tid in enumerate(ids):
         out[i] = store.load_aggregated(tid)[layer]
@@ -64,14 +78,24 @@ def _build_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def stale_command(store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None) -> str:
+def stale_command(
+    store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None
+) -> str:
     """The exact 'mess index' command that rebuilds one index."""
-    flags = {"M": "--hnsw-m", "efConstruction": "--ef-construction", "efSearch": "--ef-search", "nlist": "--nlist", "nprobe": "--nprobe"}
+    flags = {
+        "M": "--hnsw-m",
+        "efConstruction": "--ef-construction",
+        "efSearch": "--ef-search",
+        "nlist": "--nlist",
+        "nprobe": "--nprobe",
+    }
     extra = "".join(f" {flags[k]} {v}" for k, v in (params or {}).items() if k in flags)
     from shlex import quote
 
-    return (f"mess index --dataset {quote(store.dataset)} --model {quote(store.model_id)} --layers {layer} "
-            f"--kind {kind} --normalize {normalize}{extra}")  # fmt: skip
+    return (
+        f"mess index --dataset {quote(store.dataset)} --model {quote(store.model_id)} --layers {layer} "
+        f"--kind {kind} --normalize {normalize}{extra}"
+    )
 
 
 @dataclass
@@ -83,24 +107,48 @@ class IndexOutcome:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "path": str(self.path), "action": self.action, "n_tracks": self.n_tracks, "seconds": round(self.seconds, 4)}
+        return {
+            "layer": self.layer,
+            "path": str(self.path),
+            "action": self.action,
+            "n_tracks": self.n_tracks,
+            "seconds": round(self.seconds, 4),
+        }
 
 
-def build_layer_index(home: Path, store, layer: int, *, normalize: str = "center", kind: str = "flat",
-                      params: dict[str, Any] | None = None, force: bool = False) -> IndexOutcome:  # fmt: skip
+def build_layer_index(
+    home: Path,
+    store,
+    layer: int,
+    *,
+    normalize: str = "center",
+    kind: str = "flat",
+    params: dict[str, Any] | None = None,
+    force: bool = False,
+) -> IndexOutcome:
     """Build (or bring up to date) the index of one layer and save it atomically."""
     import time
 
     t0 = time.perf_counter()
     path = index_dir(home, store, layer, normalize=normalize, kind=kind)
     with _build_lock(path):
-        out = _build_locked(path, store, layer, normalize=normalize, kind=kind, params=params, force=force)
+        out = _build_locked(
+            path, store, layer, normalize=normalize, kind=kind, params=params, force=force
+        )
     out.seconds = time.perf_counter() - t0
     return out
 
 
-def _build_locked(path: Path, store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None,
-                  force: bool) -> IndexOutcome:  # fmt: skip
+def _build_locked(
+    path: Path,
+    store,
+    layer: int,
+    *,
+    normalize: str,
+    kind: str,
+    params: dict[str, Any] | None,
+    force: bool,
+) -> IndexOutcome:
     from messai.search.layer_index import LayerIndex, build_index
 
     ids = store.track_ids()
@@ -120,11 +168,20 @@ def _build_locked(path: Path, store, layer: int, *, normalize: str, kind: str, p
     if old is not None and old.fingerprint == fp:
         return IndexOutcome(layer, path, "up to date", len(old))
     versions = _versions(store, ids)
-    meta = {"dataset": store.dataset, "model": store.model_id, "layer": layer, "versions": versions,
-            "params_requested": params or {}}  # fmt: skip
+    meta = {
+        "dataset": store.dataset,
+        "model": store.model_id,
+        "layer": layer,
+        "versions": versions,
+        "params_requested": params or {},
+    }
     # Appending keeps the old corpus statistics, so an exact flat index is only appended to when it
     # has none (l2); flat center/zscore indices are cheap to rebuild and then equal a fresh build.
-    if old is not None and old.meta.get("params_requested") == (params or {}) and (kind != "flat" or normalize == "l2"):
+    if (
+        old is not None
+        and old.meta.get("params_requested") == (params or {})
+        and (kind != "flat" or normalize == "l2")
+    ):
         before = old.meta.get("versions", {})
         new_ids = [t for t in ids if t not in before]
         unchanged = set(before) <= set(ids) and all(versions[t] == v for t, v in before.items())
@@ -135,7 +192,9 @@ def _build_locked(path: Path, store, layer: int, *, normalize: str, kind: str, p
             _save(old, path)
             return IndexOutcome(layer, path, "appended", len(old))
     _, vecs = layer_vectors(store, layer, ids)
-    index = build_index(vecs, ids, kind=kind, normalize=normalize, params=params, fingerprint=fp, meta=meta)
+    index = build_index(
+        vecs, ids, kind=kind, normalize=normalize, params=params, fingerprint=fp, meta=meta
+    )
     _save(index, path)
     return IndexOutcome(layer, path, "built", len(index))
 
@@ -147,8 +206,15 @@ def _save(index, path: Path) -> None:
         raise SearchIndexError(f"{path}: cannot write the index ({exc.strerror or exc})") from None
 
 
-def load_layer_index(home: Path, store, layer: int, *, normalize: str = "center", kind: str = "flat",
-                     on_notice: Callable[[str], None] | None = None):  # fmt: skip
+def load_layer_index(
+    home: Path,
+    store,
+    layer: int,
+    *,
+    normalize: str = "center",
+    kind: str = "flat",
+    on_notice: Callable[[str], None] | None = None,
+):
     """The up-to-date index of one layer: loaded from the cache; a missing or stale flat index is
     (re)built on the fly with a notice; a missing or stale hnsw/ivf index is an error."""
     from messai.search.layer_index import LayerIndex
@@ -160,7 +226,9 @@ def load_layer_index(home: Path, store, layer: int, *, normalize: str = "center"
     with _build_lock(path):  # another process may have rebuilt it meanwhile
         index = _load_if_fresh(path, store, layer, normalize=normalize, kind=kind, on_notice=None)
         if index is None:
-            _build_locked(path, store, layer, normalize=normalize, kind=kind, params=None, force=True)
+            _build_locked(
+                path, store, layer, normalize=normalize, kind=kind, params=None, force=True
+            )
             index = LayerIndex.load(path)
     return index
 
@@ -182,14 +250,24 @@ def _load_if_fresh(path: Path, store, layer: int, *, normalize: str, kind: str, 
     params = index.meta.get("params_requested") if index is not None else None
     command = stale_command(store, layer, normalize=normalize, kind=kind, params=params)
     if index is not None:
-        if index.fingerprint == index_fingerprint(store, layer, normalize=normalize, kind=kind, params=params):
+        if index.fingerprint == index_fingerprint(
+            store, layer, normalize=normalize, kind=kind, params=params
+        ):
             return index
         if kind != "flat":
-            raise SearchIndexError(f"the {kind} index of layer {layer} of {store.dataset!r} is stale (the store changed); run: {command}")
+            raise SearchIndexError(
+                f"the {kind} index of layer {layer} of {store.dataset!r} is stale (the store changed); run: {command}"
+            )
         if on_notice:
-            on_notice(f"note: layer {layer} index of {store.dataset!r} was stale (the store changed); rebuilding it")
+            on_notice(
+                f"note: layer {layer} index of {store.dataset!r} was stale (the store changed); rebuilding it"
+            )
     elif kind != "flat":
-        raise SearchIndexError(f"no {kind} index for layer {layer} of {store.dataset!r}; run: {command}")
+        raise SearchIndexError(
+            f"no {kind} index for layer {layer} of {store.dataset!r}; run: {command}"
+        )
     elif on_notice:
-        on_notice(f"note: building the layer {layer} index of {store.dataset!r} ({len(store)} tracks)")
+        on_notice(
+            f"note: building the layer {layer} index of {store.dataset!r} ({len(store)} tracks)"
+        )
     return None

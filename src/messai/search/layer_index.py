@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -641,14 +642,16 @@ class LayerIndex:
         want = min(n, k + extra)
         todo = np.arange(m)
         while len(todo):
-            D, I = _faiss_search(self._index, np.ascontiguousarray(Qn[todo]), want)
+            D, found = _faiss_search(self._index, np.ascontiguousarray(Qn[todo]), want)
             unfinished = []
             for row, q in enumerate(todo):
                 excluded = exclude[q] if exclude is not None else ()
-                keep = [j for j, p in enumerate(I[row]) if p >= 0 and int(p) not in excluded][:k]
+                keep = [j for j, p in enumerate(found[row]) if p >= 0 and int(p) not in excluded][
+                    :k
+                ]
                 sims[q, : len(keep)] = D[row, keep]
-                positions[q, : len(keep)] = I[row, keep]
-                exhausted = want >= n or bool((I[row] < 0).any())
+                positions[q, : len(keep)] = found[row, keep]
+                exhausted = want >= n or bool((found[row] < 0).any())
                 if len(keep) < k and not exhausted:
                     unfinished.append(q)
             todo = np.array(unfinished, dtype=np.int64)
@@ -1038,8 +1041,12 @@ def fuse(
             candidates.setdefault(index.track_ids[p], None)
     ids = list(candidates)
     if not ids:
-        return FusionResult([], np.zeros(0, np.float32), np.zeros((0, len(parts)), np.float32),
-                            tuple(weights.tolist()))
+        return FusionResult(
+            [],
+            np.zeros(0, np.float32),
+            np.zeros((0, len(parts)), np.float32),
+            tuple(weights.tolist()),
+        )
 
     layer_sims = np.stack(
         [_exact_similarities(index, qn, ids) for (_, index, _), qn in zip(parts, queries)], axis=1

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from messai.errors import ConfigError, MessError
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,9 @@ def parse_aspect_spec(spec: str) -> tuple[str, float]:
     try:
         w = float(weight) if weight else 1.0
     except ValueError:
-        raise ConfigError(f"invalid aspect weight in {spec!r}: expected a number after ':'") from None
+        raise ConfigError(
+            f"invalid aspect weight in {spec!r}: expected a number after ':'"
+        ) from None
     if not w > 0:
         raise ConfigError(f"aspect weight must be positive in {spec!r}")
     return name, w
@@ -70,7 +71,9 @@ class LayerBasedRecommender:
 
             self._aspects = aspect_map(self.store)
             if any(e.stale for e in self._aspects.values()):
-                self.on_notice(f"note: the store changed after the last probe; aspect layers may be outdated (re-run 'mess probe --dataset {self.store.dataset}')")
+                self.on_notice(
+                    f"note: the store changed after the last probe; aspect layers may be outdated (re-run 'mess probe --dataset {self.store.dataset}')"
+                )
         return self._aspects
 
     def get_available_aspects(self) -> dict[str, dict[str, Any]]:
@@ -88,14 +91,23 @@ class LayerBasedRecommender:
             from messai.search.cache import load_layer_index
 
             if not 0 <= layer < self.store.n_layers:
-                raise ConfigError(f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}")
+                raise ConfigError(
+                    f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}"
+                )
             self._indices[layer] = load_layer_index(
-                self.home, self.store, layer, normalize=self.normalize, kind=self.kind, on_notice=self.on_notice
+                self.home,
+                self.store,
+                layer,
+                normalize=self.normalize,
+                kind=self.kind,
+                on_notice=self.on_notice,
             )
         return self._indices[layer]
 
     # ------------------------------------------------------------------ queries
-    def plan(self, aspect: str | Sequence[str], layer: int | None = None) -> list[tuple[str, int, float]]:
+    def plan(
+        self, aspect: str | Sequence[str], layer: int | None = None
+    ) -> list[tuple[str, int, float]]:
         """``(aspect, layer, weight)`` per requested aspect; errors for unknown aspects or layers."""
         from messai.analysis.aspects import ASPECTS
 
@@ -103,12 +115,18 @@ class LayerBasedRecommender:
         if not specs:
             raise ConfigError("give at least one aspect")
         if layer is not None and len(specs) > 1:
-            raise ConfigError("--layer overrides the layer of one aspect; with several aspects each uses its own layer")
+            raise ConfigError(
+                "--layer overrides the layer of one aspect; with several aspects each uses its own layer"
+            )
         names = [parse_aspect_spec(spec)[0] for spec in specs]
         if len(set(names)) < len(names):
-            raise ConfigError(f"an aspect is given twice ({', '.join(names)}); give each once, with a weight")
+            raise ConfigError(
+                f"an aspect is given twice ({', '.join(names)}); give each once, with a weight"
+            )
         if layer is not None and not 0 <= layer < self.store.n_layers:
-            raise ConfigError(f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}")
+            raise ConfigError(
+                f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}"
+            )
         parts = []
         for spec in specs:
             name, weight = parse_aspect_spec(spec)
@@ -123,8 +141,12 @@ class LayerBasedRecommender:
         for label in exclude_same:
             value = labels.get(label)
             if value is None:
-                known = sorted({k for t in self.store.track_ids()[:1000] for k in self.store.labels(t)})
-                raise ConfigError(f"--exclude-same {label}: track {track_id!r} has no {label!r} label (labels here: {', '.join(known) or 'none'})")
+                known = sorted(
+                    {k for t in self.store.track_ids()[:1000] for k in self.store.labels(t)}
+                )
+                raise ConfigError(
+                    f"--exclude-same {label}: track {track_id!r} has no {label!r} label (labels here: {', '.join(known) or 'none'})"
+                )
             out |= {t for t in self.store.track_ids() if self.store.labels(t).get(label) == value}
         out.discard(track_id)
         return out
@@ -151,14 +173,26 @@ class LayerBasedRecommender:
         parts = self.plan(aspect, layer)
         excluded = self._exclusions(reference_track, exclude_same)
         if len(parts) == 1:
-            sims, ids = self.index(parts[0][1]).search_track(reference_track, n_recommendations, exclude_ids=excluded)
+            sims, ids = self.index(parts[0][1]).search_track(
+                reference_track, n_recommendations, exclude_ids=excluded
+            )
             per_layer = None
         else:
             from messai.search.layer_index import fuse
 
-            res = fuse([(w, self.index(lay), reference_track) for _, lay, w in parts], n_recommendations, exclude_ids=excluded)
+            res = fuse(
+                [(w, self.index(lay), reference_track) for _, lay, w in parts],
+                n_recommendations,
+                exclude_ids=excluded,
+            )
             sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
-        return self._result({"track_id": reference_track, "dataset": self.store.dataset}, parts, sims, ids, per_layer)
+        return self._result(
+            {"track_id": reference_track, "dataset": self.store.dataset},
+            parts,
+            sims,
+            ids,
+            per_layer,
+        )
 
     def recommend_audio(
         self,
@@ -179,13 +213,22 @@ class LayerBasedRecommender:
             model_rev = m.get("requested_revision") or m["revision"]
         else:
             model_rev = None
-        fx = FeatureExtractor(model, revision=model_rev, device=device, precision=s.get("precision", "float32"),
-                              segment_seconds=s["segment_seconds"], hop_seconds=s["hop_seconds"],
-                              min_seconds=s["min_seconds"], compute_targets=False)  # fmt: skip
+        fx = FeatureExtractor(
+            model,
+            revision=model_rev,
+            device=device,
+            precision=s.get("precision", "float32"),
+            segment_seconds=s["segment_seconds"],
+            hop_seconds=s["hop_seconds"],
+            min_seconds=s["min_seconds"],
+            compute_targets=False,
+        )
         parts = self.plan(aspect, layer)
         n_recommendations = min(max(1, n_recommendations), len(self.store))
         now = fx.checkpoint.identity()
-        changed = [k for k in ("id", "config_hash", "weights_sha256", "revision") if now.get(k) != m.get(k)]
+        changed = [
+            k for k in ("id", "config_hash", "weights_sha256", "revision") if now.get(k) != m.get(k)
+        ]
         if changed:
             raise MessError(
                 f"the checkpoint {model} is not the one the store was built with ({', '.join(changed)} differ); "
@@ -193,16 +236,22 @@ class LayerBasedRecommender:
             )
         aggregated = fx.extract(path)["aggregated"]  # [n_layers, dim]
         if len(parts) == 1:
-            sims, pos = self.index(parts[0][1]).search(aggregated[parts[0][1]][None], n_recommendations)
+            sims, pos = self.index(parts[0][1]).search(
+                aggregated[parts[0][1]][None], n_recommendations
+            )
             keep = pos[0] >= 0
             ids = [self.index(parts[0][1]).track_ids[p] for p in pos[0][keep]]
             sims, per_layer = sims[0][keep], None
         else:
             from messai.search.layer_index import fuse
 
-            res = fuse([(w, self.index(lay), aggregated[lay]) for _, lay, w in parts], n_recommendations)
+            res = fuse(
+                [(w, self.index(lay), aggregated[lay]) for _, lay, w in parts], n_recommendations
+            )
             sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
-        return self._result({"audio": str(path), "dataset": self.store.dataset}, parts, sims, ids, per_layer)
+        return self._result(
+            {"audio": str(path), "dataset": self.store.dataset}, parts, sims, ids, per_layer
+        )
 
     def _result(self, query: dict, parts, sims, ids, per_layer) -> dict[str, Any]:
         single = len(parts) == 1
