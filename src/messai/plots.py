@@ -15,7 +15,7 @@ def save_figure(fig, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     from messai.errors import ConfigError
-    from messai.features.store import atomic_write_bytes
+    from messai.files import atomic_write_bytes
 
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".") or "png"

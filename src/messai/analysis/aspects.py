@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from messai.errors import ConfigError
+from messai.numeric import finite_or_none
 
 #: aspect → one-line description
 ASPECTS: dict[str, str] = {
@@ -60,10 +61,6 @@ class AspectLayer:
         return asdict(self)
 
 
-def _finite(x: Any) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else round(float(x), 4)
-
-
 def aspect_map_from_probe(
     probe: dict[str, Any] | None, *, min_r2: float = 0.5, stale: bool = False
 ) -> dict[str, AspectLayer]:
@@ -98,9 +95,11 @@ def aspect_map_from_probe(
                 SOURCE_PROBE if ok else SOURCE_PROBE_UNVALIDATED,
                 ok,
                 name,
-                _finite(r2),
-                _finite(res.control_r2[layer]),
-                _finite(res.random_model_r2[layer]) if res.random_model_r2 is not None else None,
+                finite_or_none(r2, ndigits=4),
+                finite_or_none(res.control_r2[layer], ndigits=4),
+                finite_or_none(res.random_model_r2[layer], ndigits=4)
+                if res.random_model_r2 is not None
+                else None,
                 description,
                 stale,
             )

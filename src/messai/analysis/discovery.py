@@ -161,7 +161,8 @@ class LayerDiscovery:
         return results
 
     def save(self, results) -> Path:
-        from messai.features.store import atomic_write_json, now_iso
+        from messai.features.store import now_iso
+        from messai.files import atomic_write_json
 
         meta: dict[str, Any] = {
             "dataset": self.store.dataset,

@@ -108,6 +108,7 @@ from typing import Any, Literal
 import numpy as np
 
 from messai.errors import ConfigError, MessError
+from messai.numeric import finite_or_none, single_threaded_blas
 
 __all__ = [
     "DEFAULT_RELATIVE_ALPHAS",
@@ -692,15 +693,8 @@ def _floats(values: Any) -> list[float]:
     return [float(v) for v in np.asarray(values, dtype=np.float64).ravel()]
 
 
-def _json_float(value: float | None) -> float | None:
-    """NaN/inf (and None) become None so that ``json.dumps`` writes ``null``."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _json_list(values: Sequence[float] | None) -> list[float | None] | None:
-    return None if values is None else [_json_float(v) for v in values]
+    return None if values is None else [finite_or_none(v) for v in values]
 
 
 def _from_json_list(values: Sequence[float | None] | None) -> list[float] | None:
@@ -782,7 +776,7 @@ class TargetProbeResult:
             "selectivity_baseline": self.selectivity_baseline,
             "best_layer": self.best_layer,
             "runner_up_layer": self.runner_up_layer,
-            "margin_over_median": _json_float(self.margin_over_median),
+            "margin_over_median": finite_or_none(self.margin_over_median),
             "fold_wins_over_runner_up": self.fold_wins_over_runner_up,
             "beats_runner_up": self.beats_runner_up,
         }
@@ -990,19 +984,6 @@ def _check_targets(targets: Mapping[str, Any], transforms: Mapping[str, str] | N
             )
 
 
-def _single_threaded_blas() -> Any:
-    """Context limiting BLAS/LAPACK to one thread (no-op without threadpoolctl)."""
-    import scipy.linalg.lapack  # noqa: F401  (load scipy's OpenBLAS first, so it is limited too)
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def _resolve_jobs(n_jobs: int | None) -> int:
     """scikit-learn's convention: None → 1, -1 → all CPUs, -2 → all but one ..."""
     import os
@@ -1054,7 +1035,7 @@ def _run_layers(
         logger.debug("probed layer %d/%d", layer + 1, n_layers)
 
     jobs = min(n_jobs, n_layers)
-    with _single_threaded_blas():
+    with single_threaded_blas():
         if jobs <= 1:
             for layer in range(n_layers):
                 probe_one(layer)

@@ -171,6 +171,6 @@ def bench_speed_command(
     report["cold_start"] = speed.bench_cold_start(n_tracks=1000, runs=3 if quick else 7)
     print_json(report)
     if out is not None:
-        from messai.features.store import atomic_write_bytes
+        from messai.files import atomic_write_bytes
 
         atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
+from messai.numeric import json_safe
+
 
 @functools.cache
 def out_console():
@@ -145,26 +147,15 @@ def settings_from(**flags: Any):
     return resolve_settings(clean)[0]
 
 
-def _finite(obj: Any) -> Any:
-    """NaN and ±inf → null: JSON has no such numbers, and parsers choke on them."""
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def print_json(obj: Any) -> None:
     text = json.dumps(
-        _finite(json.loads(json.dumps(obj, default=_json_default))), ensure_ascii=False, indent=2
+        json_safe(json.loads(json.dumps(obj, default=_json_default))), ensure_ascii=False, indent=2
     )
     sys.stdout.write(text + "\n")
 
 
 def print_json_line(obj: Any) -> None:
-    sys.stdout.write(json.dumps(_finite(obj), ensure_ascii=False, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(json_safe(obj), ensure_ascii=False, default=_json_default) + "\n")
     sys.stdout.flush()
 
 

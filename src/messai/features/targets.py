@@ -32,19 +32,17 @@ chroma_entropy        log2(12) bits (no pitch class dominates; the maximum)
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
-import os
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from messai.errors import AudioError, ConfigError
+from messai.numeric import single_threaded_blas
 
 N_FFT = 2048
 """FFT size and frame length in samples (librosa's default)."""
@@ -204,7 +202,7 @@ def compute_targets(
     by_length: dict[int, list[int]] = {}
     for i, y in enumerate(signals):
         by_length.setdefault(len(y), []).append(i)
-    with _single_threaded_blas():
+    with single_threaded_blas():
         for indices in by_length.values():
             for start in range(0, len(indices), _BATCH):
                 chunk = indices[start : start + _BATCH]
@@ -212,58 +210,6 @@ def compute_targets(
                 for name in wanted:
                     out[name][chunk] = _COMPUTE[name](analysis)
     return out
-
-
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter = None  # the active threadpoolctl limiter while _blas_users > 0
-
-
-@contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """Limit numpy's own BLAS to one thread while computing targets.
-
-    The matrix products here are small: multi-threaded OpenBLAS gains little on them, and when
-    the cores are busy its spinning worker threads made the whole computation about 2x slower
-    (loaded 2-core machine: median 48 ms per 5 s window with 2 BLAS threads, 25 ms with one,
-    before the contrast sort got faster). Only the BLAS library that numpy loaded is touched
-    (not torch's). Reference-counted, so concurrent callers restore the
-    original setting exactly once. A no-op without threadpoolctl (scikit-learn depends on it).
-    """
-    global _blas_users, _blas_limiter
-    controller = _numpy_blas_controller()
-    if controller is None:
-        yield
-        return
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limiter = controller.limit(limits=1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0 and _blas_limiter is not None:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
-
-
-@functools.lru_cache(maxsize=1)
-def _numpy_blas_controller():  # -> threadpoolctl.ThreadpoolController | None
-    """A threadpoolctl controller for the BLAS vendored with numpy, or None."""
-    try:
-        import threadpoolctl
-    except ImportError:  # pragma: no cover - scikit-learn depends on it
-        return None
-    numpy_dir = os.path.dirname(np.__file__)  # numpy/ and numpy.libs/ (manylinux wheels)
-    controller = threadpoolctl.ThreadpoolController()
-    paths = [
-        info["filepath"]
-        for info in controller.info()
-        if info.get("user_api") == "blas" and str(info.get("filepath", "")).startswith(numpy_dir)
-    ]
-    return controller.select(filepath=paths) if paths else None
 
 
 def _resolve_names(names: Iterable[str] | None) -> list[str]:

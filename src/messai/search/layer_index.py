@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from messai.errors import ConfigError, SearchIndexError, TrackNotFoundError
+from messai.files import fsync_dir, fsync_file, swap_dir_into_place
 
 if TYPE_CHECKING:  # pragma: no cover
     import faiss as faiss_module
@@ -712,7 +713,10 @@ class LayerIndex:
         try:
             os.chmod(tmp, target.parent.stat().st_mode & 0o777)  # mkdtemp makes it 0700
             self._write_files(tmp)
-            _swap_into_place(tmp, target)
+            swap_dir_into_place(tmp, target)
+        except NotADirectoryError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SearchIndexError(f"{target}: exists and is not an index directory") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -721,7 +725,7 @@ class LayerIndex:
     def _write_files(self, directory: Path) -> None:
         faiss = _faiss()
         faiss.write_index(self._index, str(directory / _INDEX_FILE))
-        _fsync_file(directory / _INDEX_FILE)
+        fsync_file(directory / _INDEX_FILE)
         stats = ((_MEAN_FILE, self.normalizer.mean_), (_SCALE_FILE, self.normalizer.scale_))
         for name, array in stats:
             with open(directory / name, "wb") as fh:
@@ -752,7 +756,7 @@ class LayerIndex:
             json.dump(record, fh, separators=(",", ":"))
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> LayerIndex:
@@ -813,49 +817,6 @@ def _sort_rows(sims: np.ndarray, positions: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------------------------
 # persistence helpers
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` directory to ``target``, replacing any previous index.
-
-    A directory cannot be renamed over a non-empty one, so an old index is first renamed
-    aside and removed afterwards. A crash between the two renames leaves no index at
-    ``target`` (load fails cleanly; rebuild), never a half-written one.
-    """
-    import shutil
-    import tempfile
-
-    old: Path | None = None
-    if target.exists():
-        if not target.is_dir():
-            raise SearchIndexError(f"{target}: exists and is not an index directory")
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / "index")
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 _META_KEYS = {
