@@ -91,7 +91,7 @@ def test_group_by_missing_label_is_clear(small_store):
 def test_targets_recomputed_from_audio(small_store):
     store = FeatureStore.open("lib")
     before = store.load("w0/t0")["targets"]["spectral_centroid"].copy()
-    path = store._track_path("w0/t0")
+    path = store.track_file("w0/t0")
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files if not k.startswith("target__")}
     np.savez(path, **arrays)  # a store extracted before targets existed

@@ -85,13 +85,9 @@ def test_store_matches_independent_forward(music_dir, tiny_ckpt):
             )
         np.testing.assert_allclose(got["aggregated"], got["segments"].mean(0), atol=1e-6)
     assert list(store.load("a")["lengths"]) == [120000, 120000, round(1.3 * 24000)]
-    m = store.manifest
-    assert (
-        m["model"]["config_hash"]
-        and m["model"]["revision"] == "local"
-        and m["model"]["weights_sha256"]
-    )
-    assert m["settings"] == {
+    model = store.model
+    assert model["config_hash"] and model["revision"] == "local" and model["weights_sha256"]
+    assert store.settings == {
         "sample_rate": 24000,
         "segment_seconds": 5.0,
         "hop_seconds": 5.0,
@@ -100,13 +96,11 @@ def test_store_matches_independent_forward(music_dir, tiny_ckpt):
         "store_dtype": "float32",
         "precision": "float32",
     }
-    entry = m["tracks"]["a"]
+    entry = store.entry("a")
     assert (
-        entry["content_hash"]
-        and entry["n_segments"] == 3
-        and abs(entry["duration_seconds"] - 11.3) < 1e-3
+        entry.content_hash and entry.n_segments == 3 and abs(entry.duration_seconds - 11.3) < 1e-3
     )
-    assert m["code_version"]
+    assert store.code_version
 
 
 def test_python_api_matches_store(music_dir, tiny_ckpt):
@@ -133,7 +127,7 @@ def test_rerun_does_no_model_work_and_changed_file_is_redone(music_dir, tiny_ckp
         "--quiet",
     ]
     assert mess(*args).exit_code == 0
-    before = FeatureStore.open("x").manifest["tracks"]
+    before = {e.track_id: e for e in FeatureStore.open("x").iter_entries()}
 
     import messai.models.mert as mert
 
@@ -151,11 +145,9 @@ def test_rerun_does_no_model_work_and_changed_file_is_redone(music_dir, tiny_ckp
     write_audio(music_dir / "a.wav", 6.0, 44100, freq=800)
     r = runner.invoke(app, [str(a) for a in args[:-1]])
     assert r.exit_code == 0 and "1 extracted, 1 up to date" in r.output
-    after = FeatureStore.open("x").manifest["tracks"]
-    assert (
-        after["a"]["content_hash"] != before["a"]["content_hash"] and after["a"]["n_segments"] == 2
-    )
-    assert after["sub/b"]["extracted_at"] == before["sub/b"]["extracted_at"]
+    after = {e.track_id: e for e in FeatureStore.open("x").iter_entries()}
+    assert after["a"].content_hash != before["a"].content_hash and after["a"].n_segments == 2
+    assert after["sub/b"].extracted_at == before["sub/b"].extracted_at
     r = runner.invoke(app, [str(a) for a in args[:-1]] + ["--force"])
     assert "2 extracted" in r.output
 
@@ -193,7 +185,7 @@ def test_bad_input_is_reported_and_skipped(tmp_path, tiny_ckpt):
         data = store.load(tid)
         assert np.isfinite(data["segments"]).all(), tid
         assert all(np.isfinite(v).all() for v in data["targets"].values()), tid
-    assert store.manifest["tracks"]["coprime"]["n_segments"] == 1
+    assert store.entry("coprime").n_segments == 1
     failed = {row["track_id"] for row in store.track_rows() if row["status"] != "ok"}
     assert failed == {"empty", "text", "fake", "short", "nan", "trunc"}
 
@@ -397,7 +389,7 @@ def test_smd_tree_gets_ids_and_labels_and_probes_by_work(tmp_path, tiny_ckpt):
     r = mess("extract", d, "--model", tiny_ckpt, "--device", "cpu", "-q")
     assert r.exit_code == 0, r.output
     store = FeatureStore.open("SMD")
-    assert store.manifest["source"]["kind"] == "smd"
+    assert store.source_kind == "smd"
     assert "Bach_BWV849-01" in store.track_ids() and "Ravel_JeuxDEau" in store.track_ids()
     assert store.labels("Chopin_Op028-04") == {
         "composer": "Chopin",
@@ -480,7 +472,7 @@ def test_maestro_tree_with_split_and_limit(tmp_path, tiny_ckpt):
     )
     assert r.exit_code == 0, r.output
     store = FeatureStore.open("m")
-    assert store.manifest["source"]["kind"] == "maestro"
+    assert store.source_kind == "maestro"
     assert len(store.track_ids()) == 1 and store.track_ids()[0] in train
     labels = store.labels(store.track_ids()[0])
     assert labels["split"] == "train" and labels["work"] == labels["title"]

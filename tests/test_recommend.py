@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from messai.cli import app
+from messai.features.records import TrackEntry, track_arrays
 from messai.features.store import FeatureStore
 from tests.synthetic_store import make_store
 
@@ -194,14 +195,14 @@ def test_stale_index_is_rebuilt_with_notice_or_refused(store, isolated_env):
     # the store changes: one track re-extracted
     make_store(Path(isolated_env), "other")
     data = store.load("c0/track 000")
-    entry = dict(store.entries["c0/track 000"], content_hash="changed")
+    entry = store.entry("c0/track 000").with_changes(content_hash="changed")
     arrays = {
         "segments": data["segments"] + 1,
         "aggregated": data["aggregated"] + 1,
         "starts": data["starts"],
         "lengths": data["lengths"],
     }
-    FeatureStore.open("syn").put("c0/track 000", arrays, entry)
+    FeatureStore.open("syn").put(entry, arrays)
     r = runner.invoke(
         app, ["recommend", "-d", "syn", "--track", "c0/track 004", "--layer", "0", "-f", "json"]
     )
@@ -233,9 +234,8 @@ def test_index_is_incremental_when_tracks_are_added(store, isolated_env):
     s = FeatureStore.open("syn")
     seg = np.ones((2, 4, 16), np.float32)
     s.put(
-        "new/one",
-        {"segments": seg, "aggregated": seg.mean(0), "starts": np.zeros(2), "lengths": np.zeros(2)},
-        {"content_hash": "n1", "n_segments": 2, "duration_seconds": 10.0, "labels": {}},
+        TrackEntry("new/one", "new/one.wav", 1, 1, "n1", 10.0, 2),
+        track_arrays(seg, np.zeros(2), np.zeros(2), {}, store_dtype="float32"),
     )
     out = json.loads(
         runner.invoke(

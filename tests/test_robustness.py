@@ -55,7 +55,7 @@ def test_force_with_new_settings_is_recorded(lib, tiny_ckpt):
     assert r.exit_code == 0, r.output
     store = FeatureStore.open("x")
     assert store.settings["hop_seconds"] == 2.5
-    assert store.manifest["tracks"]["a"]["n_segments"] == len(store.load("a")["segments"]) == 4
+    assert store.entry("a").n_segments == len(store.load("a")["segments"]) == 4
     r = mess(
         "extract", lib, "-d", "x", "--model", tiny_ckpt, "--device", "cpu", "--hop-seconds", "2.5"
     )
@@ -79,7 +79,7 @@ def test_file_changing_while_read_fails_and_is_redone(lib, tiny_ckpt, monkeypatc
     assert r.exit_code == 1 and "a.wav: changed while it was being read" in r.output
     assert FeatureStore.open("c").track_ids() == ["b"]
     r = mess("extract", lib, "-d", "c", "--model", tiny_ckpt, "--device", "cpu", "-q")
-    assert r.exit_code == 0 and FeatureStore.open("c").manifest["tracks"]["a"]["n_segments"] == 3
+    assert r.exit_code == 0 and FeatureStore.open("c").entry("a").n_segments == 3
 
 
 def test_a_failing_forward_fails_only_its_track(lib, tiny_ckpt, monkeypatch):
@@ -154,11 +154,11 @@ def test_missing_or_damaged_track_files(lib, tiny_ckpt):
         == 0
     )
     store = FeatureStore.open("m")
-    store._track_path("a").unlink()
+    store.track_file("a").unlink()
     r = mess("extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu")
     assert r.exit_code == 0 and "1 extracted, 1 up to date" in r.output
     store = FeatureStore.open("m")
-    store._track_path("b").write_bytes(b"PK\x03\x04 garbage")
+    store.track_file("b").write_bytes(b"PK\x03\x04 garbage")
     r = mess("recommend", "-d", "m", "--track", "a", "--layer", "0")
     assert (
         r.exit_code == 2

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "FeatureExtractor": "messai.features.extractor",
-    "extract_dataset": "messai.features.extractor",
+    "extract_dataset": "messai.features.pipeline",
     "FeatureStore": "messai.features.store",
     "Settings": "messai.config",
     "load_settings": "messai.config",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from messai.errors import ConfigError
+from messai.features.listener import ExtractionListener
 
 
 def find_demo_folder() -> Path:
@@ -73,9 +74,7 @@ def run_demo(
     folds: int = 3,
     random_control: bool = True,
     on_step: Callable[[str], None] | None = None,
-    on_window=None,
-    on_plan=None,
-    on_track=None,
+    listener: ExtractionListener | None = None,
 ) -> DemoReport:
     """Run the whole tool on the demo set with ``settings`` (model, device, MESS_HOME ...).
 
@@ -84,7 +83,7 @@ def run_demo(
     from messai import datasets
     from messai.analysis.aspects import ASPECTS, aspect_map
     from messai.analysis.discovery import LayerDiscovery
-    from messai.features.extractor import default_dataset_name, extract_dataset
+    from messai.features.pipeline import default_dataset_name, extract_dataset
     from messai.models.mert import resolve_checkpoint
     from messai.search.recommend import LayerBasedRecommender
 
@@ -108,8 +107,9 @@ def run_demo(
             f"{settings.model} is a random-weight checkpoint: its numbers mean nothing musically"
         )
     step(f"extracting {folder} with {settings.model}")
-    callbacks = dict(on_window=on_window, on_plan=on_plan, on_track=on_track)
-    report = extract_dataset(folder, dataset=dataset, settings=settings, kind="folder", **callbacks)
+    report = extract_dataset(
+        folder, dataset=dataset, settings=settings, layout="folder", listener=listener
+    )
     if report.failures:
         notes.append(f"{len(report.failures)} files failed: {report.failures[:3]}")
     control = None
@@ -123,8 +123,8 @@ def run_demo(
             folder,
             dataset=control,
             settings=settings.model_copy(update={"model": str(ckpt), "revision": None}),
-            kind="folder",
-            **callbacks,
+            layout="folder",
+            listener=listener,
         )
         if rand.failures:
             notes.append(f"{len(rand.failures)} files failed for the random control")

@@ -51,7 +51,7 @@ def probe_inputs(
                 f"--group-by {group_by}: {len(missing)} of {len(ids)} tracks have no {group_by!r} label "
                 f"(e.g. {missing[0]!r}); use a dataset kind or metadata.csv that provides it, or --group-by track"
             )
-    n_seg = [int(store.entries[t]["n_segments"]) for t in ids]
+    n_seg = [store.entry(t).n_segments for t in ids]
     total = sum(n_seg)
     feats = np.empty(
         (total, store.n_layers, store.dim),

@@ -51,6 +51,7 @@ def bench_extraction(
     from messai.datasets.base import TrackInfo
     from messai.features.decode import decode, iter_windows, normalize_window
     from messai.features.extractor import FeatureExtractor, result_arrays
+    from messai.features.records import TrackEntry
     from messai.features.store import FeatureStore
     from messai.models.mert import pooled_hidden_states, write_random_checkpoint
 
@@ -95,7 +96,16 @@ def bench_extraction(
             for r in fx.run(tracks):
                 if not r.ok:
                     raise RuntimeError(r.error)
-                store.put(r.track.track_id, result_arrays(r), {"n_segments": len(r.segments)})
+                entry = TrackEntry(
+                    track_id=r.track.track_id,
+                    source=r.track.path.name,
+                    size=r.source[0],
+                    mtime_ns=r.source[1],
+                    content_hash=r.source[2],
+                    duration_seconds=r.duration_seconds,
+                    n_segments=len(r.segments),
+                )
+                store.put(entry, result_arrays(r))
             return time.perf_counter() - t0
 
         bare_times, pipe_times = [], []

@@ -6,7 +6,6 @@ noisy), and ratios are reported next to raw seconds.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import statistics
 import subprocess
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from messai.bench.synthetic import benchmark_store, clustered
+
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
@@ -26,71 +27,6 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
         "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()),
     }
-
-
-def clustered(
-    n: int, dim: int, *, n_clusters: int = 50, seed: int = 0, offset: float = 3.0
-) -> np.ndarray:
-    """Gaussian-mixture vectors around a shared offset: closer to MERT means than uniform noise."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_clusters, dim)).astype(np.float32)
-    labels = rng.integers(0, n_clusters, n)
-    return (offset + centers[labels] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
-
-
-def synthetic_store(
-    home: Path, dataset: str, *, n_tracks: int, n_layers: int = 13, dim: int = 768, seed: int = 0
-):
-    """A store of ``n_tracks`` synthetic tracks (one window each), written like a real one."""
-    from messai.features.store import FeatureStore
-
-    identity = {
-        "id": "synthetic/benchmark",
-        "revision": "0" * 40,
-        "config_hash": "bench",
-        "sample_rate": 24000,
-        "n_layers": n_layers,
-        "dim": dim,
-        "do_normalize": True,
-        "stable_layer_norm": False,
-    }
-    settings = {
-        "sample_rate": 24000,
-        "segment_seconds": 5.0,
-        "hop_seconds": 5.0,
-        "min_seconds": 1.0,
-        "do_normalize": True,
-        "store_dtype": "float16",
-        "precision": "float32",
-    }
-    store = FeatureStore.create(
-        home / "stores" / dataset / "synthetic--benchmark",
-        dataset=dataset,
-        model=identity,
-        settings=settings,
-    )
-    vecs = clustered(n_tracks, n_layers * dim, seed=seed).reshape(n_tracks, n_layers, dim)
-    with store.writer():  # inside the writer, put() batches the manifest writes
-        for i in range(n_tracks):
-            tid = f"track{i:06d}"
-            arrays = {
-                "segments": vecs[i][None].astype(np.float16),
-                "aggregated": vecs[i],
-                "starts": np.zeros(1, np.int64),
-                "lengths": np.full(1, 120000, np.int64),
-            }
-            entry = {
-                "source": f"{tid}.wav",
-                "size": 1,
-                "mtime_ns": 1,
-                "content_hash": hashlib.md5(tid.encode()).hexdigest(),
-                "duration_seconds": 5.0,
-                "n_segments": 1,
-                "targets": [],
-                "labels": {},
-            }
-            store.put(tid, arrays, entry)
-    return store
 
 
 def _time_command(cmd: list[str], env: dict[str, str], runs: int) -> list[float]:
@@ -118,7 +54,7 @@ def bench_cold_start(*, n_tracks: int = 1000, runs: int = 7) -> dict[str, Any]:
     mess = str(Path(sys.executable).with_name("mess"))
     with tempfile.TemporaryDirectory(prefix="mess-bench-") as tmp:
         home = Path(tmp)
-        store = synthetic_store(home, "bench", n_tracks=n_tracks)
+        store = benchmark_store(home, "bench", n_tracks=n_tracks)
         build_layer_index(home, store, 0)
         env = dict(os.environ, MESS_HOME=str(home), MESS_CONFIG=str(home / "none.toml"))
         rec = [

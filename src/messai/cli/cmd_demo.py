@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from messai.cli import common
+from messai.cli.cmd_extract import ExtractProgress
 from messai.cli.common import DeviceOpt, ModelOpt, PrecisionOpt, RevisionOpt, app
+from messai.features.listener import ExtractionListener
 
 
 @app.command("demo")
@@ -56,9 +58,7 @@ def demo_command(
             aspect=aspect,
             random_control=random_control,
             on_step=progress.step,
-            on_plan=progress.plan,
-            on_window=progress.window,
-            on_track=progress.track,
+            listener=progress,
         )
     finally:
         progress.stop()
@@ -85,27 +85,25 @@ def demo_command(
     )
 
 
-class _DemoProgress:
-    def __init__(self):
-        from messai.cli.cmd_extract import _Progress
+class _DemoProgress(ExtractionListener):
+    """Steps as lines, and a fresh extraction bar for each extraction."""
 
-        self.bar = _Progress()
+    def __init__(self):
+        self.bar = ExtractProgress()
 
     def step(self, text: str) -> None:
-        from messai.cli.cmd_extract import _Progress
-
         self.bar.stop()
-        self.bar = _Progress()  # a fresh bar for each extraction
+        self.bar = ExtractProgress()
         common.notice(f"· {text}")
 
-    def plan(self, plan) -> None:
-        self.bar.plan(plan)
+    def on_plan(self, plan) -> None:
+        self.bar.on_plan(plan)
 
-    def window(self, track, seconds: float) -> None:
-        self.bar.window(track, seconds)
+    def on_window(self, track, seconds: float) -> None:
+        self.bar.on_window(track, seconds)
 
-    def track(self, result) -> None:
-        self.bar.track(result)
+    def on_track(self, result) -> None:
+        self.bar.on_track(result)
 
     def stop(self) -> None:
         self.bar.stop()

@@ -18,6 +18,7 @@ from messai.cli.common import (
     print_json,
     settings_from,
 )
+from messai.features.listener import ExtractionListener
 
 
 @app.command("extract")
@@ -81,7 +82,7 @@ def extract_command(
 ) -> None:
     """Extract the time-averaged hidden states of every MERT layer, per window, for every audio
     file under PATH, into the dataset's feature store. Re-running skips up-to-date tracks."""
-    from messai.features.extractor import extract_dataset
+    from messai.features.pipeline import extract_dataset
 
     settings = settings_from(
         model=model,
@@ -96,19 +97,17 @@ def extract_command(
     )
     path, dataset, kind = _resolve_path(path, dataset, kind, settings)
     scan_options = {k: v for k, v in (("split", split), ("limit", limit)) if v is not None}
-    progress = _Progress(quiet=quiet)
+    progress = ExtractProgress(quiet=quiet)
     try:
         report = extract_dataset(
             path,
             dataset=dataset,
             settings=settings,
-            kind=kind,
+            layout=kind,
             force=force,
             prune=prune,
             scan_options=scan_options,
-            on_plan=progress.plan,
-            on_window=progress.window,
-            on_track=progress.track,
+            listener=progress,
         )
     finally:
         progress.stop()
@@ -153,7 +152,7 @@ def _resolve_path(path, dataset, kind, settings):
     raise ConfigError("give a folder of audio: mess extract PATH [--dataset NAME]")
 
 
-class _Progress:
+class ExtractProgress(ExtractionListener):
     """Rich progress on stderr: files, audio hours, × real time, ETA."""
 
     def __init__(self, *, quiet: bool = False):
@@ -186,7 +185,7 @@ class _Progress:
         self.quiet = quiet
         self.printed: set[str] = set()
 
-    def plan(self, plan) -> None:
+    def on_plan(self, plan) -> None:
         import threading
         import time
 
@@ -234,7 +233,7 @@ class _Progress:
             "speed": f"{speed:.2f}× rt",
         }
 
-    def window(self, track, seconds: float) -> None:
+    def on_window(self, track, seconds: float) -> None:
         self.done_seconds += seconds
         if self.task is not None:
             done = (
@@ -244,7 +243,7 @@ class _Progress:
             )
             self.progress.update(self.task, completed=done, **self._fields())
 
-    def track(self, result) -> None:
+    def on_track(self, result) -> None:
         self.done_files += 1
         if not result.ok:
             self.printed.add(result.error)

@@ -193,7 +193,7 @@ def targets_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
     """(Re)compute the proxy targets of an existing store from its audio files (no model work)."""
-    from messai.features.extractor import recompute_targets
+    from messai.features.pipeline import recompute_targets
 
     settings = settings_from()
     report = recompute_targets(dataset, model, settings=settings)

@@ -1,9 +1,9 @@
 """Extraction: audio → windows → MERT hidden states of every layer, time-averaged per window.
 
-``FeatureExtractor`` is the in-memory API (one file → arrays); ``extract_dataset`` runs it over a
-folder into a ``FeatureStore``: resumable, skipping up-to-date tracks, one bad file never
-stopping the run. A background thread decodes, resamples, windows the next files and computes
-the proxy targets while the model runs on the current batch.
+``FeatureExtractor`` is the in-memory API (files → arrays, one ``TrackResult`` per track); a
+background thread decodes, resamples, windows the next files and computes the proxy targets
+while the model runs on the current batch. :mod:`messai.features.pipeline` runs it over a
+dataset into a feature store.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from messai.datasets.base import TrackInfo
-from messai.errors import AudioError, ConfigError, MessError, StoreError
+from messai.errors import AudioError, ConfigError, MessError
 from messai.features.decode import (
     WindowSpec,
     audio_info,
@@ -30,6 +29,7 @@ from messai.features.decode import (
     normalize_window,
     stream_mono,
 )
+from messai.features.records import track_arrays
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,34 @@ class _Track:
     starts: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     targets: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+# Messages from the decoding thread to the model loop, in order, per track:
+# TrackStarted, WindowDecoded × n, then TrackDecoded or TrackFailed; finally _END.
+@dataclass(frozen=True)
+class TrackStarted:
+    index: int  # position of the track in the run
+
+
+@dataclass(frozen=True)
+class WindowDecoded:
+    index: int
+    start: int  # samples at the model rate
+    samples: np.ndarray  # the window as the model sees it (normalised if the model asks)
+    targets: dict[str, np.ndarray]  # proxy targets of the raw window
+
+
+@dataclass(frozen=True)
+class TrackDecoded:
+    index: int
+    duration_seconds: float
+    source: tuple[int, int, str]  # (size, mtime_ns, content hash) of the file as read
+
+
+@dataclass(frozen=True)
+class TrackFailed:
+    index: int
+    error: str  # "path: reason"
 
 
 _END = object()
@@ -185,19 +213,19 @@ class FeatureExtractor:
                 item = self._next_item(q, producer)
                 if item is _END:
                     break
-                kind, ti = item[0], item[1]
+                ti = item.index
                 if ti in run.dead:
                     continue  # the rest of a track that already failed
-                if kind == "start":
+                if isinstance(item, TrackStarted):
                     run.state[ti] = _Track(tracks[ti])
-                elif kind == "window":
-                    _, _, start, samples, targets = item
+                elif isinstance(item, WindowDecoded):
+                    samples = item.samples
                     t = run.state[ti]
                     wi = t.windows
                     t.windows += 1
-                    t.starts.append(start)
+                    t.starts.append(item.start)
                     t.lengths.append(len(samples))
-                    t.targets.append(targets)
+                    t.targets.append(item.targets)
                     if len(samples) != segment_len:  # a tail: run it alone, at its own length
                         self._forward(run, [(ti, wi, samples)], keep_raw)
                     else:
@@ -206,14 +234,14 @@ class FeatureExtractor:
                             self._flush(run, keep_raw)
                     if on_window is not None:
                         on_window(t.info, len(samples) / self.sample_rate)
-                elif kind == "end":
+                elif isinstance(item, TrackDecoded):
                     t = run.state[ti]
-                    t.expected, t.duration, t.source = t.windows, item[2], item[3]
+                    t.expected, t.duration, t.source = t.windows, item.duration_seconds, item.source
                     if q.empty() and run.pending:
                         # the decoder is behind: don't hold finished tracks hostage to a full batch
                         self._flush(run, keep_raw)
-                elif kind == "fail":
-                    run.fail(ti, item[2])
+                elif isinstance(item, TrackFailed):
+                    run.fail(ti, item.error)
                 yield from run.take_failures()
                 yield from self._finished(run.state, keep_raw)
             self._flush(run, keep_raw)
@@ -251,28 +279,24 @@ class FeatureExtractor:
             if stop.is_set():
                 return
             try:
-                source = self._decode_track(ti, track, put)
-                if source is None:
-                    return
-                if not put(("end", ti, *source)):
+                decoded = self._decode_track(ti, track, put)
+                if decoded is None or not put(decoded):
                     return
             except AudioError as exc:
-                if not put(("fail", ti, str(exc))):
+                if not put(TrackFailed(ti, str(exc))):
                     return
             except MemoryError:
-                if not put(("fail", ti, f"{track.path}: out of memory while decoding")):
+                if not put(TrackFailed(ti, f"{track.path}: out of memory while decoding")):
                     return
             except Exception as exc:  # one bad file never stops a run
                 log.exception("unexpected error decoding %s", track.path)
-                if not put(("fail", ti, f"{track.path}: {type(exc).__name__}: {exc}")):
+                if not put(TrackFailed(ti, f"{track.path}: {type(exc).__name__}: {exc}")):
                     return
         put(_END)
 
-    def _decode_track(
-        self, ti: int, track: TrackInfo, put
-    ) -> tuple[float, tuple[int, int, str]] | None:
-        """Send one track's windows; return ``(duration, (size, mtime_ns, content hash))`` of the
-        file as read (None when stopped). A file that changes while it is read fails."""
+    def _decode_track(self, ti: int, track: TrackInfo, put) -> TrackDecoded | None:
+        """Send one track's windows; return what was read (None when stopped). A file that
+        changes while it is read fails."""
         from messai.features.store import file_content_hash
 
         path = track.path
@@ -286,22 +310,15 @@ class FeatureExtractor:
                 f"{path}: too short ({info.duration_seconds:.2f} s < --min-seconds {self.window.min_seconds:g})"
             )
         digest = file_content_hash(path)
-        if not put(("start", ti)):
+        if not put(TrackStarted(ti)):
             return None
         n_out = 0
         for start, samples in iter_windows(
             stream_mono(path, self.sample_rate), self.window, self.sample_rate
         ):
             targets = self._targets(samples)
-            if not put(
-                (
-                    "window",
-                    ti,
-                    start,
-                    normalize_window(samples) if self.checkpoint.do_normalize else samples,
-                    targets,
-                )
-            ):
+            model_input = normalize_window(samples) if self.checkpoint.do_normalize else samples
+            if not put(WindowDecoded(ti, start, model_input, targets)):
                 return None
             n_out += 1
         if n_out == 0:
@@ -311,7 +328,7 @@ class FeatureExtractor:
         after = path.stat()
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise AudioError(f"{path}: changed while it was being read; run again")
-        return info.duration_seconds, (before.st_size, before.st_mtime_ns, digest)
+        return TrackDecoded(ti, info.duration_seconds, (before.st_size, before.st_mtime_ns, digest))
 
     def _targets(self, samples: np.ndarray) -> dict[str, np.ndarray]:
         if not self.compute_targets:
@@ -403,338 +420,7 @@ class _RunState:
 
 
 def result_arrays(result: TrackResult, *, store_dtype: str = "float16") -> dict[str, np.ndarray]:
-    """The arrays of one track as stored: segments in ``store_dtype``; aggregated float32 is the
-    mean of the float32 segments (before any rounding)."""
-    seg = result.segments
-    arrays = {
-        "segments": seg.astype(store_dtype),
-        "aggregated": seg.mean(axis=0).astype(np.float32),
-        "starts": result.starts,
-        "lengths": result.lengths,
-    }
-    for name, values in result.targets.items():
-        arrays[f"target__{name}"] = np.asarray(values, dtype=np.float32)
-    return arrays
-
-
-# ====================================================================== dataset → store
-@dataclass
-class ExtractionReport:
-    """Summary of one ``extract_dataset`` run."""
-
-    dataset: str
-    store_path: Path
-    n_tracks: int = 0
-    n_extracted: int = 0
-    n_skipped: int = 0
-    failures: list[str] = field(default_factory=list)  # "path: reason"
-    warnings: list[str] = field(
-        default_factory=list
-    )  # dataset scan notes (skipped names, unlabelled tracks)
-    audio_seconds: float = 0.0
-    wall_seconds: float = 0.0
-
-    @property
-    def realtime_factor(self) -> float:
-        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items()}
-        d["store_path"] = str(self.store_path)
-        d["realtime_factor"] = round(self.realtime_factor, 3)
-        return d
-
-
-@dataclass
-class ExtractionPlan:
-    tracks: list[TrackInfo]
-    todo: list[TrackInfo]
-    skipped: list[TrackInfo]
-
-
-def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> ExtractionPlan:
-    """Which tracks need work: new ones, changed ones (size/mtime differ and so does the content
-    hash), ones whose track file is missing, or all with ``force``. Unchanged content with a new
-    mtime is refreshed without model work."""
-    from messai.features.store import file_content_hash
-
-    todo, skipped = [], []
-    for t in tracks:
-        entry = store.entries.get(t.track_id)
-        if force or entry is None or not store.has_track_file(t.track_id):
-            todo.append(t)
-            continue
-        try:
-            st = t.path.stat()
-        except OSError:
-            todo.append(t)  # the extractor reports why it cannot be read
-            continue
-        if entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
-            skipped.append(t)
-        elif file_content_hash(t.path) == entry.get("content_hash"):
-            entry.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
-            skipped.append(t)
-        else:
-            todo.append(t)
-    return ExtractionPlan(tracks, todo, skipped)
-
-
-def store_root_for(settings, dataset: str, identity: dict[str, Any]) -> Path:
-    from messai.features.store import model_slug
-
-    return settings.stores_dir / dataset / model_slug(identity)
-
-
-def reconcile_build(
-    store, identity: dict[str, Any], ext_settings: dict[str, Any], *, force: bool
-) -> None:
-    """Under the store's lock: refuse to mix models or settings in one store unless ``force``;
-    with ``force``, a store built differently is emptied (its tracks are all redone anyway)."""
-    old_settings = {k: store.settings.get(k) for k in ext_settings}
-    changed = [
-        f"{k}: {old_settings[k]} → {v}" for k, v in ext_settings.items() if old_settings[k] != v
-    ]
-    changed += [
-        f"model {k}: {store.model.get(k)} → {v}"
-        for k, v in identity.items()
-        if store.model.get(k) != v
-    ]
-    if changed and store.entries:
-        if not force:
-            raise StoreError(
-                f"{store.root}: store was built with different settings ({'; '.join(changed)}); "
-                "re-run with --force to rebuild it, or use another --dataset name"
-            )
-        store.entries.clear()
-    if changed:
-        store.manifest["failures"] = {}
-    store.manifest["model"] = identity
-    store.manifest["settings"] = ext_settings
-
-
-def default_dataset_name(root: Path) -> str:
-    """The folder's name, made a valid dataset name (``My Music!`` → ``My_Music``)."""
-    import re
-
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.name).strip("._-")[:128]
-    return name or "dataset"
-
-
-def extract_dataset(
-    path: str | os.PathLike,
-    *,
-    dataset: str | None = None,
-    settings=None,
-    kind: str | None = None,
-    force: bool = False,
-    prune: bool = False,
-    scan_options: dict[str, Any] | None = None,
-    on_plan: Callable[[ExtractionPlan], None] | None = None,
-    on_window: Callable[[TrackInfo, float], None] | None = None,
-    on_track: Callable[[TrackResult], None] | None = None,
-) -> ExtractionReport:
-    """Extract every audio file under ``path`` into the store of ``dataset`` (default: the
-    folder's name). Returns a report; failures are listed, never raised (exit status is the
-    caller's business). ``prune`` drops stored tracks whose audio file no longer exists."""
-    from messai import datasets
-    from messai.config import load_settings, validate_dataset_name
-    from messai.device import select_device, select_dtype
-    from messai.features.store import FeatureStore
-    from messai.models.mert import resolve_checkpoint
-
-    settings = settings or load_settings()
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise MessError(f"{root}: not a folder")
-    root = root.resolve()
-    dataset = validate_dataset_name(dataset or default_dataset_name(root))
-    kind = kind or datasets.detect_kind(root)
-    tracks = datasets.scan(root, kind=kind, **(scan_options or {}))
-    rejected = list(getattr(tracks, "rejected", []))
-    if not tracks and not rejected:
-        raise MessError(
-            f"{root}: no audio files found (looked for {', '.join(sorted(datasets.AUDIO_EXTENSIONS))})"
-        )
-    select_dtype(
-        settings.precision, select_device(settings.device)
-    )  # fail before touching the store
-    checkpoint = resolve_checkpoint(settings.model, revision=settings.revision)
-    check_window(
-        WindowSpec(settings.segment_seconds, settings.hop_seconds, settings.min_seconds), checkpoint
+    """The arrays of one track as stored (see :func:`messai.features.records.track_arrays`)."""
+    return track_arrays(
+        result.segments, result.starts, result.lengths, result.targets, store_dtype=store_dtype
     )
-    identity = checkpoint.identity()
-    if settings.revision:
-        identity["requested_revision"] = settings.revision
-    ext_settings = dict(
-        sample_rate=checkpoint.sample_rate,
-        segment_seconds=settings.segment_seconds,
-        hop_seconds=settings.hop_seconds,
-        min_seconds=settings.min_seconds,
-        do_normalize=checkpoint.do_normalize,
-        store_dtype=settings.store_dtype,
-        precision=settings.precision,
-    )
-    store_root = store_root_for(settings, dataset, identity)
-    new_store = not (store_root / "manifest.json").is_file()
-    store = (
-        FeatureStore.create(store_root, dataset=dataset, model=identity, settings=ext_settings)
-        if new_store
-        else FeatureStore.at(store_root)
-    )
-    report = ExtractionReport(
-        dataset=dataset,
-        store_path=store.root,
-        n_tracks=len(tracks) + len(rejected),
-        warnings=list(getattr(tracks, "warnings", [])),
-        failures=rejected,
-    )
-    t0 = time.perf_counter()
-    try:
-        with store.writer():
-            reconcile_build(store, identity, ext_settings, force=force)
-            store.manifest["source"] = {"root": str(root), "kind": kind}
-            store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
-            _tidy(store, root, tracks, prune=prune, report=report)
-            plan = plan_extraction(store, tracks, force=force)
-            report.n_skipped = len(plan.skipped)
-            if on_plan is not None:
-                on_plan(plan)
-            for t in plan.skipped:  # labels may have changed in metadata.csv
-                store.entries[t.track_id]["labels"] = dict(t.labels)
-            store.save_manifest()
-            if plan.todo:
-                extractor = FeatureExtractor(
-                    checkpoint,
-                    device=settings.device,
-                    precision=settings.precision,
-                    batch_size=settings.batch_size,
-                    segment_seconds=settings.segment_seconds,
-                    hop_seconds=settings.hop_seconds,
-                    min_seconds=settings.min_seconds,
-                )
-                for result in extractor.run(plan.todo, on_window=on_window):
-                    _store_result(store, result, root, settings.store_dtype, report)
-                    if on_track is not None:
-                        on_track(result)
-    except BaseException:
-        if new_store and not store.entries and not store.manifest.get("failures"):
-            import shutil
-
-            shutil.rmtree(store.root, ignore_errors=True)  # don't leave an empty store behind
-        raise
-    report.wall_seconds = time.perf_counter() - t0
-    return report
-
-
-def _tidy(
-    store, root: Path, tracks: list[TrackInfo], *, prune: bool, report: ExtractionReport
-) -> None:
-    """Forget failures of files that are gone; report (or with ``prune`` drop) stored tracks
-    whose audio file no longer exists. A partial scan (``--limit``) never counts as removal."""
-    scanned = {t.track_id for t in tracks}
-    for tid in [
-        t
-        for t, f in store.manifest["failures"].items()
-        if t not in scanned and not (root / f.get("source", "")).exists()
-    ]:
-        store.manifest["failures"].pop(tid)
-    gone = sorted(
-        t
-        for t, e in store.entries.items()
-        if t not in scanned and not (root / e.get("source", "")).exists()
-    )
-    if not gone:
-        return
-    if prune:
-        for tid in gone:
-            store.remove(tid)
-        report.warnings.append(
-            f"pruned {len(gone)} track(s) whose audio file is gone (first: {gone[0]})"
-        )
-    else:
-        report.warnings.append(
-            f"{len(gone)} stored track(s) have no audio file under {root} any more (first: {gone[0]}); "
-            "they stay in the store; --prune drops them"
-        )
-
-
-def _store_result(store, result: TrackResult, root: Path, store_dtype: str, report) -> None:
-    tid = result.track.track_id
-    source = result.track.path.relative_to(root).as_posix()
-    if not result.ok:
-        report.failures.append(result.error)
-        prefix = f"{result.track.path}: "
-        reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
-        store.mark_failed(tid, source, reason)
-        return
-    size, mtime, digest = result.source
-    entry = {
-        "source": source,
-        "size": size,
-        "mtime_ns": mtime,
-        "content_hash": digest,
-        "duration_seconds": round(result.duration_seconds, 6),
-        "n_segments": int(result.segments.shape[0]),
-        "targets": sorted(result.targets),
-        "labels": dict(result.track.labels),
-    }
-    store.put(tid, result_arrays(result, store_dtype=store_dtype), entry)
-    report.n_extracted += 1
-    report.audio_seconds += result.duration_seconds
-
-
-def recompute_targets(dataset: str, model: str | None = None, *, settings=None) -> ExtractionReport:
-    """Recompute every stored track's proxy targets from its audio file (no model work).
-
-    The file must still be where extraction found it and have the same content; otherwise the
-    track is reported as failed and left untouched."""
-    from messai.config import load_settings
-    from messai.features.store import FeatureStore, file_content_hash, now_iso
-    from messai.features.targets import compute_targets
-
-    settings = settings or load_settings()
-    store = FeatureStore.open(dataset, model, home=settings.home)
-    root = Path(store.manifest.get("source", {}).get("root", ""))
-    s = store.settings
-    spec = WindowSpec(s["segment_seconds"], s["hop_seconds"], s["min_seconds"])
-    rate = int(s["sample_rate"])
-    report = ExtractionReport(dataset=store.dataset, store_path=store.root)
-    t0 = time.perf_counter()
-    with store.writer():
-        report.n_tracks = len(store.entries)
-        for tid in store.track_ids():
-            entry = store.entries[tid]
-            path = root / entry["source"]
-            try:
-                if not path.is_file():
-                    raise AudioError(f"{path}: audio file no longer there")
-                if file_content_hash(path) != entry["content_hash"]:
-                    raise AudioError(f"{path}: changed since extraction; re-run 'mess extract'")
-                # window by window: memory stays bounded for long files
-                rows = [
-                    compute_targets([w], rate)
-                    for _, w in iter_windows(stream_mono(path, rate), spec, rate)
-                ]
-                if len(rows) != entry["n_segments"]:
-                    raise AudioError(
-                        f"{path}: {len(rows)} windows now, {entry['n_segments']} stored"
-                    )
-                values = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
-                arrays = {
-                    k: v
-                    for k, v in store.read_arrays(tid).items()
-                    if not k.startswith("target__") and k != "meta"
-                }
-            except (AudioError, StoreError) as exc:
-                report.failures.append(str(exc))
-                continue
-            arrays.update(
-                {f"target__{k}": np.asarray(v, dtype=np.float32) for k, v in values.items()}
-            )
-            entry = {
-                k: v for k, v in entry.items() if k != "file"
-            }  # features unchanged: keep extracted_at
-            store.put(tid, arrays, {**entry, "targets": sorted(values), "targets_at": now_iso()})
-            report.n_extracted += 1
-    report.wall_seconds = time.perf_counter() - t0
-    return report

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,23 @@ from typing import Any
 import numpy as np
 
 from messai.errors import StoreError, TrackNotFoundError
+from messai.features.records import (
+    AGGREGATED,
+    LENGTHS,
+    SEGMENTS,
+    STARTS,
+    TrackEntry,
+    TrackFailure,
+    feature_arrays,
+    target_array_name,
+    target_arrays,
+)
 from messai.files import atomic_write_bytes, atomic_write_json
 
 FORMAT = "mess-feature-store"
 FORMAT_VERSION = 1
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+_META_ARRAY = "meta"  # JSON text embedded in every track file: id, build stamp, entry
 
 
 def now_iso() -> str:
@@ -97,7 +109,13 @@ class StoreSummary:
 
 
 class FeatureStore:
-    """A feature store on disk. Open existing ones with ``FeatureStore.open(dataset)``."""
+    """A feature store on disk. Open existing ones with ``FeatureStore.open(dataset)``.
+
+    Reading: :meth:`track_ids`, :meth:`entry` (a :class:`TrackEntry`), :meth:`load`,
+    :meth:`read_arrays`, :meth:`failures`. Writing happens inside :meth:`writer` (the lock):
+    :meth:`put`, :meth:`mark_failed`, :meth:`remove`, :meth:`refresh_file_stat`,
+    :meth:`set_labels`, :meth:`set_source`, :meth:`reconcile_build`, :meth:`replace_targets`.
+    """
 
     #: while writing, the manifest is rewritten at most this often (and when the writer ends);
     #: track files written in between are adopted from their embedded metadata after a crash.
@@ -105,7 +123,7 @@ class FeatureStore:
 
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root = Path(root)
-        self.manifest = manifest
+        self._manifest = manifest
         self._dirty = False
         self._saved_at = 0.0
         self._writing = False  # inside writer(): manifest saves may be batched
@@ -128,6 +146,11 @@ class FeatureStore:
             with contextlib.suppress(StoreError):
                 stores.append(cls.at(manifest.parent))
         return stores
+
+    @classmethod
+    def exists_at(cls, root: Path | str) -> bool:
+        """Whether a store has been created at ``root``."""
+        return (Path(root) / "manifest.json").is_file()
 
     @classmethod
     def at(cls, root: Path | str) -> FeatureStore:
@@ -208,44 +231,84 @@ class FeatureStore:
     # ---------------------------------------------------------------- properties
     @property
     def dataset(self) -> str:
-        return self.manifest["dataset"]
+        return self._manifest["dataset"]
 
     @property
     def model_id(self) -> str:
-        return self.manifest["model"]["id"]
+        return self._manifest["model"]["id"]
 
     @property
     def model(self) -> dict[str, Any]:
-        return self.manifest["model"]
+        """The model identity the store was built with (a copy)."""
+        return dict(self._manifest["model"])
 
     @property
     def settings(self) -> dict[str, Any]:
-        return self.manifest["settings"]
+        """Extraction settings (rate, window, normalisation, dtype, precision; a copy)."""
+        return dict(self._manifest["settings"])
 
     @property
     def n_layers(self) -> int:
-        return int(self.manifest["model"]["n_layers"])
+        return int(self._manifest["model"]["n_layers"])
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["model"]["dim"])
+        return int(self._manifest["model"]["dim"])
 
     @property
-    def entries(self) -> dict[str, dict[str, Any]]:
-        return self.manifest["tracks"]
+    def code_version(self) -> str:
+        """Version of mess that created the store."""
+        return str(self._manifest.get("code_version", ""))
+
+    @property
+    def source_root(self) -> Path | None:
+        """The folder the audio was extracted from (None for stores written without one)."""
+        root = (self._manifest.get("source") or {}).get("root")
+        return Path(root) if root else None
+
+    @property
+    def source_kind(self) -> str | None:
+        return (self._manifest.get("source") or {}).get("kind")
+
+    @property
+    def _entries(self) -> dict[str, dict[str, Any]]:
+        return self._manifest["tracks"]
+
+    @property
+    def _failures(self) -> dict[str, dict[str, Any]]:
+        return self._manifest.setdefault("failures", {})
 
     def track_ids(self) -> list[str]:
         """Ids of the stored tracks, sorted."""
-        return sorted(self.entries)
+        return sorted(self._entries)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self._entries)
 
     def __contains__(self, track_id: object) -> bool:
-        return track_id in self.entries
+        return track_id in self._entries
+
+    def entry(self, track_id: str) -> TrackEntry:
+        """The record of a stored track; TrackNotFoundError (with the closest ids) if absent."""
+        self.require_track(track_id)
+        return TrackEntry.from_dict(track_id, self._entries[track_id])
+
+    def get_entry(self, track_id: str) -> TrackEntry | None:
+        """The record of a stored track, or None."""
+        d = self._entries.get(track_id)
+        return None if d is None else TrackEntry.from_dict(track_id, d)
+
+    def iter_entries(self) -> Iterator[TrackEntry]:
+        """Every stored track's record, in id order."""
+        for track_id in self.track_ids():
+            yield TrackEntry.from_dict(track_id, self._entries[track_id])
+
+    def failures(self) -> dict[str, TrackFailure]:
+        """Track id → its last failed extraction (stored tracks that failed later included)."""
+        return {t: TrackFailure.from_dict(t, f) for t, f in self._failures.items()}
 
     def labels(self, track_id: str) -> dict[str, str]:
-        return dict(self.entries[track_id].get("labels") or {})
+        return dict(self._entries[track_id].get("labels") or {})
 
     def fingerprint(self, *, probe_inputs: bool = False) -> str:
         """Changes whenever the features change (indices depend on this). With ``probe_inputs``
@@ -259,25 +322,33 @@ class FeatureStore:
 
         blob = json.dumps(
             [
-                self.manifest["model"],
-                self.manifest["settings"],
-                sorted(row(t, e) for t, e in self.entries.items()),
+                self._manifest["model"],
+                self._manifest["settings"],
+                sorted(row(t, e) for t, e in self._entries.items()),
             ],
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
+    def track_versions(self, track_ids: Iterable[str]) -> dict[str, str]:
+        """Track id → a string that changes whenever that track's features change."""
+        return {
+            t: f"{self._entries[t]['content_hash']}:{self._entries[t].get('extracted_at')}"
+            for t in track_ids
+        }
+
     # ---------------------------------------------------------------- reading
     def require_track(self, track_id: str) -> None:
         """TrackNotFoundError naming the three closest ids when ``track_id`` is not stored."""
-        if track_id not in self.entries:
+        if track_id not in self._entries:
             raise TrackNotFoundError(
                 _unknown_track_message(track_id, self.track_ids(), self.dataset)
             )
 
-    def _track_path(self, track_id: str) -> Path:
+    def track_file(self, track_id: str) -> Path:
+        """The file holding a track's arrays (format 1: one ``.npz`` per track)."""
         self.require_track(track_id)
-        entry = self.entries[track_id]
+        entry = self._entries[track_id]
         name = entry["file"]
         if name != track_file_name(track_id):  # never follow a path taken from the manifest blindly
             raise StoreError(
@@ -290,25 +361,23 @@ class FeatureStore:
         ``targets`` name → array, ``starts``/``lengths`` (samples), ``meta`` (manifest entry)."""
         data = self.read_arrays(track_id)
         out = {
-            "segments": data["segments"].astype(np.float32),
-            "aggregated": data["aggregated"].astype(np.float32),
-            "starts": data["starts"],
-            "lengths": data["lengths"],
-            "targets": {
-                k[len("target__") :]: v for k, v in data.items() if k.startswith("target__")
-            },
-            "meta": {**self.entries[track_id], "track_id": track_id},
+            SEGMENTS: data[SEGMENTS].astype(np.float32),
+            AGGREGATED: data[AGGREGATED].astype(np.float32),
+            STARTS: data[STARTS],
+            LENGTHS: data[LENGTHS],
+            "targets": target_arrays(data),
+            "meta": {**self._entries[track_id], "track_id": track_id},
         }
         return out
 
     def read_arrays(
         self, track_id: str, names: tuple[str, ...] | None = None
     ) -> dict[str, np.ndarray]:
-        """Arrays of a track file (all, or ``names``); a missing or damaged file is a StoreError."""
-        path = self._track_path(track_id)
+        """Arrays of a track (all, or ``names``); a missing or damaged file is a StoreError."""
+        path = self.track_file(track_id)
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in (names or z.files)}
+                return {k: z[k] for k in (names or z.files) if k != _META_ARRAY}
         except Exception as exc:  # OSError, BadZipFile, KeyError, ValueError, EOFError ...
             raise StoreError(
                 f"{path}: track file of {track_id!r} is missing or damaged ({type(exc).__name__}); "
@@ -317,12 +386,12 @@ class FeatureStore:
 
     def load_aggregated(self, track_id: str) -> np.ndarray:
         """Just the track vector ``[n_layers, dim]`` float32 (mean of the windows)."""
-        return self.read_arrays(track_id, ("aggregated",))["aggregated"].astype(np.float32)
+        return self.read_arrays(track_id, (AGGREGATED,))[AGGREGATED].astype(np.float32)
 
     def has_track_file(self, track_id: str) -> bool:
         """Whether the track's file is there and ends like a complete zip (a cheap check: the
         end-of-central-directory record that np.savez writes last)."""
-        entry = self.entries.get(track_id)
+        entry = self._entries.get(track_id)
         if not entry or entry.get("file") != track_file_name(track_id):
             return False
         try:
@@ -335,7 +404,8 @@ class FeatureStore:
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
     def writer(self) -> Iterator[FeatureStore]:
-        """Hold the store's lock for the duration; a second writer gets a clear StoreError."""
+        """Hold the store's lock for the duration; a second writer gets a clear StoreError.
+        Leaving the block commits every change made inside it."""
         import fcntl
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -354,7 +424,7 @@ class FeatureStore:
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             # re-read: another writer may have finished between our open and our lock
             with contextlib.suppress(StoreError):
-                self.manifest = FeatureStore.at(self.root).manifest
+                self._manifest = FeatureStore.at(self.root)._manifest
             # with the lock held, temporary files can only be leftovers of a killed writer
             for tmp in [
                 *self.root.glob(".manifest.json.*.tmp"),
@@ -373,10 +443,11 @@ class FeatureStore:
             os.close(fd)
 
     def save_manifest(self) -> None:
+        """Commit every change so far (the writer does this at least once a second)."""
         import time
 
-        self.manifest["updated"] = now_iso()
-        atomic_write_json(self.root / "manifest.json", self.manifest)
+        self._manifest["updated"] = now_iso()
+        atomic_write_json(self.root / "manifest.json", self._manifest)
         self._dirty = False
         self._saved_at = time.monotonic()
 
@@ -390,38 +461,100 @@ class FeatureStore:
     def build_stamp(self) -> str:
         """Hash of the model and settings: embedded in every track file, so an orphaned file is
         adopted only by a store built the same way."""
-        blob = json.dumps([self.manifest["model"], self.manifest["settings"]], sort_keys=True)
+        blob = json.dumps([self._manifest["model"], self._manifest["settings"]], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def put(self, track_id: str, arrays: dict[str, np.ndarray], entry: dict[str, Any]) -> None:
-        """Store one track atomically: the array file (with its manifest entry embedded) first,
-        then the manifest that lists it (rewritten at most once a second while writing)."""
+    def put(self, entry: TrackEntry, arrays: dict[str, np.ndarray]) -> None:
+        """Store one track atomically: the array file (with its entry embedded) first, then the
+        manifest that lists it (rewritten at most once a second while writing). An entry
+        without ``extracted_at`` gets the current time."""
+        track_id = entry.track_id
         name = track_file_name(track_id)
         full = {
-            "extracted_at": now_iso(),
-            **entry,
+            "extracted_at": entry.extracted_at or now_iso(),
+            **{k: v for k, v in entry.to_dict().items() if k != "extracted_at"},
             "file": name,
-        }  # callers may keep an extraction time
+        }
         meta = json.dumps(
             {"track_id": track_id, "build_stamp": self.build_stamp(), "entry": full},
             ensure_ascii=False,
         )
-        atomic_savez(self.root / "tracks" / name, {**arrays, "meta": np.array(meta)})
-        self.entries[track_id] = full
-        self.manifest["failures"].pop(track_id, None)
+        atomic_savez(self.root / "tracks" / name, {**arrays, _META_ARRAY: np.array(meta)})
+        self._entries[track_id] = full
+        self._failures.pop(track_id, None)
         self._maybe_save()
+
+    def replace_targets(self, track_id: str, targets: dict[str, np.ndarray]) -> None:
+        """Replace a stored track's proxy targets (features and extraction time unchanged)."""
+        arrays = feature_arrays(self.read_arrays(track_id))
+        arrays.update(
+            {target_array_name(k): np.asarray(v, dtype=np.float32) for k, v in targets.items()}
+        )
+        entry = self.entry(track_id).with_changes(
+            targets=tuple(sorted(targets)), targets_at=now_iso()
+        )
+        self.put(entry, arrays)
+
+    def refresh_file_stat(self, track_id: str, *, size: int, mtime_ns: int) -> None:
+        """Record a new size/mtime for a track whose content is unchanged (a touched file)."""
+        self._entries[track_id].update(size=size, mtime_ns=mtime_ns)
+        self._dirty = True
+
+    def set_labels(self, track_id: str, labels: dict[str, str]) -> None:
+        """Replace a track's labels (metadata.csv may have changed)."""
+        self._entries[track_id]["labels"] = dict(labels)
+        self._dirty = True
+
+    def set_source(self, root: Path, kind: str) -> None:
+        """Record the folder (and its layout) the audio comes from."""
+        self._manifest["source"] = {"root": str(root), "kind": kind}
+        self._dirty = True
+
+    def reconcile_build(
+        self, identity: dict[str, Any], settings: dict[str, Any], *, force: bool
+    ) -> None:
+        """Under the lock: refuse to mix models or settings in one store unless ``force``;
+        with ``force``, a store built differently is emptied (its tracks are all redone)."""
+        old_settings = self._manifest["settings"]
+        old_model = self._manifest["model"]
+        changed = [
+            f"{k}: {old_settings.get(k)} → {v}"
+            for k, v in settings.items()
+            if old_settings.get(k) != v
+        ]
+        changed += [
+            f"model {k}: {old_model.get(k)} → {v}"
+            for k, v in identity.items()
+            if old_model.get(k) != v
+        ]
+        if changed and self._entries:
+            if not force:
+                raise StoreError(
+                    f"{self.root}: store was built with different settings ({'; '.join(changed)}); "
+                    "re-run with --force to rebuild it, or use another --dataset name"
+                )
+            self._entries.clear()
+        if changed:
+            self._manifest["failures"] = {}
+        self._manifest["model"] = identity
+        self._manifest["settings"] = settings
+        self._dirty = True
+
+    def is_empty(self) -> bool:
+        """No track stored and no failure recorded."""
+        return not self._entries and not self._failures
 
     def adopt_orphans(self) -> list[str]:
         """List track files that a killed writer finished but never put in the manifest, when
         they were built with this store's model and settings. Returns the adopted ids."""
-        listed = {e["file"] for e in self.entries.values()}
+        listed = {e["file"] for e in self._entries.values()}
         stamp, adopted = self.build_stamp(), []
         for path in sorted((self.root / "tracks").glob("*.npz")):
             if path.name in listed:
                 continue
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+                    meta = json.loads(str(z[_META_ARRAY])) if _META_ARRAY in z.files else None
             except Exception:  # a damaged leftover is simply not adopted
                 meta = None
             if not meta or meta.get("build_stamp") != stamp:
@@ -429,18 +562,23 @@ class FeatureStore:
             tid = meta.get("track_id")
             if not isinstance(tid, str) or track_file_name(tid) != path.name:
                 continue
-            self.entries[tid] = meta["entry"]
+            self._entries[tid] = meta["entry"]
             adopted.append(tid)
         if adopted:
             self.save_manifest()
         return adopted
 
     def mark_failed(self, track_id: str, source: str, reason: str) -> None:
-        self.manifest["failures"][track_id] = {"source": source, "reason": reason, "at": now_iso()}
+        self._failures[track_id] = {"source": source, "reason": reason, "at": now_iso()}
         self._maybe_save()
 
+    def forget_failure(self, track_id: str) -> None:
+        """Drop the record of a failed extraction (its file is gone)."""
+        if self._failures.pop(track_id, None) is not None:
+            self._dirty = True
+
     def remove(self, track_id: str) -> None:
-        entry = self.entries.pop(track_id, None)
+        entry = self._entries.pop(track_id, None)
         self.save_manifest()
         if entry:
             with contextlib.suppress(OSError):
@@ -448,23 +586,24 @@ class FeatureStore:
 
     def summary(self) -> StoreSummary:
         size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        entries = self._entries.values()
         return StoreSummary(
             dataset=self.dataset,
             model=self.model_id,
             path=self.root,
-            n_tracks=len(self.entries),
-            n_failed=len(set(self.manifest.get("failures", {})) - set(self.entries)),
-            n_segments=sum(int(e["n_segments"]) for e in self.entries.values()),
-            hours=sum(float(e["duration_seconds"]) for e in self.entries.values()) / 3600,
+            n_tracks=len(self._entries),
+            n_failed=len(set(self._failures) - set(self._entries)),
+            n_segments=sum(int(e["n_segments"]) for e in entries),
+            hours=sum(float(e["duration_seconds"]) for e in entries) / 3600,
             n_layers=self.n_layers,
             dim=self.dim,
-            store_dtype=self.settings.get("store_dtype", "?"),
+            store_dtype=self._manifest["settings"].get("store_dtype", "?"),
             size_bytes=size,
         )
 
     def track_rows(self) -> list[dict[str, Any]]:
         """``mess tracks``: one row per stored or failed track."""
-        failures = self.manifest.get("failures", {})
+        failures = self._failures
         rows = [
             {
                 "track_id": t,
@@ -476,10 +615,10 @@ class FeatureStore:
                 "source": e.get("source", ""),
                 **{f"label_{k}": v for k, v in (e.get("labels") or {}).items()},
             }
-            for t, e in self.entries.items()
+            for t, e in self._entries.items()
         ]
-        for t, f in self.manifest.get("failures", {}).items():
-            if t not in self.entries:
+        for t, f in failures.items():
+            if t not in self._entries:
                 rows.append(
                     {
                         "track_id": t,

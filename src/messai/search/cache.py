@@ -44,9 +44,7 @@ def index_fingerprint(
 
 
 def _versions(store, ids: list[str]) -> dict[str, str]:
-    return {
-        t: f"{store.entries[t]['content_hash']}:{store.entries[t].get('extracted_at')}" for t in ids
-    }
+    return store.track_versions(ids)
 
 
 def layer_vectors(

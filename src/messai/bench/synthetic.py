@@ -1,0 +1,126 @@
+"""Feature stores with synthetic features, written like real ones (no model work): one builder
+for the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from messai.features.records import TrackEntry, track_arrays
+
+
+def clustered(
+    n: int, dim: int, *, n_clusters: int = 50, seed: int = 0, offset: float = 3.0
+) -> np.ndarray:
+    """Gaussian-mixture vectors ``[n, dim]`` float32 around a shared offset: closer to MERT
+    means than uniform noise."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, dim)).astype(np.float32)
+    labels = rng.integers(0, n_clusters, n)
+    return (offset + centers[labels] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def synthetic_identity(name: str, *, n_layers: int, dim: int) -> dict:
+    """A model identity for a synthetic store (``synthetic/<name>``)."""
+    return {
+        "id": f"synthetic/{name}",
+        "revision": "0" * 40,
+        "config_hash": name,
+        "sample_rate": 24000,
+        "n_layers": n_layers,
+        "dim": dim,
+        "do_normalize": True,
+        "stable_layer_norm": False,
+    }
+
+
+def synthetic_settings(store_dtype: str = "float16") -> dict:
+    return {
+        "sample_rate": 24000,
+        "segment_seconds": 5.0,
+        "hop_seconds": 5.0,
+        "min_seconds": 1.0,
+        "do_normalize": True,
+        "store_dtype": store_dtype,
+        "precision": "float32",
+    }
+
+
+def _entry(track_id: str, n_segments: int, targets: tuple[str, ...], labels: dict) -> TrackEntry:
+    return TrackEntry(
+        track_id=track_id,
+        source=f"{track_id}.wav",
+        size=1,
+        mtime_ns=1,
+        content_hash=hashlib.md5(track_id.encode()).hexdigest(),
+        duration_seconds=5.0 * n_segments,
+        n_segments=n_segments,
+        targets=targets,
+        labels=labels,
+    )
+
+
+def clustered_store(
+    home: Path,
+    dataset: str = "syn",
+    *,
+    n_tracks: int = 40,
+    n_layers: int = 4,
+    dim: int = 16,
+    n_clusters: int = 4,
+    seed: int = 0,
+    offset: float = 5.0,
+):
+    """Clustered track features around a large shared offset (like raw MERT means), labels
+    ``work`` (the cluster) and ``composer``; each track has 2–4 windows with a spectral
+    centroid target; stored in float32."""
+    from messai.features.store import FeatureStore
+
+    rng = np.random.default_rng(seed)
+    root = home / "stores" / dataset / "synthetic--model"
+    store = FeatureStore.create(
+        root,
+        dataset=dataset,
+        model=synthetic_identity("model", n_layers=n_layers, dim=dim) | {"config_hash": "syn"},
+        settings=synthetic_settings("float32"),
+    )
+    centers = rng.normal(size=(n_clusters, n_layers, dim))
+    with store.writer():
+        for i in range(n_tracks):
+            c = i % n_clusters
+            n = int(rng.integers(2, 5))
+            seg = (offset + centers[c] + 0.6 * rng.normal(size=(n, n_layers, dim))).astype(
+                np.float32
+            )
+            tid = f"c{c}/track {i:03d}"
+            targets = {"spectral_centroid": rng.uniform(500, 3000, n).astype(np.float32)}
+            arrays = track_arrays(
+                seg, np.arange(n) * 120000, np.full(n, 120000), targets, store_dtype="float32"
+            )
+            labels = {"work": f"work{c}", "composer": f"comp{c % 2}"}
+            store.put(_entry(tid, n, ("spectral_centroid",), labels), arrays)
+    return store
+
+
+def benchmark_store(
+    home: Path, dataset: str, *, n_tracks: int, n_layers: int = 13, dim: int = 768, seed: int = 0
+):
+    """A store of ``n_tracks`` synthetic tracks (one window each, float16), for speed figures."""
+    from messai.features.store import FeatureStore
+
+    store = FeatureStore.create(
+        home / "stores" / dataset / "synthetic--benchmark",
+        dataset=dataset,
+        model=synthetic_identity("benchmark", n_layers=n_layers, dim=dim)
+        | {"config_hash": "bench"},
+        settings=synthetic_settings("float16"),
+    )
+    vecs = clustered(n_tracks, n_layers * dim, seed=seed).reshape(n_tracks, n_layers, dim)
+    with store.writer():  # inside the writer, put() batches the manifest writes
+        for i in range(n_tracks):
+            tid = f"track{i:06d}"
+            arrays = track_arrays(vecs[i][None], np.zeros(1), np.full(1, 120000), {})
+            store.put(_entry(tid, 1, (), {}), arrays)
+    return store

@@ -1,0 +1,319 @@
+"""Dataset → store: run the extractor over a folder into its feature store, resumably.
+
+Up-to-date tracks are skipped, one bad file never stops the run, and everything finished is
+committed as it completes (see :mod:`messai.features.store`). Progress is reported to an
+:class:`ExtractionListener`; the library itself never prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from messai.datasets.base import TrackInfo
+from messai.errors import AudioError, MessError, StoreError
+from messai.features.decode import WindowSpec, iter_windows, stream_mono
+from messai.features.extractor import FeatureExtractor, TrackResult, check_window, result_arrays
+from messai.features.listener import ExtractionListener
+from messai.features.records import TrackEntry
+
+
+@dataclass
+class ExtractionReport:
+    """Summary of one ``extract_dataset`` run."""
+
+    dataset: str
+    store_path: Path
+    n_tracks: int = 0
+    n_extracted: int = 0
+    n_skipped: int = 0
+    failures: list[str] = field(default_factory=list)  # "path: reason"
+    warnings: list[str] = field(default_factory=list)  # scan notes (skipped names, no labels)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["store_path"] = str(self.store_path)
+        d["realtime_factor"] = round(self.realtime_factor, 3)
+        return d
+
+
+@dataclass
+class ExtractionPlan:
+    """Which of the scanned tracks need model work (``todo``) and which are up to date."""
+
+    tracks: list[TrackInfo]
+    todo: list[TrackInfo]
+    skipped: list[TrackInfo]
+
+
+def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> ExtractionPlan:
+    """Which tracks need work: new ones, changed ones (size/mtime differ and so does the content
+    hash), ones whose stored features are missing, or all with ``force``. Unchanged content
+    with a new mtime is refreshed in the store without model work."""
+    from messai.features.store import file_content_hash
+
+    todo, skipped = [], []
+    for t in tracks:
+        entry = store.get_entry(t.track_id)
+        if force or entry is None or not store.has_track_file(t.track_id):
+            todo.append(t)
+            continue
+        try:
+            st = t.path.stat()
+        except OSError:
+            todo.append(t)  # the extractor reports why it cannot be read
+            continue
+        if entry.size == st.st_size and entry.mtime_ns == st.st_mtime_ns:
+            skipped.append(t)
+        elif file_content_hash(t.path) == entry.content_hash:
+            store.refresh_file_stat(t.track_id, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            skipped.append(t)
+        else:
+            todo.append(t)
+    return ExtractionPlan(tracks, todo, skipped)
+
+
+def store_root_for(settings, dataset: str, identity: dict[str, Any]) -> Path:
+    """Where the store of ``dataset`` extracted with the model ``identity`` lives."""
+    from messai.features.store import model_slug
+
+    return settings.stores_dir / dataset / model_slug(identity)
+
+
+def default_dataset_name(root: Path) -> str:
+    """The folder's name, made a valid dataset name (``My Music!`` → ``My_Music``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.name).strip("._-")[:128]
+    return name or "dataset"
+
+
+def extract_dataset(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    settings=None,
+    layout: str | None = None,
+    force: bool = False,
+    prune: bool = False,
+    scan_options: dict[str, Any] | None = None,
+    listener: ExtractionListener | None = None,
+) -> ExtractionReport:
+    """Extract every audio file under ``path`` into the store of ``dataset``.
+
+    Parameters
+    ----------
+    path : path-like
+        The dataset folder (scanned recursively, or by ``layout``).
+    dataset : str, optional
+        Store name (default: the folder's name).
+    settings : Settings, optional
+        Model, device, window and store settings (default: :func:`messai.config.load_settings`).
+    layout : {"folder", "smd", "maestro"}, optional
+        Dataset layout (auto-detected by default).
+    force : bool
+        Re-extract every track, and rebuild a store built with other settings.
+    prune : bool
+        Drop stored tracks whose audio file no longer exists.
+    scan_options : dict, optional
+        Options of the layout's scanner (``split``, ``limit`` for MAESTRO).
+    listener : ExtractionListener, optional
+        Receives progress.
+
+    Returns
+    -------
+    ExtractionReport
+        Failures are listed in it, never raised (the exit status is the caller's business).
+    """
+    from messai import datasets
+    from messai.config import load_settings, validate_dataset_name
+    from messai.device import select_device, select_dtype
+    from messai.features.store import FeatureStore
+    from messai.models.mert import resolve_checkpoint
+
+    settings = settings or load_settings()
+    listener = listener or ExtractionListener()
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise MessError(f"{root}: not a folder")
+    root = root.resolve()
+    dataset = validate_dataset_name(dataset or default_dataset_name(root))
+    layout = layout or datasets.detect_kind(root)
+    tracks = datasets.scan(root, kind=layout, **(scan_options or {}))
+    rejected = list(getattr(tracks, "rejected", []))
+    if not tracks and not rejected:
+        raise MessError(
+            f"{root}: no audio files found (looked for {', '.join(sorted(datasets.AUDIO_EXTENSIONS))})"
+        )
+    select_dtype(settings.precision, select_device(settings.device))  # fail before the store
+    checkpoint = resolve_checkpoint(settings.model, revision=settings.revision)
+    window = WindowSpec(settings.segment_seconds, settings.hop_seconds, settings.min_seconds)
+    check_window(window, checkpoint)
+    identity = checkpoint.identity()
+    if settings.revision:
+        identity["requested_revision"] = settings.revision
+    build = dict(
+        sample_rate=checkpoint.sample_rate,
+        segment_seconds=settings.segment_seconds,
+        hop_seconds=settings.hop_seconds,
+        min_seconds=settings.min_seconds,
+        do_normalize=checkpoint.do_normalize,
+        store_dtype=settings.store_dtype,
+        precision=settings.precision,
+    )
+    store_root = store_root_for(settings, dataset, identity)
+    new_store = not FeatureStore.exists_at(store_root)
+    store = (
+        FeatureStore.create(store_root, dataset=dataset, model=identity, settings=build)
+        if new_store
+        else FeatureStore.at(store_root)
+    )
+    report = ExtractionReport(
+        dataset=dataset,
+        store_path=store.root,
+        n_tracks=len(tracks) + len(rejected),
+        warnings=list(getattr(tracks, "warnings", [])),
+        failures=rejected,
+    )
+    t0 = time.perf_counter()
+    try:
+        with store.writer():
+            store.reconcile_build(identity, build, force=force)
+            store.set_source(root, layout)
+            store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
+            _tidy(store, root, tracks, prune=prune, report=report)
+            plan = plan_extraction(store, tracks, force=force)
+            report.n_skipped = len(plan.skipped)
+            listener.on_plan(plan)
+            for t in plan.skipped:  # labels may have changed in metadata.csv
+                store.set_labels(t.track_id, t.labels)
+            store.save_manifest()
+            if plan.todo:
+                extractor = FeatureExtractor(
+                    checkpoint,
+                    device=settings.device,
+                    precision=settings.precision,
+                    batch_size=settings.batch_size,
+                    segment_seconds=settings.segment_seconds,
+                    hop_seconds=settings.hop_seconds,
+                    min_seconds=settings.min_seconds,
+                )
+                for result in extractor.run(plan.todo, on_window=listener.on_window):
+                    _store_result(store, result, root, settings.store_dtype, report)
+                    listener.on_track(result)
+    except BaseException:
+        if new_store and store.is_empty():
+            import shutil
+
+            shutil.rmtree(store.root, ignore_errors=True)  # don't leave an empty store behind
+        raise
+    report.wall_seconds = time.perf_counter() - t0
+    return report
+
+
+def _tidy(
+    store, root: Path, tracks: list[TrackInfo], *, prune: bool, report: ExtractionReport
+) -> None:
+    """Forget failures of files that are gone; report (or with ``prune`` drop) stored tracks
+    whose audio file no longer exists. A partial scan (``--limit``) never counts as removal."""
+    scanned = {t.track_id for t in tracks}
+    for tid, failure in store.failures().items():
+        if tid not in scanned and not (root / failure.source).exists():
+            store.forget_failure(tid)
+    gone = [
+        e.track_id
+        for e in store.iter_entries()
+        if e.track_id not in scanned and not (root / e.source).exists()
+    ]
+    if not gone:
+        return
+    if prune:
+        for tid in gone:
+            store.remove(tid)
+        report.warnings.append(
+            f"pruned {len(gone)} track(s) whose audio file is gone (first: {gone[0]})"
+        )
+    else:
+        report.warnings.append(
+            f"{len(gone)} stored track(s) have no audio file under {root} any more (first: {gone[0]}); "
+            "they stay in the store; --prune drops them"
+        )
+
+
+def _store_result(store, result: TrackResult, root: Path, store_dtype: str, report) -> None:
+    tid = result.track.track_id
+    source = result.track.path.relative_to(root).as_posix()
+    if not result.ok:
+        report.failures.append(result.error)
+        prefix = f"{result.track.path}: "
+        reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
+        store.mark_failed(tid, source, reason)
+        return
+    size, mtime, digest = result.source
+    entry = TrackEntry(
+        track_id=tid,
+        source=source,
+        size=size,
+        mtime_ns=mtime,
+        content_hash=digest,
+        duration_seconds=round(result.duration_seconds, 6),
+        n_segments=int(result.segments.shape[0]),
+        targets=tuple(sorted(result.targets)),
+        labels=dict(result.track.labels),
+    )
+    store.put(entry, result_arrays(result, store_dtype=store_dtype))
+    report.n_extracted += 1
+    report.audio_seconds += result.duration_seconds
+
+
+def recompute_targets(dataset: str, model: str | None = None, *, settings=None) -> ExtractionReport:
+    """Recompute every stored track's proxy targets from its audio file (no model work).
+
+    The file must still be where extraction found it and have the same content; otherwise the
+    track is reported as failed and left untouched."""
+    from messai.config import load_settings
+    from messai.features.store import FeatureStore, file_content_hash
+    from messai.features.targets import compute_targets
+
+    settings = settings or load_settings()
+    store = FeatureStore.open(dataset, model, home=settings.home)
+    root = store.source_root or Path()
+    s = store.settings
+    spec = WindowSpec(s["segment_seconds"], s["hop_seconds"], s["min_seconds"])
+    rate = int(s["sample_rate"])
+    report = ExtractionReport(dataset=store.dataset, store_path=store.root)
+    t0 = time.perf_counter()
+    with store.writer():
+        report.n_tracks = len(store)
+        for entry in store.iter_entries():
+            path = root / entry.source
+            try:
+                if not path.is_file():
+                    raise AudioError(f"{path}: audio file no longer there")
+                if file_content_hash(path) != entry.content_hash:
+                    raise AudioError(f"{path}: changed since extraction; re-run 'mess extract'")
+                # window by window: memory stays bounded for long files
+                rows = [
+                    compute_targets([w], rate)
+                    for _, w in iter_windows(stream_mono(path, rate), spec, rate)
+                ]
+                if len(rows) != entry.n_segments:
+                    raise AudioError(f"{path}: {len(rows)} windows now, {entry.n_segments} stored")
+                values = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+                store.replace_targets(entry.track_id, values)
+            except (AudioError, StoreError) as exc:
+                report.failures.append(str(exc))
+                continue
+            report.n_extracted += 1
+    report.wall_seconds = time.perf_counter() - t0
+    return report
