@@ -99,7 +99,7 @@ def test_get_unknown_kind_lists_known():
 def test_detect_kind_ambiguous_asks_for_kind(tmp_path):
     make_smd(tmp_path)
     write_csv(tmp_path / "maestro-v3.0.0.csv", MAESTRO_HEADER, [])
-    with pytest.raises(DatasetError, match="several datasets.*--kind"):
+    with pytest.raises(DatasetError, match="several datasets.*--layout"):
         detect_kind(tmp_path)
     assert len(datasets.scan(tmp_path, "smd")) == 13
 

@@ -12,6 +12,7 @@ from messai.cli.common import (
     ModelOpt,
     PrecisionOpt,
     RevisionOpt,
+    StoreDtypeChoice,
     app,
     err_console,
     notice,
@@ -31,9 +32,13 @@ def extract_command(
         Optional[str],
         typer.Option("--dataset", "-d", help="Store name (default: the folder's name)."),
     ] = None,
+    layout: Annotated[
+        Optional[str],
+        typer.Option("--layout", help="Dataset layout: folder, smd, maestro (auto-detected)."),
+    ] = None,
     kind: Annotated[
         Optional[str],
-        typer.Option("--kind", help="Dataset layout: folder, smd, maestro (auto-detected)."),
+        typer.Option("--kind", hidden=True, help="Deprecated alias of --layout."),
     ] = None,
     split: Annotated[
         Optional[str],
@@ -64,7 +69,8 @@ def extract_command(
         typer.Option("--min-seconds", help="Shortest tail window kept, seconds [default: 1]."),
     ] = None,
     store_dtype: Annotated[
-        Optional[str], typer.Option("--store-dtype", help="float16 (default) or float32.")
+        Optional[StoreDtypeChoice],
+        typer.Option("--store-dtype", help="dtype of the stored features [default: float16]."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Re-extract every track, even up-to-date ones.")
@@ -95,7 +101,10 @@ def extract_command(
         min_seconds=min_seconds,
         store_dtype=store_dtype,
     )
-    path, dataset, kind = _resolve_path(path, dataset, kind, settings)
+    if kind is not None:
+        notice("note: 'mess extract --kind' is deprecated; use --layout (--kind goes in 0.3)")
+        layout = layout or kind
+    path, dataset, layout = _resolve_path(path, dataset, layout, settings)
     scan_options = {k: v for k, v in (("split", split), ("limit", limit)) if v is not None}
     progress = ExtractProgress(quiet=quiet)
     try:
@@ -103,7 +112,7 @@ def extract_command(
             path,
             dataset=dataset,
             settings=settings,
-            layout=kind,
+            layout=layout,
             force=force,
             prune=prune,
             scan_options=scan_options,
@@ -137,14 +146,14 @@ def extract_command(
         raise typer.Exit(1)
 
 
-def _resolve_path(path, dataset, kind, settings):
+def _resolve_path(path, dataset, layout, settings):
     from messai.errors import ConfigError
 
     if path is not None:
-        return path, dataset, kind
+        return path, dataset, layout
     if dataset and dataset in settings.datasets:
         entry = settings.datasets[dataset]
-        return entry.path, dataset, kind or entry.kind
+        return entry.path, dataset, layout or entry.kind
     if dataset:
         raise ConfigError(
             f"no PATH given and dataset {dataset!r} is not configured ([datasets.{dataset}] path = ... in the config file)"

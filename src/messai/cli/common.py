@@ -84,17 +84,16 @@ class ListFormat(str, Enum):
     ids = "ids"
 
 
-class DeviceChoice(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
+def setting_choices(name: str, enum_name: str) -> type[Enum]:
+    """A click choice enum made from a setting's declared choices (one source of truth)."""
+    from messai.config import FIELDS
+
+    return Enum(enum_name, [(c, c) for c in FIELDS[name].choices], type=str)
 
 
-class PrecisionChoice(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
+DeviceChoice = setting_choices("device", "DeviceChoice")
+PrecisionChoice = setting_choices("precision", "PrecisionChoice")
+StoreDtypeChoice = setting_choices("store_dtype", "StoreDtypeChoice")
 
 
 def _version(value: bool) -> None:

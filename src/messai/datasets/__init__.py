@@ -49,7 +49,7 @@ def detect_kind(root: Path) -> str:
     """The dataset kind of ``root``: a specific kind when exactly one matches, else ``folder``.
 
     Raises DatasetError when ``root`` is not a folder, or when several specific kinds match
-    (the message asks for ``--kind``).
+    (the message asks for ``--layout``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -58,7 +58,7 @@ def detect_kind(root: Path) -> str:
     if len(matches) > 1:
         raise DatasetError(
             f"{root}: looks like several datasets ({', '.join(matches)}); "
-            f"say which with --kind {'|'.join(sorted(REGISTRY))}"
+            f"say which with --layout {'|'.join(sorted(REGISTRY))}"
         )
     return matches[0] if matches else DEFAULT_KIND
 
