@@ -476,3 +476,20 @@ def test_maestro_tree_with_split_and_limit(tmp_path, tiny_ckpt):
     assert len(store.track_ids()) == 1 and store.track_ids()[0] in train
     labels = store.labels(store.track_ids()[0])
     assert labels["split"] == "train" and labels["work"] == labels["title"]
+
+
+def test_layout_flag_and_deprecated_kind_alias(tmp_path, tiny_ckpt):
+    """--layout names the dataset layout; --kind still works for one release, with a notice."""
+    d = tmp_path / "plain"
+    write_audio(d / "Bach_BWV849-01_001_20090916-SMD.wav", 2.2, 22050)
+    r = mess("extract", d, "-d", "as-folder", "--layout", "folder", "--model", tiny_ckpt, "-q")
+    assert r.exit_code == 0, r.output
+    assert FeatureStore.open("as-folder").source_kind == "folder"
+    assert FeatureStore.open("as-folder").track_ids() == ["Bach_BWV849-01_001_20090916-SMD"]
+    r = mess("extract", d, "-d", "as-smd", "--kind", "smd", "--model", tiny_ckpt, "-q")
+    assert r.exit_code == 0, r.output
+    assert "--kind' is deprecated; use --layout" in r.stderr
+    assert FeatureStore.open("as-smd").source_kind == "smd"
+    assert FeatureStore.open("as-smd").track_ids() == ["Bach_BWV849-01"]
+    r = mess("extract", d, "-d", "bad", "--layout", "nope", "--model", tiny_ckpt, "-q")
+    assert r.exit_code != 0 and "nope" in r.output

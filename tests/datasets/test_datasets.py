@@ -26,7 +26,7 @@ from tests.dataset_fixtures import (
     write_tone,
 )
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
 
 # ------------------------------------------------------------------------------------ contract
