@@ -109,9 +109,11 @@ def main() -> None:
     probe_seconds = time.perf_counter() - start
     eigh_seconds = time_eigh(args.dim)
     # per layer: one decomposition per outer fold, one per inner fit of the alpha search
-    from messai.analysis.probe import _inner_pairs
+    from messai.analysis.splits import inner_fold_pairs
 
-    decompositions = args.layers * (args.folds + len(_inner_pairs(args.folds, args.inner_folds)))
+    decompositions = args.layers * (
+        args.folds + len(inner_fold_pairs(args.folds, args.inner_folds))
+    )
     print(
         json.dumps(
             {

@@ -133,6 +133,8 @@ FIELDS: dict[str, FieldSpec] = {
     ),
     "folds": FieldSpec(int, 5, "outer group folds of the probe", ge=2, le=100),
     "seed": FieldSpec(int, 0, "seed of folds, controls and bootstrap"),
+    # The library calls this threshold min_r2 (messai.analysis: TargetProbeResult.is_validated,
+    # LayerDiscovery, aspect_map; default DEFAULT_MIN_R2); the CLI passes this setting as min_r2.
     "r2_threshold": FieldSpec(float, 0.5, "minimum R² for an aspect to count as validated"),
     "index_kind": FieldSpec(str, "flat", "FAISS index kind", choices=("flat", "hnsw", "ivf")),
     "normalize": FieldSpec(

@@ -194,7 +194,7 @@ def test_registry():
     for name, target in TARGETS.items():
         assert target.name == name
         assert target.description and "\n" not in target.description
-        assert target.transform in ("none", "log")
+        assert target.transform in ("none", "log1p")
         assert name in targets_for_aspect(target.aspect)
     assert targets_for_aspect("spectral_brightness") == ["spectral_centroid", "spectral_rolloff"]
     assert targets_for_aspect("no such aspect") == []

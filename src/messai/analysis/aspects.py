@@ -2,8 +2,9 @@
 
 An aspect (spectral_brightness, timbral_texture ...) is what a user asks for; proxy targets
 stand for aspects (``messai.features.targets``). The map comes from this store's probe results when they
-exist: the aspect's best (target, layer) by R², *validated* when that R² is at least the
-threshold (0.5 by default) and its bootstrap CI clears the control. Without probe results, the
+exist: the aspect's best (target, layer) by R², *validated* when that R² is at least
+``min_r2`` (the setting ``r2_threshold``; 0.5 by default) and its bootstrap CI clears the
+control. Without probe results, the
 prototype's three claims are used, clearly labelled unvalidated.
 """
 
@@ -14,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from messai.analysis.results import DEFAULT_MIN_R2
 from messai.errors import ConfigError
 from messai.numeric import finite_or_none
 
@@ -62,9 +64,28 @@ class AspectLayer:
 
 
 def aspect_map_from_probe(
-    probe: dict[str, Any] | None, *, min_r2: float = 0.5, stale: bool = False
+    probe: dict[str, Any] | None, *, min_r2: float = DEFAULT_MIN_R2, stale: bool = False
 ) -> dict[str, AspectLayer]:
-    """Aspect → ``AspectLayer`` from a saved probe-results dict (``ProbeResults.to_dict()``)."""
+    """The aspect → layer map from saved probe results.
+
+    For each aspect, its targets' (target, layer) pairs are ranked validated first, then by R².
+    Aspects without probed targets fall back to `PROTOTYPE_DEFAULTS` (unvalidated) or are left
+    out.
+
+    Parameters
+    ----------
+    probe
+        A ``ProbeResults.to_dict()`` dict, or None (prototype defaults only).
+    min_r2
+        R² threshold of `TargetProbeResult.is_validated` (the setting ``r2_threshold``).
+    stale
+        Mark the probe-based entries as computed on an older version of the store.
+
+    Returns
+    -------
+    dict
+        aspect name → `AspectLayer`.
+    """
     from messai.features.targets import ASPECTS_OF_TARGETS
 
     out: dict[str, AspectLayer] = {}
@@ -111,7 +132,20 @@ def aspect_map_from_probe(
 
 
 def load_probe(store) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The saved probe results of a store and their metadata, or ``(None, None)``."""
+    """The saved probe results of a store and their metadata.
+
+    Returns
+    -------
+    results : dict or None
+        ``ProbeResults.to_dict()`` as saved in the store's ``probe.json``; None without one.
+    meta : dict or None
+        The run's metadata (``dataset``, ``model``, ``store_fingerprint``, ``min_r2`` ...).
+
+    Raises
+    ------
+    ConfigError
+        ``probe.json`` exists but cannot be read.
+    """
     path = store.root / "probe.json"
     if not path.is_file():
         return None, None
@@ -127,17 +161,35 @@ def load_probe(store) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
 def aspect_map(store, *, min_r2: float | None = None) -> dict[str, AspectLayer]:
     """The aspect → layer map of a store (its probe results, else the prototype defaults).
 
-    ``min_r2`` defaults to the threshold the probe was run with (0.5 unless changed). Entries
-    are marked ``stale`` when the store changed after the probe."""
+    Parameters
+    ----------
+    store
+        A `messai.features.store.FeatureStore`.
+    min_r2
+        R² threshold for validation; None: the threshold the probe was run with (saved in
+        ``probe.json``, `DEFAULT_MIN_R2` unless changed).
+
+    Returns
+    -------
+    dict
+        aspect name → `AspectLayer`; probe-based entries are marked ``stale`` when the store
+        changed after the probe.
+    """
     probe, meta = load_probe(store)
     stale = bool(meta) and meta.get("store_fingerprint") != store.fingerprint(probe_inputs=True)
     if min_r2 is None:
-        min_r2 = float((meta or {}).get("min_r2", 0.5))
+        min_r2 = float((meta or {}).get("min_r2", DEFAULT_MIN_R2))
     return aspect_map_from_probe(probe, min_r2=min_r2, stale=stale)
 
 
 def resolve_aspect(mapping: dict[str, AspectLayer], aspect: str) -> AspectLayer:
-    """The entry for ``aspect``; a ConfigError listing the available aspects otherwise."""
+    """The entry for ``aspect`` in an `aspect_map`.
+
+    Raises
+    ------
+    ConfigError
+        No layer for ``aspect``; the message lists the aspects that have one.
+    """
     entry = mapping.get(aspect)
     if entry is None or entry.layer is None:
         available = ", ".join(sorted(a for a, e in mapping.items() if e.layer is not None))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from messai.analysis.results import DEFAULT_MIN_R2
 from messai.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,33 @@ def probe_inputs(
     group_by: str = "track",
     track_ids: list[str] | None = None,
 ) -> ProbeInputs:
-    """Stack the windows of every track (or ``track_ids``) with their (transformed) targets."""
+    """Stack the windows of every track (or ``track_ids``) with their (transformed) targets.
+
+    Parameters
+    ----------
+    store
+        A `messai.features.store.FeatureStore` with proxy targets computed.
+    targets
+        Target names (default: every registered target the store has).
+    group_by
+        ``"track"``, or a label (e.g. ``"work"``) every track must have.
+    track_ids
+        Tracks to use, in this order (default: all of the store's).
+
+    Returns
+    -------
+    ProbeInputs
+        ``features [n_windows, n_layers, dim]``, ``targets`` name → ``[n_windows]`` or
+        ``[n_windows, k]`` after each target's own transform (``log1p`` for the Hz targets),
+        ``groups [n_windows]``.
+
+    Raises
+    ------
+    StoreError
+        No tracks, or targets not computed.
+    ConfigError
+        Unknown targets, or tracks without the ``group_by`` label.
+    """
     from messai.features.targets import TARGETS
 
     ids = track_ids if track_ids is not None else store.track_ids()
@@ -91,6 +118,29 @@ def probe_inputs(
 class LayerDiscovery:
     """Probe every layer of a store against its proxy targets (with controls) and save the result.
 
+    Parameters
+    ----------
+    dataset, model
+        The feature store to probe (`messai.features.store.FeatureStore.open`).
+    home
+        MESS home directory (default: the configured one).
+    targets
+        Target names (default: all the store has).
+    folds, seed
+        Outer group folds and seed of `probe_layers`.
+    group_by
+        ``"track"``, or a label such as ``"work"`` to keep whole works on one side of a split.
+    control_store
+        Dataset name of the same audio extracted with a random-weights model (random-model
+        control), or None.
+    min_r2
+        R² threshold saved with the results, the default of `aspect_map` (the setting
+        ``r2_threshold``).
+    n_bootstrap
+        Group bootstrap resamples.
+
+    Examples
+    --------
     >>> LayerDiscovery(dataset="smd").run_full_discovery().best_layers()  # doctest: +SKIP
     """
 
@@ -105,7 +155,7 @@ class LayerDiscovery:
         seed: int = 0,
         group_by: str = "track",
         control_store: str | None = None,
-        min_r2: float = 0.5,
+        min_r2: float = DEFAULT_MIN_R2,
         n_bootstrap: int = 1000,
     ):
         from messai.features.store import FeatureStore
@@ -142,7 +192,18 @@ class LayerDiscovery:
         return out
 
     def run_full_discovery(self, *, save: bool = True):
-        """Run the probe; return ``ProbeResults`` (and save them with the store)."""
+        """Run `probe_layers` on the store's windows.
+
+        Parameters
+        ----------
+        save
+            Also write the results (with metadata) to the store's ``probe.json``.
+
+        Returns
+        -------
+        ProbeResults
+            Also kept as ``results_``.
+        """
         from messai.analysis.probe import probe_layers
 
         inputs = probe_inputs(self.store, targets=self.targets, group_by=self.group_by)
@@ -161,6 +222,8 @@ class LayerDiscovery:
         return results
 
     def save(self, results) -> Path:
+        """Write ``results`` (`ProbeResults`) and the run's metadata to the store's
+        ``probe.json`` (atomically); return its path."""
         from messai.features.store import now_iso
         from messai.files import atomic_write_json
 

@@ -75,7 +75,7 @@ class Target:
         description: one line, with units.
         aspect: the musical aspect it stands for, e.g. ``"spectral_brightness"``.
         size: 1 for a scalar per window, k for a k-vector per window.
-        transform: ``"none"`` or ``"log"``; ``"log"`` means the probe should regress onto
+        transform: ``"none"`` or ``"log1p"``; ``"log1p"`` means the probe should regress onto
             ``log1p(value)`` (natural log of 1 + value, finite for the 0 Hz of silence).
     """
 
@@ -86,9 +86,9 @@ class Target:
     transform: str = "none"
 
     def apply_transform(self, values: np.ndarray) -> np.ndarray:
-        """Return ``values`` on the scale the probe should use (``log1p`` for ``"log"``)."""
+        """Return ``values`` on the scale the probe should use (``log1p`` for ``"log1p"``)."""
         values = np.asarray(values, dtype=np.float64)
-        if self.transform == "log":
+        if self.transform == "log1p":
             return np.log1p(np.maximum(values, 0.0))
         return values
 
@@ -100,19 +100,19 @@ TARGETS: dict[str, Target] = {
             "spectral_centroid",
             "mean spectral centroid of the magnitude spectrum, Hz",
             "spectral_brightness",
-            transform="log",
+            transform="log1p",
         ),
         Target(
             "spectral_rolloff",
             "mean frequency below which 85% of spectral magnitude lies, Hz",
             "spectral_brightness",
-            transform="log",
+            transform="log1p",
         ),
         Target(
             "spectral_bandwidth",
             "mean 2nd-order spectral spread around the centroid, Hz",
             "acoustic_structure",
-            transform="log",
+            transform="log1p",
         ),
         Target(
             "spectral_contrast",

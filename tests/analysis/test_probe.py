@@ -13,13 +13,8 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, cross_val_p
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from messai.analysis.probe import (
-    ProbeResults,
-    _inner_pairs,
-    _permute_across_groups,
-    group_kfold,
-    probe_layers,
-)
+from messai.analysis.probe import ProbeResults, group_kfold, probe_layers
+from messai.analysis.splits import inner_fold_pairs, permute_across_groups
 from messai.errors import MessError
 
 
@@ -109,7 +104,7 @@ def test_test_fold_targets_never_reach_its_predictions(linear_case):
 @pytest.mark.parametrize("folds", [3, 4, 5, 6])
 @pytest.mark.parametrize("inner", [1, 2, 3, 4, 5])
 def test_inner_search_validates_on_other_training_folds(folds, inner):
-    pairs = _inner_pairs(folds, inner)
+    pairs = inner_fold_pairs(folds, inner)
     for f in range(folds):
         validation = [b if a == f else a for a, b in pairs if f in (a, b)]
         assert f not in validation and len(set(validation)) == len(validation)
@@ -265,7 +260,7 @@ def test_control_moves_targets_between_groups_of_unequal_size():
     y = np.arange(len(group_index), dtype=float)[:, None] + 100 * group_index[:, None]
     valid = np.ones(len(y), dtype=bool)
     valid[[0, 4]] = False  # group 0 has no valid row
-    out = _permute_across_groups(y, valid, group_index, rng.permutation(6))
+    out = permute_across_groups(y, valid, group_index, rng.permutation(6))
     moved_from = (out[valid, 0] // 100).astype(int)
     assert np.all(moved_from != group_index[valid])  # no group keeps its own targets
     assert set(moved_from) == set(range(1, 6))  # each valid group donates
