@@ -114,6 +114,13 @@ FIELDS: dict[str, FieldSpec] = {
     "home": FieldSpec(
         Path, default_factory=default_home, description="data root (stores, probe results, indices)"
     ),
+    "stores": FieldSpec(
+        str,
+        None,
+        "where feature stores live: a folder or a URI (s3://bucket/prefix, gs://, az://, "
+        "file://); default <home>/stores",
+        optional=True,
+    ),
     "model": FieldSpec(str, DEFAULT_MODEL, "hub id or local checkpoint directory"),
     "revision": FieldSpec(str, None, "hub revision (branch, tag or commit)", optional=True),
     "device": FieldSpec(
@@ -178,6 +185,9 @@ def _models():
         **fields,
     )
     settings.stores_dir = property(lambda self: self.home.expanduser() / "stores")
+    settings.stores_location = property(
+        lambda self: self.stores or str(self.home.expanduser() / "stores")
+    )
     settings.indices_dir = property(lambda self: self.home.expanduser() / "indices")
     return settings, DatasetEntry
 

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from messai.cli import app
+from messai.features.records import feature_arrays
 from messai.features.store import FeatureStore
 from tests.conftest import write_audio
 
@@ -91,10 +92,10 @@ def test_group_by_missing_label_is_clear(small_store):
 def test_targets_recomputed_from_audio(small_store):
     store = FeatureStore.open("lib")
     before = store.load("w0/t0")["targets"]["spectral_centroid"].copy()
-    path = store.track_file("w0/t0")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if not k.startswith("target__")}
-    np.savez(path, **arrays)  # a store extracted before targets existed
+    with store.writer():  # as if extracted before targets existed
+        for entry in store.iter_entries():
+            arrays = feature_arrays(store.read_arrays(entry.track_id))
+            store.put(entry.with_changes(targets=()), arrays)
     assert "spectral_centroid" not in FeatureStore.open("lib").load("w0/t0")["targets"]
     r = runner.invoke(app, ["probe", "--dataset", "lib", "--folds", "3"])
     assert r.exit_code == 2 and "mess targets" in r.output

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from messai.cli import app
+from messai.errors import StoreError
 from messai.features.store import FeatureStore
 from tests.conftest import write_audio
 from tests.synthetic_store import make_store
@@ -148,30 +150,35 @@ def test_failure_reason_with_colon_in_name(tmp_path, tiny_ckpt):
     assert row["status"] == "failed: empty file"
 
 
-def test_missing_or_damaged_track_files(lib, tiny_ckpt):
+def test_missing_or_damaged_store_data(lib, tiny_ckpt):
+    import lance
+
     assert (
         mess("extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu", "-q").exit_code
         == 0
     )
     store = FeatureStore.open("m")
-    store.track_file("a").unlink()
+    before = store.load("b")["segments"]
+    # windows of one track lost (its record says 2): detected, and redone by extract
+    lance.dataset(str(store.root / "windows.lance")).delete("track_id = 'a'")
+    with pytest.raises(StoreError, match="stored windows.*damaged"):
+        FeatureStore.open("m").load("a")
     r = mess("extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu")
     assert r.exit_code == 0 and "1 extracted, 1 up to date" in r.output
-    store = FeatureStore.open("m")
-    store.track_file("b").write_bytes(b"PK\x03\x04 garbage")
-    r = mess("recommend", "-d", "m", "--track", "a", "--layer", "0")
-    assert (
-        r.exit_code == 2
-        and r.output.strip().splitlines()[-1].startswith("error: ")
-        and "damaged" in r.output
-    )
-    with pytest.raises(Exception, match="damaged"):
+    assert FeatureStore.open("m").load("a")["segments"].shape[0] == store.entry("a").n_segments
+    np.testing.assert_array_equal(FeatureStore.open("m").load("b")["segments"], before)
+    # a window's values changed behind mess's back: the digest catches it on read
+    windows = lance.dataset(str(store.root / "windows.lance"))
+    windows.update({"start": "start + 1"}, where="track_id = 'b' AND window = 0")
+    with pytest.raises(StoreError, match="does not match its record"):
         FeatureStore.open("m").load("b")
-    r = mess(
-        "extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu"
-    )  # what the message says to do
-    assert r.exit_code == 0 and "1 extracted, 1 up to date" in r.output
-    assert FeatureStore.open("m").load("b")["segments"].shape[0] == 2
+    # a damaged data file: one line naming the store, never a traceback
+    for f in (store.root / "windows.lance" / "data").glob("*.lance"):
+        f.write_bytes(b"garbage")
+    r = mess("extract", lib, "-d", "m", "--model", tiny_ckpt, "--device", "cpu")
+    last = r.output.strip().splitlines()[-1]
+    assert r.exit_code == 2 and last.startswith("error: ") and str(store.root) in last
+    assert "Traceback" not in r.output
 
 
 def test_removed_audio_is_reported_then_pruned(lib, tiny_ckpt):

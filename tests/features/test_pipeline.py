@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import soundfile as sf
 import torch
@@ -331,10 +332,13 @@ def test_float16_store_is_compact(music_dir, tiny_ckpt):
         == 0
     )
     store = FeatureStore.open("h")
-    path = store.root / "tracks"
-    with np.load(next(path.iterdir()), allow_pickle=False) as z:
-        assert z["segments"].dtype == np.float16
-        assert z["aggregated"].dtype == np.float32
+    arrays = store.read_arrays(store.track_ids()[0])
+    assert arrays["segments"].dtype == np.float16
+    assert arrays["aggregated"].dtype == np.float32
+    import lance
+
+    windows = lance.dataset(str(store.root / "windows.lance"))
+    assert str(windows.schema.field("layer_00").type.value_type) == "halffloat"
 
 
 def test_unsupported_device_is_an_error(music_dir, tiny_ckpt):
@@ -418,33 +422,27 @@ def test_smd_tree_gets_ids_and_labels_and_probes_by_work(tmp_path, tiny_ckpt):
     assert json.loads(r.stdout)["n_groups"] == 5
 
 
-def test_orphaned_track_files_are_adopted_not_recomputed(music_dir, tiny_ckpt, monkeypatch):
-    """A writer killed between a track file and the manifest update loses nothing: the next run
-    lists the finished file (same model and settings) without model work."""
-    assert (
-        mess(
-            "extract", music_dir, "--dataset", "o", "--model", tiny_ckpt, "--device", "cpu", "-q"
-        ).exit_code
-        == 0
-    )
+def test_windows_of_an_uncommitted_batch_are_never_read_and_are_collected(music_dir, tiny_ckpt):
+    """A run killed after writing a batch's windows but before committing its tracks leaves
+    windows no track points at: readers ignore them and the next writer removes them."""
+    import lance
+
+    args = ["extract", music_dir, "--dataset", "o", "--model", tiny_ckpt, "--device", "cpu", "-q"]
+    assert mess(*args).exit_code == 0
     store = FeatureStore.open("o")
     before = store.load("a")["segments"]
-    manifest = json.loads((store.root / "manifest.json").read_text())
-    manifest["tracks"].pop("a")
-    (store.root / "manifest.json").write_text(
-        json.dumps(manifest)
-    )  # as if killed before listing "a"
-    import messai.models.mert as mert
-
-    with monkeypatch.context() as m:
-        m.setattr(
-            mert, "load_mert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model work"))
-        )
-        r = runner.invoke(
-            app, ["extract", str(music_dir), "--dataset", "o", "--model", str(tiny_ckpt)]
-        )
-    assert r.exit_code == 0 and "2 up to date" in r.output
+    windows = lance.dataset(str(store.root / "windows.lance"))
+    n_rows = windows.count_rows()
+    orphan = windows.to_table(filter="track_id = 'a'").to_pydict()
+    orphan["extraction_id"] = ["f" * 32] * len(orphan["extraction_id"])
+    lance.write_dataset(
+        pa.table(orphan, schema=windows.schema), str(store.root / "windows.lance"), mode="append"
+    )
     np.testing.assert_array_equal(FeatureStore.open("o").load("a")["segments"], before)
+    assert FeatureStore.open("o").read_windows()["segments"].shape[0] == n_rows
+    r = mess(*args)
+    assert r.exit_code == 0
+    assert lance.dataset(str(store.root / "windows.lance")).count_rows() == n_rows
 
 
 def test_maestro_tree_with_split_and_limit(tmp_path, tiny_ckpt):

@@ -146,14 +146,14 @@ def load_probe(store) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     ConfigError
         ``probe.json`` exists but cannot be read.
     """
-    path = store.root / "probe.json"
-    if not path.is_file():
+    raw = store.read_side_file("probe.json")
+    if raw is None:
         return None, None
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        saved = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(
-            f"{path}: unreadable probe results ({exc}); re-run 'mess probe'"
+            f"{store.uri}/probe.json: unreadable probe results ({exc}); re-run 'mess probe'"
         ) from None
     return saved.get("results"), saved.get("meta") or {}
 

@@ -8,6 +8,7 @@ the store (``probe.json``), where ``mess aspects`` and ``mess recommend`` find t
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,23 +79,11 @@ def probe_inputs(
                 f"--group-by {group_by}: {len(missing)} of {len(ids)} tracks have no {group_by!r} label "
                 f"(e.g. {missing[0]!r}); use a dataset kind or metadata.csv that provides it, or --group-by track"
             )
-    n_seg = [store.entry(t).n_segments for t in ids]
-    total = sum(n_seg)
-    feats = np.empty(
-        (total, store.n_layers, store.dim),
-        dtype=np.float16 if store.settings.get("store_dtype") == "float16" else np.float32,
-    )
-    groups = np.empty(total, dtype=object)
-    collected: dict[str, list[np.ndarray]] = {}
-    row = 0
-    for tid, n in zip(ids, n_seg):
-        data = store.load(tid)
-        feats[row : row + n] = data["segments"]
-        groups[row : row + n] = tid if group_by == "track" else store.labels(tid)[group_by]
-        for name, values in data["targets"].items():
-            collected.setdefault(name, []).append(values)
-        row += n
-    available = {k for k, v in collected.items() if len(v) == len(ids)}
+    entries = [store.entry(t) for t in ids]
+    n_seg = [e.n_segments for e in entries]
+    stored = [set(e.targets) for e in entries]
+    available = set.intersection(*stored) if stored else set()
+    collected = set.union(*stored) if stored else set()
     wanted = list(targets) if targets else [t for t in TARGETS if t in collected]
     if not wanted:
         raise StoreError(
@@ -108,11 +97,14 @@ def probe_inputs(
         raise StoreError(
             f"store {store.dataset!r} has no stored values for {', '.join(absent)}; run 'mess targets --dataset {store.dataset}'"
         )
+    data = store.read_windows(targets=wanted, track_ids=list(ids))
+    labels = [t if group_by == "track" else e.labels[group_by] for t, e in zip(ids, entries)]
+    groups = np.repeat(np.asarray(labels, dtype=object), n_seg)
     values = {
-        t: TARGETS[t].apply_transform(np.concatenate(collected[t]).astype(np.float64))
+        t: TARGETS[t].apply_transform(np.asarray(data["targets"][t], dtype=np.float64))
         for t in wanted
     }
-    return ProbeInputs(feats, values, groups.astype(str), list(ids), n_seg)
+    return ProbeInputs(data["segments"], values, groups.astype(str), list(ids), n_seg)
 
 
 class LayerDiscovery:
@@ -221,11 +213,10 @@ class LayerDiscovery:
             self.save(results)
         return results
 
-    def save(self, results) -> Path:
+    def save(self, results) -> str:
         """Write ``results`` (`ProbeResults`) and the run's metadata to the store's
-        ``probe.json`` (atomically); return its path."""
+        ``probe.json`` (atomically); return its location."""
         from messai.features.store import now_iso
-        from messai.files import atomic_write_json
 
         meta: dict[str, Any] = {
             "dataset": self.store.dataset,
@@ -236,6 +227,7 @@ class LayerDiscovery:
             "min_r2": self.min_r2,
             "created": now_iso(),
         }
-        path = self.store.root / "probe.json"
-        atomic_write_json(path, {"meta": meta, "results": results.to_dict()})
-        return path
+        text = json.dumps(
+            {"meta": meta, "results": results.to_dict()}, indent=1, ensure_ascii=False
+        )
+        return self.store.write_side_file("probe.json", (text + "\n").encode("utf-8"))

@@ -19,6 +19,7 @@ Euclidean similarity is the negative distance. Large stores are subsampled to ``
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -116,14 +117,16 @@ def track_targets(store, ids: list[str]) -> dict[str, np.ndarray]:
     """Per track, the mean over its windows of each (transformed) proxy target."""
     from messai.features.targets import TARGETS
 
-    per: dict[str, list[np.ndarray]] = {}
-    for tid in ids:
-        for name, v in store.load(tid)["targets"].items():
-            if name in TARGETS:
-                per.setdefault(name, []).append(
-                    TARGETS[name].apply_transform(np.asarray(v, np.float64)).mean(0)
-                )
-    return {n: np.stack(v) for n, v in per.items() if len(v) == len(ids)}
+    entries = [store.entry(t) for t in ids]
+    common = set.intersection(*(set(e.targets) for e in entries)) if entries else set()
+    names = [n for n in TARGETS if n in common]
+    data = store.read_windows(layers=False, targets=names, track_ids=list(ids))
+    bounds = np.concatenate([[0], np.cumsum(data["n_segments"])])
+    out = {}
+    for name in names:
+        values = TARGETS[name].apply_transform(np.asarray(data["targets"][name], np.float64))
+        out[name] = np.stack([values[a:b].mean(0) for a, b in itertools.pairwise(bounds)])
+    return out
 
 
 def evaluate_similarity(

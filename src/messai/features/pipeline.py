@@ -29,7 +29,7 @@ class ExtractionReport:
     """Summary of one ``extract_dataset`` run."""
 
     dataset: str
-    store_path: Path
+    store_path: str
     n_tracks: int = 0
     n_extracted: int = 0
     n_skipped: int = 0
@@ -65,9 +65,10 @@ def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> Extractio
     from messai.features.store import file_content_hash
 
     todo, skipped = [], []
+    complete = store.window_counts_ok()  # tracks whose stored windows are all there
     for t in tracks:
         entry = store.get_entry(t.track_id)
-        if force or entry is None or not store.has_track_file(t.track_id):
+        if force or entry is None or t.track_id not in complete:
             todo.append(t)
             continue
         try:
@@ -85,11 +86,13 @@ def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> Extractio
     return ExtractionPlan(tracks, todo, skipped)
 
 
-def store_root_for(settings, dataset: str, identity: dict[str, Any]) -> Path:
+def store_uri_for(settings, dataset: str, identity: dict[str, Any]) -> str:
     """Where the store of ``dataset`` extracted with the model ``identity`` lives."""
+    from messai.features import location
     from messai.features.store import model_slug
 
-    return settings.stores_dir / dataset / model_slug(identity)
+    base = location.normalise(settings.stores_location)
+    return location.join(base, dataset, model_slug(identity))
 
 
 def default_dataset_name(root: Path) -> str:
@@ -171,16 +174,16 @@ def extract_dataset(
         store_dtype=settings.store_dtype,
         precision=settings.precision,
     )
-    store_root = store_root_for(settings, dataset, identity)
-    new_store = not FeatureStore.exists_at(store_root)
+    store_uri = store_uri_for(settings, dataset, identity)
+    new_store = not FeatureStore.exists_at(store_uri)
     store = (
-        FeatureStore.create(store_root, dataset=dataset, model=identity, settings=build)
+        FeatureStore.create(store_uri, dataset=dataset, model=identity, settings=build)
         if new_store
-        else FeatureStore.at(store_root)
+        else FeatureStore.at(store_uri)
     )
     report = ExtractionReport(
         dataset=dataset,
-        store_path=store.root,
+        store_path=store.uri,
         n_tracks=len(tracks) + len(rejected),
         warnings=list(getattr(tracks, "warnings", [])),
         failures=rejected,
@@ -212,13 +215,29 @@ def extract_dataset(
                     _store_result(store, result, root, settings.store_dtype, report)
                     listener.on_track(result)
     except BaseException:
-        if new_store and store.is_empty():
-            import shutil
-
-            shutil.rmtree(store.root, ignore_errors=True)  # don't leave an empty store behind
+        _remove_if_never_used(store, created=new_store)
         raise
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def _remove_if_never_used(store, *, created: bool) -> None:
+    """A store this run created and never wrote to is removed on failure (no empty folder on
+    a full disk), but only while this run holds it: a store another run is writing (it lost
+    the race to create it, or holds the lock) is never touched."""
+    from messai.features import location
+    from messai.features.store import FeatureStore
+
+    if not created:
+        return
+    try:
+        fresh = FeatureStore.at(store.uri)
+        if len(fresh) or fresh.failures():
+            return
+        with fresh.writer():  # fails if another process holds it
+            location.remove_tree(store.uri)
+    except Exception:  # best effort: leaving an empty store is harmless
+        return
 
 
 def _tidy(
@@ -291,7 +310,7 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
     s = store.settings
     spec = WindowSpec(s["segment_seconds"], s["hop_seconds"], s["min_seconds"])
     rate = int(s["sample_rate"])
-    report = ExtractionReport(dataset=store.dataset, store_path=store.root)
+    report = ExtractionReport(dataset=store.dataset, store_path=store.uri)
     t0 = time.perf_counter()
     with store.writer():
         report.n_tracks = len(store)

@@ -1,19 +1,25 @@
-"""FeatureStore: per-segment, time-averaged hidden states of every layer, on disk.
+"""FeatureStore: per-window, time-averaged hidden states of every layer, as a Lance dataset.
 
-Layout, one store per dataset × model under ``$MESS_HOME/stores/<dataset>/<model-slug>/``::
+One store per dataset × model, at ``<stores>/<dataset>/<model-slug>/`` where ``<stores>`` is a
+local folder (default ``$MESS_HOME/stores``) or any URI Lance accepts (``s3://bucket/prefix``,
+``gs://``, ``az://``). It holds two Lance tables; the layout is documented in
+``docs/store-format.md``:
 
-    manifest.json        what the store was built from, and one entry per track
-    tracks/<h>.npz       one file per track (h = hash of the track id, never the id itself):
-                         segments [n_segments, n_layers, dim] (float16 by default),
-                         aggregated [n_layers, dim] float32 (mean over segments),
-                         starts / lengths [n_segments] (samples at the model rate),
-                         target__<name> [n_segments] or [n_segments, k], meta (JSON text)
-    .lock                held (flock) by the one process writing the store
+- ``tracks.lance``: one row per track — id, source, size, mtime, content hash, duration,
+  windows, labels (JSON), status, the last failure, the extraction id, a digest of the stored
+  arrays, and the time-averaged vector of every layer as its own column (``layer_00`` …);
+- ``windows.lance``: one row per window — track id, extraction id, window index, start,
+  length, one column per layer (float16 by default) and one per proxy target.
 
-Every file is written to a temporary name in the same folder, fsynced and renamed into place,
-so a reader or a killed writer never sees half a file; the manifest is rewritten after each
-track, so a run killed at any moment loses at most the tracks in flight. Nothing is unpickled:
-arrays load with ``allow_pickle=False``.
+The build description (model identity, settings, code version) is the tracks table's schema
+metadata. A track's windows belong to it through its extraction id, so windows written by a
+run killed before it committed the track are never read (and are removed later).
+
+Writes are buffered and committed in batches (:meth:`FeatureStore.commit`, at least every
+``COMMIT_TRACKS`` tracks or ``COMMIT_SECONDS`` seconds while writing): one Lance commit per
+table per batch, atomic and versioned; on S3 Lance commits through conditional writes, which
+are checked before writing (:func:`messai.features.location.check_conditional_writes`). A
+local store also admits one writer at a time (a lock file).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import hashlib
 import json
 import os
 import re
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from messai.errors import StoreError, TrackNotFoundError
+from messai.features import location as loc
 from messai.features.records import (
     AGGREGATED,
     LENGTHS,
@@ -39,16 +48,16 @@ from messai.features.records import (
     STARTS,
     TrackEntry,
     TrackFailure,
-    feature_arrays,
-    target_array_name,
     target_arrays,
 )
-from messai.files import atomic_write_bytes, atomic_write_json
 
 FORMAT = "mess-feature-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+TRACKS_TABLE = "tracks.lance"
+WINDOWS_TABLE = "windows.lance"
+METADATA_KEY = b"mess"
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
-_META_ARRAY = "meta"  # JSON text embedded in every track file: id, build stamp, entry
+_V1_MANIFEST = "manifest.json"
 
 
 def now_iso() -> str:
@@ -66,10 +75,6 @@ def model_slug(identity: dict[str, Any]) -> str:
     return f"{slug}@{_SLUG_BAD.sub('_', rev)}" if rev else slug
 
 
-def track_file_name(track_id: str) -> str:
-    return hashlib.sha1(track_id.encode("utf-8")).hexdigest()[:24] + ".npz"
-
-
 def file_content_hash(path: Path) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
@@ -78,12 +83,41 @@ def file_content_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
+def layer_column(layer: int) -> str:
+    return f"layer_{layer:02d}"
 
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+
+def target_column(target: str) -> str:
+    return f"target_{target}"
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """A digest of a track's stored arrays (names, dtypes, shapes, bytes), checked on read."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def stores_location(*, home: Path | str | None = None, stores: str | None = None) -> str:
+    """Where stores live: ``stores`` if given, else the ``stores`` setting (``MESS_STORES``),
+    else ``<home>/stores``."""
+    if stores:
+        return loc.normalise(stores)
+    from messai.config import load_settings
+
+    settings = load_settings(home=home) if home is not None else load_settings()
+    return loc.normalise(settings.stores_location)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _in_list(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN ({', '.join(_sql_str(v) for v in values)})"
 
 
 @dataclass(frozen=True)
@@ -92,7 +126,7 @@ class StoreSummary:
 
     dataset: str
     model: str
-    path: Path
+    path: str
     n_tracks: int
     n_failed: int
     n_segments: int
@@ -100,99 +134,126 @@ class StoreSummary:
     n_layers: int
     dim: int
     store_dtype: str
-    size_bytes: int
+    size_bytes: int | None
 
     def to_dict(self) -> dict:
-        d = self.__dict__.copy()
-        d["path"] = str(self.path)
-        return d
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    """Changes buffered until the next commit."""
+
+    puts: dict[str, tuple[TrackEntry, dict[str, np.ndarray]]]
+    failures: dict[str, TrackFailure]
+    removes: set[str]
+    stat_updates: dict[str, tuple[int, int]]
+    label_updates: dict[str, dict[str, str]]
+
+    @classmethod
+    def empty(cls) -> _Pending:
+        return cls({}, {}, set(), {}, {})
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.puts or self.failures or self.removes or self.stat_updates or self.label_updates
+        )
 
 
 class FeatureStore:
-    """A feature store on disk. Open existing ones with ``FeatureStore.open(dataset)``.
+    """A feature store. Open existing ones with ``FeatureStore.open(dataset)``.
 
     Reading: :meth:`track_ids`, :meth:`entry` (a :class:`TrackEntry`), :meth:`load`,
-    :meth:`read_arrays`, :meth:`failures`. Writing happens inside :meth:`writer` (the lock):
-    :meth:`put`, :meth:`mark_failed`, :meth:`remove`, :meth:`refresh_file_stat`,
-    :meth:`set_labels`, :meth:`set_source`, :meth:`reconcile_build`, :meth:`replace_targets`.
+    :meth:`layer` (one layer's track vectors from one column), :meth:`read_windows` (columns of
+    every window at once), :meth:`failures`. Writing happens inside :meth:`writer`: :meth:`put`,
+    :meth:`mark_failed`, :meth:`remove`, :meth:`refresh_file_stat`, :meth:`set_labels`,
+    :meth:`set_source`, :meth:`reconcile_build`, :meth:`replace_targets`; changes are committed
+    in batches and when the writer ends.
     """
 
-    #: while writing, the manifest is rewritten at most this often (and when the writer ends);
-    #: track files written in between are adopted from their embedded metadata after a crash.
-    MANIFEST_INTERVAL_SECONDS = 1.0
+    #: while writing, changes are committed at least this often
+    COMMIT_TRACKS = 64
+    COMMIT_SECONDS = 10.0
 
-    def __init__(self, root: Path, manifest: dict[str, Any]):
-        self.root = Path(root)
-        self._manifest = manifest
-        self._dirty = False
-        self._saved_at = 0.0
-        self._writing = False  # inside writer(): manifest saves may be batched
+    def __init__(self, uri: str, meta: dict[str, Any]):
+        self.uri = uri
+        self._meta = meta
+        self._pending = _Pending.empty()
+        self._writing = False
+        self._last_commit = time.monotonic()
+        self._rows: dict[str, dict[str, Any]] | None = None  # track id -> row (no vectors)
 
     # ---------------------------------------------------------------- finding stores
-    @staticmethod
-    def _home(home: Path | str | None) -> Path:
-        if home is not None:
-            return Path(home)
-        from messai.config import load_settings
-
-        return load_settings().home
+    @classmethod
+    def list(
+        cls, *, home: Path | str | None = None, stores: str | None = None
+    ) -> list[FeatureStore]:
+        """Every store under the stores location, sorted by dataset then model."""
+        base = stores_location(home=home, stores=stores)
+        out = []
+        for dataset in loc.list_dirs(base):
+            for slug in loc.list_dirs(loc.join(base, dataset)):
+                with contextlib.suppress(StoreError):
+                    out.append(cls.at(loc.join(base, dataset, slug)))
+        return out
 
     @classmethod
-    def list(cls, *, home: Path | str | None = None) -> list[FeatureStore]:
-        """Every store under the data root, sorted by dataset then model."""
-        base = cls._home(home) / "stores"
-        stores = []
-        for manifest in sorted(base.glob("*/*/manifest.json")):
-            with contextlib.suppress(StoreError):
-                stores.append(cls.at(manifest.parent))
-        return stores
+    def exists_at(cls, uri: str | os.PathLike[str]) -> bool:
+        """Whether a store has been created at ``uri``."""
+        return loc.exists(loc.join(loc.normalise(uri), TRACKS_TABLE))
 
     @classmethod
-    def exists_at(cls, root: Path | str) -> bool:
-        """Whether a store has been created at ``root``."""
-        return (Path(root) / "manifest.json").is_file()
-
-    @classmethod
-    def at(cls, root: Path | str) -> FeatureStore:
-        root = Path(root)
-        path = root / "manifest.json"
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StoreError(f"{root}: not a feature store (no manifest.json)") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path}: unreadable manifest ({exc})") from None
-        if manifest.get("format") != FORMAT:
-            raise StoreError(f"{path}: not a mess feature store manifest")
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise StoreError(
-                f"{path}: written by a newer mess (format {manifest['format_version']}); upgrade mess"
-            )
-        return cls(root, manifest)
+    def at(cls, uri: str | os.PathLike[str]) -> FeatureStore:
+        """The store at ``uri`` (a folder or object-storage URI)."""
+        uri = loc.normalise(uri)
+        tracks = loc.join(uri, TRACKS_TABLE)
+        if not loc.exists(tracks):
+            if loc.exists(loc.join(uri, _V1_MANIFEST)):
+                raise StoreError(
+                    f"{uri}: a format-1 store (manifest.json + .npz files); convert it once with "
+                    f"'mess store migrate {uri}'"
+                )
+            raise StoreError(f"{uri}: not a feature store (no {TRACKS_TABLE})")
+        return cls(uri, _read_meta(tracks))
 
     @classmethod
     def open(
-        cls, dataset: str, model: str | None = None, *, home: Path | str | None = None
+        cls,
+        dataset: str,
+        model: str | None = None,
+        *,
+        home: Path | str | None = None,
+        stores: str | None = None,
     ) -> FeatureStore:
         """The store of ``dataset``; ``model`` (hub id, directory, or slug) may be omitted when
         the dataset has one store."""
         from messai.config import validate_dataset_name
 
         validate_dataset_name(dataset)
-        folder = cls._home(home) / "stores" / dataset
-        candidates = [cls.at(m.parent) for m in sorted(folder.glob("*/manifest.json"))]
+        base = stores_location(home=home, stores=stores)
+        folder = loc.join(base, dataset)
+        candidates, v1 = [], []
+        for slug in loc.list_dirs(folder):
+            uri = loc.join(folder, slug)
+            if loc.exists(loc.join(uri, TRACKS_TABLE)):
+                candidates.append(cls.at(uri))
+            elif loc.exists(loc.join(uri, _V1_MANIFEST)):
+                v1.append(uri)
+        if not candidates and v1:
+            raise StoreError(
+                f"dataset {dataset!r} has a format-1 store ({v1[0]}); convert it once with "
+                f"'mess store migrate {v1[0]}'"
+            )
         if not candidates:
             raise StoreError(
-                f"no feature store for dataset {dataset!r} under {folder.parent}; run 'mess extract PATH --dataset {dataset}'"
+                f"no feature store for dataset {dataset!r} under {base}; "
+                f"run 'mess extract PATH --dataset {dataset}'"
             )
         if model is not None:
-            wanted = {
-                str(model),
-                str(Path(model).expanduser().resolve())
-                if Path(model).expanduser().exists()
-                else str(model),
-            }
-            matches = [s for s in candidates if s.root.name in wanted or s.model_id in wanted]
+            wanted = {str(model)}
+            if Path(model).expanduser().exists():
+                wanted.add(str(Path(model).expanduser().resolve()))
+            matches = [s for s in candidates if s.slug in wanted or s.model_id in wanted]
             if not matches:
                 have = ", ".join(s.model_id for s in candidates)
                 raise StoreError(
@@ -208,9 +269,21 @@ class FeatureStore:
 
     @classmethod
     def create(
-        cls, root: Path, *, dataset: str, model: dict[str, Any], settings: dict[str, Any]
+        cls,
+        uri: str | os.PathLike[str],
+        *,
+        dataset: str,
+        model: dict[str, Any],
+        settings: dict[str, Any],
     ) -> FeatureStore:
-        manifest = {
+        """Create an empty store at ``uri``, or open the one another process just created
+        there with the same build (never removing anything of it)."""
+        import lance
+
+        uri = loc.normalise(uri)
+        if loc.is_remote(uri):
+            loc.check_conditional_writes(uri)
+        meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
@@ -218,113 +291,197 @@ class FeatureStore:
             "settings": settings,
             "code_version": _code_version(),
             "created": now_iso(),
-            "updated": now_iso(),
             "source": {},
-            "tracks": {},
-            "failures": {},
         }
-        store = cls(root, manifest)
-        (root / "tracks").mkdir(parents=True, exist_ok=True)
-        store.save_manifest()
-        return store
+        n_layers, dim = int(model["n_layers"]), int(model["dim"])
+        dtype = settings.get("store_dtype", "float16")
+        win_schema = _windows_schema(n_layers, dim, dtype)
+        trk_schema = _tracks_schema(n_layers, dim, meta)
+        path = loc.local_path(uri)
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+        opts = loc.storage_options() if loc.is_remote(uri) else None
+        for name, schema in ((WINDOWS_TABLE, win_schema), (TRACKS_TABLE, trk_schema)):
+            table_uri = loc.join(uri, name)
+            try:
+                lance.write_dataset(
+                    schema.empty_table(), table_uri, mode="create", storage_options=opts
+                )
+            except (OSError, ValueError) as exc:
+                if "exist" not in str(exc).lower():
+                    raise _storage_error(uri, exc) from None
+                # another process created it first: use theirs, remove nothing
+        return cls.at(uri)
 
     # ---------------------------------------------------------------- properties
     @property
+    def root(self) -> Path:
+        """The store's folder (local stores only)."""
+        path = loc.local_path(self.uri)
+        if path is None:
+            raise StoreError(f"{self.uri}: an object-storage store has no local folder")
+        return path
+
+    @property
+    def slug(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
     def dataset(self) -> str:
-        return self._manifest["dataset"]
+        return self._meta["dataset"]
 
     @property
     def model_id(self) -> str:
-        return self._manifest["model"]["id"]
+        return self._meta["model"]["id"]
 
     @property
     def model(self) -> dict[str, Any]:
         """The model identity the store was built with (a copy)."""
-        return dict(self._manifest["model"])
+        return dict(self._meta["model"])
 
     @property
     def settings(self) -> dict[str, Any]:
         """Extraction settings (rate, window, normalisation, dtype, precision; a copy)."""
-        return dict(self._manifest["settings"])
+        return dict(self._meta["settings"])
 
     @property
     def n_layers(self) -> int:
-        return int(self._manifest["model"]["n_layers"])
+        return int(self._meta["model"]["n_layers"])
 
     @property
     def dim(self) -> int:
-        return int(self._manifest["model"]["dim"])
+        return int(self._meta["model"]["dim"])
 
     @property
     def code_version(self) -> str:
-        """Version of mess that created the store."""
-        return str(self._manifest.get("code_version", ""))
+        return str(self._meta.get("code_version", ""))
 
     @property
     def source_root(self) -> Path | None:
-        """The folder the audio was extracted from (None for stores written without one)."""
-        root = (self._manifest.get("source") or {}).get("root")
+        root = (self._meta.get("source") or {}).get("root")
         return Path(root) if root else None
 
     @property
     def source_kind(self) -> str | None:
-        return (self._manifest.get("source") or {}).get("kind")
+        return (self._meta.get("source") or {}).get("kind")
 
     @property
-    def _entries(self) -> dict[str, dict[str, Any]]:
-        return self._manifest["tracks"]
+    def version(self) -> int:
+        """The tracks table's version: it changes with every commit."""
+        return int(self._tracks().version)
 
-    @property
-    def _failures(self) -> dict[str, dict[str, Any]]:
-        return self._manifest.setdefault("failures", {})
+    # ---------------------------------------------------------------- lance tables
+    def _table_uri(self, name: str) -> str:
+        return loc.join(self.uri, name)
 
+    def _open_table(self, name: str):
+        import lance
+
+        opts = loc.storage_options() if loc.is_remote(self.uri) else None
+        try:
+            return lance.dataset(self._table_uri(name), storage_options=opts)
+        except (OSError, ValueError) as exc:
+            raise _storage_error(self.uri, exc) from None
+
+    def _tracks(self):
+        return self._open_table(TRACKS_TABLE)
+
+    def _windows(self):
+        return self._open_table(WINDOWS_TABLE)
+
+    def _read(self, table: str, *, columns: list[str], filter: str | None = None):
+        """Columns of a table (a pyarrow Table); a damaged or missing file is one StoreError."""
+        ds = self._open_table(table)
+        try:
+            return ds.to_table(columns=columns, filter=filter)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _storage_error(self.uri, exc) from None
+
+    _META_COLUMNS = (
+        "track_id",
+        "status",
+        "extraction_id",
+        "source",
+        "size",
+        "mtime_ns",
+        "content_hash",
+        "duration_seconds",
+        "n_segments",
+        "targets",
+        "labels",
+        "extracted_at",
+        "targets_at",
+        "failure",
+        "failure_source",
+        "failed_at",
+        "digest",
+    )
+
+    def _all_rows(self) -> dict[str, dict[str, Any]]:
+        """Every track row without its vectors, by id (read once per store object)."""
+        if self._rows is None:
+            table = self._read(TRACKS_TABLE, columns=list(self._META_COLUMNS))
+            self._rows = {r["track_id"]: r for r in table.to_pylist()}
+        return self._rows
+
+    def _ok_rows(self) -> dict[str, dict[str, Any]]:
+        return {t: r for t, r in self._all_rows().items() if r["status"] == "ok"}
+
+    # ---------------------------------------------------------------- reading
     def track_ids(self) -> list[str]:
         """Ids of the stored tracks, sorted."""
-        return sorted(self._entries)
+        return sorted(self._ok_rows())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._ok_rows())
 
     def __contains__(self, track_id: object) -> bool:
-        return track_id in self._entries
+        row = self._all_rows().get(track_id)  # type: ignore[arg-type]
+        return row is not None and row["status"] == "ok"
 
     def entry(self, track_id: str) -> TrackEntry:
         """The record of a stored track; TrackNotFoundError (with the closest ids) if absent."""
         self.require_track(track_id)
-        return TrackEntry.from_dict(track_id, self._entries[track_id])
+        return _entry_of(self._all_rows()[track_id])
 
     def get_entry(self, track_id: str) -> TrackEntry | None:
-        """The record of a stored track, or None."""
-        d = self._entries.get(track_id)
-        return None if d is None else TrackEntry.from_dict(track_id, d)
+        row = self._all_rows().get(track_id)
+        return _entry_of(row) if row is not None and row["status"] == "ok" else None
 
     def iter_entries(self) -> Iterator[TrackEntry]:
-        """Every stored track's record, in id order."""
-        for track_id in self.track_ids():
-            yield TrackEntry.from_dict(track_id, self._entries[track_id])
+        rows = self._ok_rows()
+        for track_id in sorted(rows):
+            yield _entry_of(rows[track_id])
 
     def failures(self) -> dict[str, TrackFailure]:
         """Track id → its last failed extraction (stored tracks that failed later included)."""
-        return {t: TrackFailure.from_dict(t, f) for t, f in self._failures.items()}
+        return {
+            t: TrackFailure(
+                t, r["failure_source"] or r["source"] or "", r["failure"], r["failed_at"]
+            )
+            for t, r in self._all_rows().items()
+            if r["failure"]
+        }
 
     def labels(self, track_id: str) -> dict[str, str]:
-        return dict(self._entries[track_id].get("labels") or {})
+        return json.loads(self._all_rows()[track_id]["labels"] or "{}")
 
     def fingerprint(self, *, probe_inputs: bool = False) -> str:
         """Changes whenever the features change (indices depend on this). With ``probe_inputs``
         it also covers the proxy targets and labels (probe results depend on those too)."""
+        rows = self._ok_rows()
 
-        def row(t: str, e: dict[str, Any]) -> tuple:
-            base = (t, e["content_hash"], e["n_segments"], e.get("extracted_at"))
+        def row(t: str, r: dict[str, Any]) -> tuple:
+            base = (t, r["content_hash"], r["n_segments"], r["extracted_at"])
             if probe_inputs:
-                base += (e.get("targets_at"), json.dumps(e.get("labels") or {}, sort_keys=True))
+                base += (r["targets_at"], r["labels"])
             return base
 
         blob = json.dumps(
             [
-                self._manifest["model"],
-                self._manifest["settings"],
-                sorted(row(t, e) for t, e in self._entries.items()),
+                self._meta["model"],
+                self._meta["settings"],
+                sorted(row(t, r) for t, r in rows.items()),
             ],
             sort_keys=True,
         )
@@ -332,160 +489,342 @@ class FeatureStore:
 
     def track_versions(self, track_ids: Iterable[str]) -> dict[str, str]:
         """Track id → a string that changes whenever that track's features change."""
-        return {
-            t: f"{self._entries[t]['content_hash']}:{self._entries[t].get('extracted_at')}"
-            for t in track_ids
-        }
+        rows = self._all_rows()
+        return {t: f"{rows[t]['content_hash']}:{rows[t]['extraction_id']}" for t in track_ids}
 
-    # ---------------------------------------------------------------- reading
     def require_track(self, track_id: str) -> None:
         """TrackNotFoundError naming the three closest ids when ``track_id`` is not stored."""
-        if track_id not in self._entries:
+        if track_id not in self:
             raise TrackNotFoundError(
                 _unknown_track_message(track_id, self.track_ids(), self.dataset)
             )
 
-    def track_file(self, track_id: str) -> Path:
-        """The file holding a track's arrays (format 1: one ``.npz`` per track)."""
-        self.require_track(track_id)
-        entry = self._entries[track_id]
-        name = entry["file"]
-        if name != track_file_name(track_id):  # never follow a path taken from the manifest blindly
+    def layer(
+        self, layer: int, *, track_ids: list[str] | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """One layer's track vectors, read from its own column.
+
+        Returns
+        -------
+        ids : list of str
+            Track ids, in the order of the rows (sorted, or ``track_ids`` when given).
+        vectors : ndarray, shape (n_tracks, dim), float32
+        """
+        if not 0 <= layer < self.n_layers:
             raise StoreError(
-                f"{self.root / 'manifest.json'}: entry of {track_id!r} points at an unexpected file"
+                f"layer {layer} out of range: the store's model has layers 0..{self.n_layers - 1}"
             )
-        return self.root / "tracks" / name
+        table = self._read(TRACKS_TABLE, columns=["track_id", "status", layer_column(layer)])
+        ids = table.column("track_id").to_pylist()
+        ok = np.asarray([s == "ok" for s in table.column("status").to_pylist()], dtype=bool)
+        vectors = _fixed_list_to_numpy(table.column(layer_column(layer)), self.dim, np.float32)
+        pos = {t: i for i, t in enumerate(ids) if ok[i]}
+        wanted = track_ids if track_ids is not None else sorted(pos)
+        missing = [t for t in wanted if t not in pos]
+        if missing:
+            self.require_track(missing[0])
+        order = np.fromiter((pos[t] for t in wanted), dtype=np.int64, count=len(wanted))
+        return list(wanted), np.ascontiguousarray(vectors[order])
 
     def load(self, track_id: str) -> dict[str, Any]:
         """``segments [n_segments, n_layers, dim]`` float32, ``aggregated [n_layers, dim]``,
-        ``targets`` name → array, ``starts``/``lengths`` (samples), ``meta`` (manifest entry)."""
+        ``targets`` name → array, ``starts``/``lengths`` (samples), ``meta`` (the entry)."""
         data = self.read_arrays(track_id)
-        out = {
+        return {
             SEGMENTS: data[SEGMENTS].astype(np.float32),
             AGGREGATED: data[AGGREGATED].astype(np.float32),
             STARTS: data[STARTS],
             LENGTHS: data[LENGTHS],
             "targets": target_arrays(data),
-            "meta": {**self._entries[track_id], "track_id": track_id},
+            "meta": {**self.entry(track_id).to_dict(), "track_id": track_id},
         }
-        return out
 
     def read_arrays(
         self, track_id: str, names: tuple[str, ...] | None = None
     ) -> dict[str, np.ndarray]:
-        """Arrays of a track (all, or ``names``); a missing or damaged file is a StoreError."""
-        path = self.track_file(track_id)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in (names or z.files) if k != _META_ARRAY}
-        except Exception as exc:  # OSError, BadZipFile, KeyError, ValueError, EOFError ...
+        """Arrays of a track as stored (segments in the store dtype), checked against what was
+        recorded (window count and digest); a mismatch or damaged data is a StoreError."""
+        self.require_track(track_id)
+        row = self._all_rows()[track_id]
+        if names == (AGGREGATED,):
+            table = self._read(
+                TRACKS_TABLE,
+                columns=[layer_column(i) for i in range(self.n_layers)],
+                filter=f"track_id = {_sql_str(track_id)}",
+            )
+            return {AGGREGATED: self._aggregated_of(table, 0)}
+        arrays = self._windows_arrays([row])[track_id]
+        tracks = self._read(
+            TRACKS_TABLE,
+            columns=[layer_column(i) for i in range(self.n_layers)],
+            filter=f"track_id = {_sql_str(track_id)}",
+        )
+        arrays[AGGREGATED] = self._aggregated_of(tracks, 0)
+        if arrays_digest(arrays) != row["digest"]:
             raise StoreError(
-                f"{path}: track file of {track_id!r} is missing or damaged ({type(exc).__name__}); "
-                "run 'mess extract' on the dataset again to redo it"
-            ) from None
+                f"{self.uri}: stored data of track {track_id!r} does not match its record "
+                "(damaged); run 'mess extract' on the dataset again to redo it"
+            )
+        return {k: v for k, v in arrays.items() if names is None or k in names}
 
-    def load_aggregated(self, track_id: str) -> np.ndarray:
-        """Just the track vector ``[n_layers, dim]`` float32 (mean of the windows)."""
-        return self.read_arrays(track_id, (AGGREGATED,))[AGGREGATED].astype(np.float32)
+    def _aggregated_of(self, table, row: int) -> np.ndarray:
+        return np.stack(
+            [
+                _fixed_list_to_numpy(
+                    table.column(layer_column(i)).slice(row, 1), self.dim, np.float32
+                )[0]
+                for i in range(self.n_layers)
+            ]
+        )
+
+    def _windows_arrays(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+        """The window arrays of ``rows`` (one scan), checked against their window counts."""
+        eids = {r["extraction_id"]: r for r in rows}
+        table = self._read(
+            WINDOWS_TABLE,
+            columns=self._window_columns(),
+            filter=_in_list("extraction_id", eids),
+        )
+        return self._split_windows(table, eids)
+
+    def _window_columns(self) -> list[str]:
+        names = set(self._windows().schema.names)
+        cols = ["track_id", "extraction_id", "window", "start", "length"]
+        cols += [layer_column(i) for i in range(self.n_layers)]
+        cols += sorted(n for n in names if n.startswith("target_"))
+        return cols
+
+    def _split_windows(
+        self, table, eids: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, np.ndarray]]:
+        from messai.features.records import target_array_name
+
+        dtype = (
+            np.float16
+            if self._meta["settings"].get("store_dtype", "float16") == "float16"
+            else np.float32
+        )
+        eid_col = np.asarray(table.column("extraction_id").to_pylist(), dtype=object)
+        window = table.column("window").to_numpy()
+        out = {}
+        layers = [
+            _fixed_list_to_numpy(table.column(layer_column(i)), self.dim, dtype)
+            for i in range(self.n_layers)
+        ]
+        starts = table.column("start").to_numpy()
+        lengths = table.column("length").to_numpy()
+        targets = {
+            n[len("target_") :]: table.column(n)
+            for n in table.column_names
+            if n.startswith("target_")
+        }
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(eid_col):
+            groups.setdefault(e, []).append(i)
+        for eid, row in eids.items():
+            idx = np.asarray(groups.get(eid, []), dtype=np.int64)
+            idx = idx[np.argsort(window[idx], kind="stable")] if len(idx) else idx
+            tid = row["track_id"]
+            if len(idx) != row["n_segments"] or not np.array_equal(
+                window[idx], np.arange(len(idx))
+            ):
+                raise StoreError(
+                    f"{self.uri}: track {tid!r} has {len(idx)} stored windows, its record says "
+                    f"{row['n_segments']} (damaged); run 'mess extract' on the dataset again to redo it"
+                )
+            arrays = {
+                SEGMENTS: np.stack([lay[idx] for lay in layers], axis=1)
+                if len(idx)
+                else np.zeros((0, self.n_layers, self.dim), dtype),
+                STARTS: starts[idx].astype(np.int64),
+                LENGTHS: lengths[idx].astype(np.int64),
+            }
+            for name in row["targets"] or []:
+                col = targets.get(name)
+                if col is None:
+                    continue
+                arrays[target_array_name(name)] = _column_values(col, idx)
+            out[tid] = arrays
+        return out
+
+    def read_windows(
+        self,
+        *,
+        layers: bool = True,
+        targets: Iterable[str] | None = None,
+        track_ids: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Every window of the stored tracks in one scan (the probe's input).
+
+        Returns a dict with ``track_ids`` (list, one per track, in order), ``n_segments``
+        (int array), ``segments`` ``[n_windows, n_layers, dim]`` in the store dtype (with
+        ``layers``) and ``targets`` name → ``[n_windows(, k)]`` float32 (tracks lacking a
+        target get NaN). Windows are in track order, then window order.
+        """
+        rows = self._ok_rows()
+        ids = track_ids if track_ids is not None else sorted(rows)
+        for t in ids:
+            if t not in rows:
+                self.require_track(t)
+        wanted_targets = list(targets or [])
+        cols = ["extraction_id", "window"]
+        if layers:
+            cols += [layer_column(i) for i in range(self.n_layers)]
+        present = set(self._windows().schema.names)
+        cols += [target_column(t) for t in wanted_targets if target_column(t) in present]
+        table = self._read(WINDOWS_TABLE, columns=cols)
+        eid_of = {rows[t]["extraction_id"]: t for t in ids}
+        eids = np.asarray(table.column("extraction_id").to_pylist(), dtype=object)
+        window = table.column("window").to_numpy()
+        keep = np.fromiter((e in eid_of for e in eids), dtype=bool, count=len(eids))
+        rank = {e: i for i, e in enumerate(rows[t]["extraction_id"] for t in ids)}
+        sel = np.flatnonzero(keep)
+        order = sel[
+            np.lexsort(
+                (
+                    window[sel],
+                    np.fromiter((rank[e] for e in eids[sel]), dtype=np.int64, count=len(sel)),
+                )
+            )
+        ]
+        n_seg = np.asarray([rows[t]["n_segments"] for t in ids], dtype=np.int64)
+        if len(order) != int(n_seg.sum()):
+            raise StoreError(
+                f"{self.uri}: the windows table holds {len(order)} windows for these tracks, "
+                f"their records say {int(n_seg.sum())} (damaged); run 'mess extract' again to redo them"
+            )
+        out: dict[str, Any] = {"track_ids": list(ids), "n_segments": n_seg}
+        if layers:
+            dtype = (
+                np.float16
+                if self._meta["settings"].get("store_dtype", "float16") == "float16"
+                else np.float32
+            )
+            seg = np.empty((len(order), self.n_layers, self.dim), dtype=dtype)
+            for i in range(self.n_layers):
+                seg[:, i] = _fixed_list_to_numpy(table.column(layer_column(i)), self.dim, dtype)[
+                    order
+                ]
+            out["segments"] = seg
+        values = {}
+        for t in wanted_targets:
+            if target_column(t) in table.column_names:
+                values[t] = _column_values(table.column(target_column(t)), order)
+        out["targets"] = values
+        return out
 
     def has_track_file(self, track_id: str) -> bool:
-        """Whether the track's file is there and ends like a complete zip (a cheap check: the
-        end-of-central-directory record that np.savez writes last)."""
-        entry = self._entries.get(track_id)
-        if not entry or entry.get("file") != track_file_name(track_id):
-            return False
-        try:
-            with open(self.root / "tracks" / entry["file"], "rb") as f:
-                f.seek(-22, os.SEEK_END)
-                return f.read(4) == b"PK\x05\x06"
-        except OSError:
-            return False
+        """Whether the track's features are stored (kept for the format-1 API)."""
+        return track_id in self
+
+    def window_counts_ok(self) -> set[str]:
+        """Ids of stored tracks whose windows are all there (a cheap scan of two columns)."""
+        rows = self._ok_rows()
+        table = self._read(WINDOWS_TABLE, columns=["extraction_id"])
+        counts: dict[str, int] = {}
+        for e in table.column("extraction_id").to_pylist():
+            counts[e] = counts.get(e, 0) + 1
+        return {t for t, r in rows.items() if counts.get(r["extraction_id"], 0) == r["n_segments"]}
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
     def writer(self) -> Iterator[FeatureStore]:
-        """Hold the store's lock for the duration; a second writer gets a clear StoreError.
-        Leaving the block commits every change made inside it."""
-        import fcntl
+        """Hold the store for writing; changes are committed in batches and at the end.
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock_path = self.root / ".lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        A local store admits one writer (a second gets a clear StoreError); on object storage
+        concurrent writers are serialised by Lance's conditional commits."""
+        lock_fd = self._lock() if loc.local_path(self.uri) is not None else None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise StoreError(
-                    f"{self.root}: another mess process (pid {holder}) is writing this store; "
-                    "wait for it to finish and run again"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-            # re-read: another writer may have finished between our open and our lock
-            with contextlib.suppress(StoreError):
-                self._manifest = FeatureStore.at(self.root)._manifest
-            # with the lock held, temporary files can only be leftovers of a killed writer
-            for tmp in [
-                *self.root.glob(".manifest.json.*.tmp"),
-                *(self.root / "tracks").glob(".*.tmp"),
-            ]:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+            self._refresh()
+            self._collect_garbage()
             self._writing = True
             try:
                 yield self
             finally:
                 self._writing = False
-                if self._dirty:
-                    self.save_manifest()
+                self.commit()
         finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
+
+    def _lock(self) -> int:
+        import fcntl
+
+        path = self.root / ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _storage_error(self.uri, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
+            raise StoreError(
+                f"{self.uri}: another mess process (pid {holder}) is writing this store; "
+                "wait for it to finish and run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
 
-    def save_manifest(self) -> None:
-        """Commit every change so far (the writer does this at least once a second)."""
-        import time
+    def _refresh(self) -> None:
+        self._meta = _read_meta(self._table_uri(TRACKS_TABLE))
+        self._rows = None
 
-        self._manifest["updated"] = now_iso()
-        atomic_write_json(self.root / "manifest.json", self._manifest)
-        self._dirty = False
-        self._saved_at = time.monotonic()
-
-    def _maybe_save(self) -> None:
-        import time
-
-        self._dirty = True
-        if not self._writing or time.monotonic() - self._saved_at >= self.MANIFEST_INTERVAL_SECONDS:
-            self.save_manifest()
-
-    def build_stamp(self) -> str:
-        """Hash of the model and settings: embedded in every track file, so an orphaned file is
-        adopted only by a store built the same way."""
-        blob = json.dumps([self._manifest["model"], self._manifest["settings"]], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def _collect_garbage(self) -> None:
+        """Remove windows that no committed track refers to (a killed run's last batch)."""
+        live = {r["extraction_id"] for r in self._all_rows().values() if r["status"] == "ok"}
+        table = self._read(WINDOWS_TABLE, columns=["extraction_id"])
+        dead = set(table.column("extraction_id").to_pylist()) - live
+        if dead:
+            self._delete(WINDOWS_TABLE, _in_list("extraction_id", sorted(dead)))
 
     def put(self, entry: TrackEntry, arrays: dict[str, np.ndarray]) -> None:
-        """Store one track atomically: the array file (with its entry embedded) first, then the
-        manifest that lists it (rewritten at most once a second while writing). An entry
-        without ``extracted_at`` gets the current time."""
-        track_id = entry.track_id
-        name = track_file_name(track_id)
-        full = {
-            "extracted_at": entry.extracted_at or now_iso(),
-            **{k: v for k, v in entry.to_dict().items() if k != "extracted_at"},
-            "file": name,
-        }
-        meta = json.dumps(
-            {"track_id": track_id, "build_stamp": self.build_stamp(), "entry": full},
-            ensure_ascii=False,
-        )
-        atomic_savez(self.root / "tracks" / name, {**arrays, _META_ARRAY: np.array(meta)})
-        self._entries[track_id] = full
-        self._failures.pop(track_id, None)
-        self._maybe_save()
+        """Store one track (committed with the next batch). An entry without ``extracted_at``
+        gets the current time."""
+        if entry.extracted_at is None:
+            entry = entry.with_changes(extracted_at=now_iso())
+        self._pending.puts[entry.track_id] = (entry, arrays)
+        self._pending.failures.pop(entry.track_id, None)
+        self._pending.removes.discard(entry.track_id)
+        self._maybe_commit()
+
+    def mark_failed(self, track_id: str, source: str, reason: str) -> None:
+        self._pending.failures[track_id] = TrackFailure(track_id, source, reason, now_iso())
+        self._maybe_commit()
+
+    def forget_failure(self, track_id: str) -> None:
+        row = self._all_rows().get(track_id)
+        if row is not None and row["failure"]:
+            if row["status"] == "failed":
+                self._pending.removes.add(track_id)
+            else:
+                self._update_rows(
+                    {track_id: {"failure": None, "failure_source": None, "failed_at": None}}
+                )
+
+    def remove(self, track_id: str) -> None:
+        self._pending.puts.pop(track_id, None)
+        self._pending.removes.add(track_id)
+        self._maybe_commit()
+
+    def refresh_file_stat(self, track_id: str, *, size: int, mtime_ns: int) -> None:
+        self._pending.stat_updates[track_id] = (size, mtime_ns)
+
+    def set_labels(self, track_id: str, labels: dict[str, str]) -> None:
+        if json.loads(self._all_rows()[track_id]["labels"] or "{}") != dict(labels):
+            self._pending.label_updates[track_id] = dict(labels)
+
+    def set_source(self, root: Path, kind: str) -> None:
+        source = {"root": str(root), "kind": kind}
+        if self._meta.get("source") != source:
+            self._write_meta({**self._meta, "source": source})
 
     def replace_targets(self, track_id: str, targets: dict[str, np.ndarray]) -> None:
         """Replace a stored track's proxy targets (features and extraction time unchanged)."""
+        from messai.features.records import feature_arrays, target_array_name
+
         arrays = feature_arrays(self.read_arrays(track_id))
         arrays.update(
             {target_array_name(k): np.asarray(v, dtype=np.float32) for k, v in targets.items()}
@@ -495,28 +834,12 @@ class FeatureStore:
         )
         self.put(entry, arrays)
 
-    def refresh_file_stat(self, track_id: str, *, size: int, mtime_ns: int) -> None:
-        """Record a new size/mtime for a track whose content is unchanged (a touched file)."""
-        self._entries[track_id].update(size=size, mtime_ns=mtime_ns)
-        self._dirty = True
-
-    def set_labels(self, track_id: str, labels: dict[str, str]) -> None:
-        """Replace a track's labels (metadata.csv may have changed)."""
-        self._entries[track_id]["labels"] = dict(labels)
-        self._dirty = True
-
-    def set_source(self, root: Path, kind: str) -> None:
-        """Record the folder (and its layout) the audio comes from."""
-        self._manifest["source"] = {"root": str(root), "kind": kind}
-        self._dirty = True
-
     def reconcile_build(
         self, identity: dict[str, Any], settings: dict[str, Any], *, force: bool
     ) -> None:
-        """Under the lock: refuse to mix models or settings in one store unless ``force``;
-        with ``force``, a store built differently is emptied (its tracks are all redone)."""
-        old_settings = self._manifest["settings"]
-        old_model = self._manifest["model"]
+        """Refuse to mix models or settings in one store unless ``force``; with ``force``, a
+        store built differently is emptied (its tracks are all redone)."""
+        old_settings, old_model = self._meta["settings"], self._meta["model"]
         changed = [
             f"{k}: {old_settings.get(k)} → {v}"
             for k, v in settings.items()
@@ -527,108 +850,472 @@ class FeatureStore:
             for k, v in identity.items()
             if old_model.get(k) != v
         ]
-        if changed and self._entries:
-            if not force:
-                raise StoreError(
-                    f"{self.root}: store was built with different settings ({'; '.join(changed)}); "
-                    "re-run with --force to rebuild it, or use another --dataset name"
-                )
-            self._entries.clear()
-        if changed:
-            self._manifest["failures"] = {}
-        self._manifest["model"] = identity
-        self._manifest["settings"] = settings
-        self._dirty = True
+        if not changed:
+            return
+        if len(self) and not force:
+            raise StoreError(
+                f"{self.uri}: store was built with different settings ({'; '.join(changed)}); "
+                "re-run with --force to rebuild it, or use another --dataset name"
+            )
+        import lance
+
+        meta = {**self._meta, "model": identity, "settings": settings}
+        n_layers, dim = int(identity["n_layers"]), int(identity["dim"])
+        opts = loc.storage_options() if loc.is_remote(self.uri) else None
+        lance.write_dataset(
+            _windows_schema(n_layers, dim, settings.get("store_dtype", "float16")).empty_table(),
+            self._table_uri(WINDOWS_TABLE),
+            mode="overwrite",
+            storage_options=opts,
+        )
+        lance.write_dataset(
+            _tracks_schema(n_layers, dim, meta).empty_table(),
+            self._table_uri(TRACKS_TABLE),
+            mode="overwrite",
+            storage_options=opts,
+        )
+        self._pending = _Pending.empty()
+        self._refresh()
 
     def is_empty(self) -> bool:
-        """No track stored and no failure recorded."""
-        return not self._entries and not self._failures
+        """No track stored and no failure recorded (committed or pending)."""
+        return not self._all_rows() and not self._pending
 
     def adopt_orphans(self) -> list[str]:
-        """List track files that a killed writer finished but never put in the manifest, when
-        they were built with this store's model and settings. Returns the adopted ids."""
-        listed = {e["file"] for e in self._entries.values()}
-        stamp, adopted = self.build_stamp(), []
-        for path in sorted((self.root / "tracks").glob("*.npz")):
-            if path.name in listed:
-                continue
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    meta = json.loads(str(z[_META_ARRAY])) if _META_ARRAY in z.files else None
-            except Exception:  # a damaged leftover is simply not adopted
-                meta = None
-            if not meta or meta.get("build_stamp") != stamp:
-                continue
-            tid = meta.get("track_id")
-            if not isinstance(tid, str) or track_file_name(tid) != path.name:
-                continue
-            self._entries[tid] = meta["entry"]
-            adopted.append(tid)
-        if adopted:
-            self.save_manifest()
-        return adopted
+        """Format 1 adopted track files a killed writer had not listed; format 2 has nothing
+        to adopt (a batch is committed whole or not at all)."""
+        return []
 
-    def mark_failed(self, track_id: str, source: str, reason: str) -> None:
-        self._failures[track_id] = {"source": source, "reason": reason, "at": now_iso()}
-        self._maybe_save()
+    def save_manifest(self) -> None:
+        """Kept for the format-1 API: commits the pending changes."""
+        self.commit()
 
-    def forget_failure(self, track_id: str) -> None:
-        """Drop the record of a failed extraction (its file is gone)."""
-        if self._failures.pop(track_id, None) is not None:
-            self._dirty = True
+    def _maybe_commit(self) -> None:
+        if not self._writing:
+            self.commit()
+            return
+        n = len(self._pending.puts) + len(self._pending.failures) + len(self._pending.removes)
+        if n >= self.COMMIT_TRACKS or time.monotonic() - self._last_commit >= self.COMMIT_SECONDS:
+            self.commit()
 
-    def remove(self, track_id: str) -> None:
-        entry = self._entries.pop(track_id, None)
-        self.save_manifest()
-        if entry:
-            with contextlib.suppress(OSError):
-                (self.root / "tracks" / track_file_name(track_id)).unlink()
+    def commit(self) -> None:
+        """Write the buffered changes: windows first, then the track rows that point at them,
+        then the windows they replace are deleted. A crash between steps leaves the store
+        consistent (unreferenced windows are never read and are collected later)."""
+        pending, self._pending = self._pending, _Pending.empty()
+        self._last_commit = time.monotonic()
+        if not pending:
+            return
+        try:
+            self._commit(pending)
+        except BaseException:
+            # nothing of a failed batch is half-visible; keep it pending for a retry
+            self._pending = pending
+            raise
+        self._rows = None
 
+    def _commit(self, p: _Pending) -> None:
+        import lance
+        import pyarrow as pa
+
+        rows = self._all_rows()
+        old_eids = [
+            rows[t]["extraction_id"]
+            for t in [*p.puts, *p.removes]
+            if t in rows and rows[t]["extraction_id"]
+        ]
+        if p.puts:
+            eid = {t: uuid.uuid4().hex for t in p.puts}
+            win = self._windows_table({t: (eid[t], arrays) for t, (_, arrays) in p.puts.items()})
+            self._write(WINDOWS_TABLE, win, mode="append")
+            trk = self._tracks_rows([(e, arrays, eid[e.track_id]) for e, arrays in p.puts.values()])
+            self._merge(trk)
+        new_failed = [
+            f for t, f in p.failures.items() if t not in rows or rows[t]["status"] == "failed"
+        ]
+        stale = {t: f for t, f in p.failures.items() if t in rows and rows[t]["status"] == "ok"}
+        if new_failed:
+            self._merge(self._failed_rows(new_failed))
+        updates: dict[str, dict[str, Any]] = {}
+        for t, f in stale.items():
+            updates.setdefault(t, {}).update(
+                failure=f.reason, failure_source=f.source, failed_at=f.at
+            )
+        for t, (size, mtime) in p.stat_updates.items():
+            if t in rows and t not in p.puts:
+                updates.setdefault(t, {}).update(size=size, mtime_ns=mtime)
+        for t, labels in p.label_updates.items():
+            if t in rows and t not in p.puts:
+                updates.setdefault(t, {}).update(
+                    labels=json.dumps(labels, ensure_ascii=False, sort_keys=True)
+                )
+        if updates:
+            self._update_rows(updates)
+        if p.removes:
+            self._delete(TRACKS_TABLE, _in_list("track_id", sorted(p.removes)))
+        if old_eids:
+            self._delete(WINDOWS_TABLE, _in_list("extraction_id", sorted(set(old_eids))))
+        del lance, pa
+
+    def _update_rows(self, updates: dict[str, dict[str, Any]]) -> None:
+        """Update some columns of existing rows (one merge of the changed rows)."""
+        import pyarrow as pa
+
+        rows = self._all_rows()
+        table = self._read(TRACKS_TABLE, columns=None, filter=_in_list("track_id", sorted(updates)))  # type: ignore[arg-type]
+        d = table.to_pydict()
+        for i, t in enumerate(d["track_id"]):
+            for k, v in updates[t].items():
+                d[k][i] = v
+        self._merge(pa.table(d, schema=self._tracks().schema))
+        del rows
+
+    def _write(self, name: str, table, *, mode: str) -> None:
+        import lance
+
+        opts = loc.storage_options() if loc.is_remote(self.uri) else None
+        try:
+            lance.write_dataset(table, self._table_uri(name), mode=mode, storage_options=opts)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _storage_error(self.uri, exc) from None
+
+    def _merge(self, table) -> None:
+        ds = self._tracks()
+        try:
+            (
+                ds.merge_insert("track_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(table)
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _storage_error(self.uri, exc) from None
+
+    def _delete(self, name: str, predicate: str) -> None:
+        try:
+            self._open_table(name).delete(predicate)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _storage_error(self.uri, exc) from None
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        ds = self._tracks()
+        try:
+            ds.update_schema_metadata(
+                {METADATA_KEY.decode(): json.dumps(meta, ensure_ascii=False)}, replace=True
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _storage_error(self.uri, exc) from None
+        self._meta = meta
+
+    def _windows_table(self, items: dict[str, tuple[str, dict[str, np.ndarray]]]):
+        import pyarrow as pa
+
+        from messai.features.records import target_arrays as targets_of
+
+        schema = self._windows().schema
+        cols: dict[str, list] = {n: [] for n in schema.names}
+        for tid, (eid, arrays) in items.items():
+            seg = arrays[SEGMENTS]
+            n = seg.shape[0]
+            cols["track_id"].append(pa.array([tid] * n, pa.string()))
+            cols["extraction_id"].append(pa.array([eid] * n, pa.string()))
+            cols["window"].append(pa.array(np.arange(n, dtype=np.int32)))
+            cols["start"].append(pa.array(np.asarray(arrays[STARTS], dtype=np.int64)))
+            cols["length"].append(pa.array(np.asarray(arrays[LENGTHS], dtype=np.int64)))
+            for i in range(self.n_layers):
+                field = schema.field(layer_column(i))
+                cols[layer_column(i)].append(_to_fixed_list(seg[:, i], field.type))
+            tv = targets_of(arrays)
+            for name in schema.names:
+                if not name.startswith("target_"):
+                    continue
+                field = schema.field(name)
+                values = tv.get(name[len("target_") :])
+                cols[name].append(_target_array(values, n, field.type))
+        return pa.table(
+            {
+                n: pa.concat_arrays(v) if v else pa.array([], schema.field(n).type)
+                for n, v in cols.items()
+            },
+            schema=schema,
+        )
+
+    def _tracks_rows(self, items: list[tuple[TrackEntry, dict[str, np.ndarray], str]]):
+        import pyarrow as pa
+
+        schema = self._tracks().schema
+        d: dict[str, list] = {n: [] for n in schema.names}
+        vectors: dict[int, list[np.ndarray]] = {i: [] for i in range(self.n_layers)}
+        for entry, arrays, eid in items:
+            agg = np.asarray(arrays[AGGREGATED], dtype=np.float32)
+            d["track_id"].append(entry.track_id)
+            d["status"].append("ok")
+            d["extraction_id"].append(eid)
+            d["source"].append(entry.source)
+            d["size"].append(entry.size)
+            d["mtime_ns"].append(entry.mtime_ns)
+            d["content_hash"].append(entry.content_hash)
+            d["duration_seconds"].append(entry.duration_seconds)
+            d["n_segments"].append(entry.n_segments)
+            d["targets"].append(list(entry.targets))
+            d["labels"].append(json.dumps(entry.labels, ensure_ascii=False, sort_keys=True))
+            d["extracted_at"].append(entry.extracted_at)
+            d["targets_at"].append(entry.targets_at)
+            d["failure"].append(None)
+            d["failure_source"].append(None)
+            d["failed_at"].append(None)
+            d["digest"].append(arrays_digest({**arrays, AGGREGATED: agg}))
+            for i in range(self.n_layers):
+                vectors[i].append(agg[i])
+        cols = {n: v for n, v in d.items() if not n.startswith("layer_")}
+        arrays_out = {n: pa.array(v, schema.field(n).type) for n, v in cols.items()}
+        for i in range(self.n_layers):
+            arrays_out[layer_column(i)] = _to_fixed_list(
+                np.stack(vectors[i]), schema.field(layer_column(i)).type
+            )
+        return pa.table(arrays_out, schema=schema)
+
+    def _failed_rows(self, failures: list[TrackFailure]):
+        import pyarrow as pa
+
+        schema = self._tracks().schema
+        d: dict[str, Any] = {}
+        for name in schema.names:
+            field = schema.field(name)
+            d[name] = pa.nulls(len(failures), field.type)
+        d["track_id"] = pa.array([f.track_id for f in failures], pa.string())
+        d["status"] = pa.array(["failed"] * len(failures), pa.string())
+        d["extraction_id"] = pa.array([""] * len(failures), pa.string())
+        d["source"] = pa.array([f.source for f in failures], pa.string())
+        d["n_segments"] = pa.array([0] * len(failures), pa.int32())
+        d["labels"] = pa.array(["{}"] * len(failures), pa.string())
+        d["failure"] = pa.array([f.reason for f in failures], pa.string())
+        d["failure_source"] = pa.array([f.source for f in failures], pa.string())
+        d["failed_at"] = pa.array([f.at for f in failures], pa.string())
+        return pa.table(d, schema=schema)
+
+    # ---------------------------------------------------------------- side files
+    _SIDE_FILE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\.json")
+
+    def read_side_file(self, name: str) -> bytes | None:
+        """A small file kept with the store (probe results, aspect spaces), or None."""
+        if not self._SIDE_FILE.fullmatch(name):
+            raise StoreError(f"invalid side-file name {name!r}")
+        return loc.read_bytes(loc.join(self.uri, name))
+
+    def write_side_file(self, name: str, data: bytes) -> str:
+        """Write a small file with the store, atomically; returns its location."""
+        if not self._SIDE_FILE.fullmatch(name):
+            raise StoreError(f"invalid side-file name {name!r}")
+        target = loc.join(self.uri, name)
+        try:
+            loc.write_bytes(target, data)
+        except OSError as exc:
+            raise _storage_error(self.uri, exc) from None
+        return target
+
+    # ---------------------------------------------------------------- reporting
     def summary(self) -> StoreSummary:
-        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
-        entries = self._entries.values()
+        rows = self._ok_rows()
         return StoreSummary(
             dataset=self.dataset,
             model=self.model_id,
-            path=self.root,
-            n_tracks=len(self._entries),
-            n_failed=len(set(self._failures) - set(self._entries)),
-            n_segments=sum(int(e["n_segments"]) for e in entries),
-            hours=sum(float(e["duration_seconds"]) for e in entries) / 3600,
+            path=self.uri,
+            n_tracks=len(rows),
+            n_failed=sum(1 for r in self._all_rows().values() if r["status"] == "failed"),
+            n_segments=sum(int(r["n_segments"]) for r in rows.values()),
+            hours=sum(float(r["duration_seconds"]) for r in rows.values()) / 3600,
             n_layers=self.n_layers,
             dim=self.dim,
-            store_dtype=self._manifest["settings"].get("store_dtype", "?"),
-            size_bytes=size,
+            store_dtype=self._meta["settings"].get("store_dtype", "?"),
+            size_bytes=_size_bytes(self.uri),
         )
 
     def track_rows(self) -> list[dict[str, Any]]:
         """``mess tracks``: one row per stored or failed track."""
-        failures = self._failures
-        rows = [
-            {
-                "track_id": t,
-                "duration_seconds": round(float(e["duration_seconds"]), 3),
-                "n_segments": int(e["n_segments"]),
-                "status": "ok"
-                if t not in failures
-                else f"stale: kept from an earlier run; last extraction failed: {failures[t]['reason']}",
-                "source": e.get("source", ""),
-                **{f"label_{k}": v for k, v in (e.get("labels") or {}).items()},
-            }
-            for t, e in self._entries.items()
-        ]
-        for t, f in failures.items():
-            if t not in self._entries:
-                rows.append(
-                    {
-                        "track_id": t,
-                        "duration_seconds": None,
-                        "n_segments": 0,
-                        "status": f"failed: {f['reason']}",
-                        "source": f.get("source", ""),
-                    }
-                )
-        return sorted(rows, key=lambda r: r["track_id"])
+        out = []
+        for t, r in self._all_rows().items():
+            if r["status"] == "ok":
+                row = {
+                    "track_id": t,
+                    "duration_seconds": round(float(r["duration_seconds"]), 3),
+                    "n_segments": int(r["n_segments"]),
+                    "status": "ok"
+                    if not r["failure"]
+                    else f"stale: kept from an earlier run; last extraction failed: {r['failure']}",
+                    "source": r["source"] or "",
+                    **{f"label_{k}": v for k, v in json.loads(r["labels"] or "{}").items()},
+                }
+            else:
+                row = {
+                    "track_id": t,
+                    "duration_seconds": None,
+                    "n_segments": 0,
+                    "status": f"failed: {r['failure']}",
+                    "source": r["failure_source"] or r["source"] or "",
+                }
+            out.append(row)
+        return sorted(out, key=lambda r: r["track_id"])
+
+
+# -------------------------------------------------------------------- schemas and conversions
+def _tracks_schema(n_layers: int, dim: int, meta: dict[str, Any]):
+    import pyarrow as pa
+
+    fields = [
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("status", pa.string()),
+        pa.field("extraction_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("mtime_ns", pa.int64()),
+        pa.field("content_hash", pa.string()),
+        pa.field("duration_seconds", pa.float64()),
+        pa.field("n_segments", pa.int32()),
+        pa.field("targets", pa.list_(pa.string())),
+        pa.field("labels", pa.string()),
+        pa.field("extracted_at", pa.string()),
+        pa.field("targets_at", pa.string()),
+        pa.field("failure", pa.string()),
+        pa.field("failure_source", pa.string()),
+        pa.field("failed_at", pa.string()),
+        pa.field("digest", pa.string()),
+    ]
+    fields += [pa.field(layer_column(i), pa.list_(pa.float32(), dim)) for i in range(n_layers)]
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(meta, ensure_ascii=False).encode()})
+
+
+def _windows_schema(n_layers: int, dim: int, store_dtype: str):
+    import pyarrow as pa
+
+    from messai.features.targets import TARGETS
+
+    value = pa.float16() if store_dtype == "float16" else pa.float32()
+    fields = [
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("extraction_id", pa.string(), nullable=False),
+        pa.field("window", pa.int32()),
+        pa.field("start", pa.int64()),
+        pa.field("length", pa.int64()),
+    ]
+    fields += [pa.field(layer_column(i), pa.list_(value, dim)) for i in range(n_layers)]
+    for name, target in TARGETS.items():
+        tp = pa.float32() if target.size == 1 else pa.list_(pa.float32(), target.size)
+        fields.append(pa.field(target_column(name), tp))
+    return pa.schema(fields)
+
+
+def _to_fixed_list(values: np.ndarray, type_):
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    dim = values.shape[1]
+    flat = pa.array(values.reshape(-1).astype(type_.value_type.to_pandas_dtype(), copy=False))
+    return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
+def _fixed_list_to_numpy(column, dim: int, dtype) -> np.ndarray:
+    """A (chunked) fixed-size-list column as ``[n, dim]``; nulls become NaN rows."""
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        values = chunk.flatten().to_numpy(zero_copy_only=False) if chunk.null_count == 0 else None
+        if values is None:
+            filled = [
+                np.full(dim, np.nan) if v is None else np.asarray(v) for v in chunk.to_pylist()
+            ]
+            values = np.asarray(filled).reshape(-1)
+        parts.append(np.asarray(values).reshape(-1, dim).astype(dtype, copy=False))
+    if not parts:
+        return np.zeros((0, dim), dtype)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _target_array(values: np.ndarray | None, n: int, type_):
+    import pyarrow as pa
+
+    if values is None:
+        return pa.nulls(n, type_)
+    values = np.asarray(values, dtype=np.float32)
+    if pa.types.is_fixed_size_list(type_):
+        return _to_fixed_list(values.reshape(n, -1), type_)
+    return pa.array(values.reshape(n))
+
+
+def _column_values(column, idx: np.ndarray) -> np.ndarray:
+    import pyarrow as pa
+
+    taken = column.take(pa.array(idx)) if len(idx) else column.slice(0, 0)
+    if pa.types.is_fixed_size_list(column.type):
+        k = column.type.list_size
+        return _fixed_list_to_numpy(taken, k, np.float32)
+    arr = taken.to_numpy(zero_copy_only=False)
+    return (
+        np.asarray([np.nan if v is None else v for v in arr], dtype=np.float32)
+        if arr.dtype == object
+        else arr.astype(np.float32)
+    )
+
+
+def _entry_of(row: dict[str, Any]) -> TrackEntry:
+    return TrackEntry(
+        track_id=row["track_id"],
+        source=row["source"] or "",
+        size=int(row["size"] or 0),
+        mtime_ns=int(row["mtime_ns"] or 0),
+        content_hash=row["content_hash"] or "",
+        duration_seconds=float(row["duration_seconds"] or 0.0),
+        n_segments=int(row["n_segments"] or 0),
+        targets=tuple(row["targets"] or ()),
+        labels=json.loads(row["labels"] or "{}"),
+        extracted_at=row["extracted_at"],
+        targets_at=row["targets_at"],
+    )
+
+
+def _read_meta(tracks_uri: str) -> dict[str, Any]:
+    import lance
+
+    opts = loc.storage_options() if loc.is_remote(tracks_uri) else None
+    try:
+        ds = lance.dataset(tracks_uri, storage_options=opts)
+        raw = (ds.schema.metadata or {}).get(METADATA_KEY)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _storage_error(tracks_uri.rsplit("/", 1)[0], exc) from None
+    if raw is None:
+        raise StoreError(f"{tracks_uri}: not a mess feature store (no build description)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise StoreError(f"{tracks_uri}: not a mess feature store")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise StoreError(
+            f"{tracks_uri}: written by a newer mess (format {meta['format_version']}); upgrade mess"
+        )
+    return meta
+
+
+def _storage_error(uri: str, exc: BaseException) -> StoreError:
+    """One line naming the store and what to do, for I/O failures of the storage."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if (isinstance(exc, OSError) and exc.errno == 28) or "No space left" in str(exc):
+        return StoreError(
+            f"{uri}: no space left on the device; free some space and run again (finished tracks are kept)"
+        )
+    if "Not found" in text or "not found" in text or isinstance(exc, FileNotFoundError):
+        return StoreError(
+            f"{uri}: part of the store is missing or damaged ({text[:160]}); "
+            "restore it from a copy or remove it and run 'mess extract' again"
+        )
+    return StoreError(f"{uri}: storage error ({text[:200]})")
+
+
+def _size_bytes(uri: str) -> int | None:
+    path = loc.local_path(uri)
+    if path is None:
+        return None
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _code_version() -> str:

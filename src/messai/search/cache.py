@@ -51,15 +51,11 @@ def layer_vectors(
     store, layer: int, track_ids: list[str] | None = None
 ) -> tuple[list[str], np.ndarray]:
     """Track-level vectors ``[n_tracks, dim]`` float32 of one layer (mean of the windows)."""
-    ids = track_ids if track_ids is not None else store.track_ids()
     if not 0 <= layer < store.n_layers:
         raise ConfigError(
             f"layer {layer} out of range: the store's model has layers 0..{store.n_layers - 1}"
         )
-    out = np.empty((len(ids), store.dim), dtype=np.float32)
-    for i, tid in enumerate(ids):
-        out[i] = store.load_aggregated(tid)[layer]
-    return ids, out
+    return store.layer(layer, track_ids=track_ids)
 
 
 @contextlib.contextmanager
