@@ -8,5 +8,6 @@ from messai.cli import (  # noqa: F401  (importing registers the commands)
     cmd_model,
     cmd_probe,
     cmd_search,
+    cmd_store,
     cmd_stores,
 )

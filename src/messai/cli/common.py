@@ -134,6 +134,14 @@ PrecisionOpt = Annotated[
     Optional[PrecisionChoice],
     typer.Option("--precision", help="Compute dtype (float16 only on GPU/MPS)."),
 ]
+StoresOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--stores",
+        help="Where feature stores live: a folder or s3://bucket/prefix (gs://, az://); "
+        "default: the 'stores' setting, else MESS_HOME/stores.",
+    ),
+]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
