@@ -16,7 +16,7 @@ Reported next to every latency: a baseline measured in the same run on the same 
 (numpy brute force: single-threaded einsum mat-vec + argpartition top-k), and the ratio to
 it, because absolute numbers on a small shared machine are noisy. numpy's BLAS mat-vec is
 reported too; its thread pool makes it erratic under load. Flat single queries use the exact
-two-stage float16 path (see messai.search.layer_index); the plain IndexFlatIP path is timed too. FAISS
+two-stage float16 path (see messai.search.reranker); the plain IndexFlatIP path is timed too. FAISS
 single-query search is timed with 1 thread and with the default thread count; the library
 uses 1 thread for ≤ 4 queries.
 """
@@ -33,8 +33,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-import messai.search.layer_index as index_module
-from messai.search.layer_index import LayerIndex, build_index
+from messai.search.layer_index import Float16Reranker, LayerIndex, build_index
 
 
 def mixture(n: int, dim: int, *, seed: int = 0, latent: int | None = None) -> np.ndarray:
@@ -114,12 +113,12 @@ def track_latency(index: LayerIndex, k: int) -> dict:
 
 def plain_flat(index: LayerIndex, ids: list[str], k: int) -> dict:
     """search_track latency with the float16 two-stage path switched off (IndexFlatIP only)."""
-    threshold = index_module._SHADOW_MIN_ELEMENTS
-    index_module._SHADOW_MIN_ELEMENTS = 1 << 62
+    threshold = Float16Reranker.min_elements
+    Float16Reranker.min_elements = 1 << 62
     try:
         return latency(lambda q: index.search_track(ids[q], k), QUERIES)
     finally:
-        index_module._SHADOW_MIN_ELEMENTS = threshold
+        Float16Reranker.min_elements = threshold
 
 
 def with_ratio(measured: dict, baseline: dict) -> dict:
@@ -154,7 +153,7 @@ def bench_flat(n: int, dim: int, k: int) -> dict:
         "dim": dim,
         "k": k,
         "build_s": round(build_s, 3),
-        "fp16_copy_used": index._shadow is not None,
+        "fp16_copy_used": index.float16_reranker is not None,
         "first_three_queries_ms": first_ms,
         "baseline_numpy_einsum": baseline,
         "numpy_blas_matvec": with_ratio(blas, baseline),

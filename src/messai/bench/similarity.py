@@ -30,15 +30,15 @@ NORMALIZATIONS = ("none", "center", "zscore")
 
 def _normalise(X: np.ndarray, mode: str) -> np.ndarray:
     """Before the metric: none, centred, or z-scored with the same std floor as the indices'
-    ``zscore`` (``messai.search.layer_index.Normalizer``), but without their final L2 step."""
+    ``zscore`` (``messai.search.normalise.Normalizer``), but without their final L2 step."""
     if mode == "none":
         return X
     Xc = X - X.mean(0)
     if mode == "center":
         return Xc
-    from messai.search.layer_index import Normalizer, _floored_std
+    from messai.search.normalise import Normalizer, floored_std
 
-    return Xc / _floored_std(X.var(0), Normalizer("zscore").min_scale)
+    return Xc / floored_std(X.var(0), Normalizer("zscore").min_scale)
 
 
 def similarity_matrix(X: np.ndarray, metric: str) -> np.ndarray:

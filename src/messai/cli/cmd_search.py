@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -25,6 +25,9 @@ from messai.cli.common import (
     print_tsv,
     settings_from,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from messai.search.recommend import RecommendationResult
 
 
 class Kind(str, Enum):
@@ -201,13 +204,15 @@ def recommend_command(
             raise ConfigError(
                 "--exclude-same needs --track: an --audio query has no labels to compare"
             )
-        result = rec.recommend_audio(
+        result = rec.recommend_by_audio(
             audio, aspects, k, layer=layer, device=(device.value if device else settings.device)
         )
         _render(result, fmt)
         return
     if track != "-":
-        result = rec.recommend(track, aspects, k, layer=layer, exclude_same=exclude_same or ())
+        result = rec.recommend_by_id(
+            track, aspects, k, layer=layer, exclude_same=exclude_same or ()
+        )
         _short_notice(result, k)
         _render(result, fmt)
         return
@@ -221,13 +226,15 @@ def recommend_command(
         if tid not in rec.store and tid.strip() in rec.store:
             tid = tid.strip()  # stray spaces from a hand-made list
         try:
-            result = rec.recommend(tid, aspects, k, layer=layer, exclude_same=exclude_same or ())
+            result = rec.recommend_by_id(
+                tid, aspects, k, layer=layer, exclude_same=exclude_same or ()
+            )
         except MessError as exc:
             error_line(str(exc))
             failed += 1
             continue
         if fmt in (ListFormat.json, ListFormat.table):
-            print_json_line(result)
+            print_json_line(result.to_dict())
         else:
             _render(result, fmt, with_query=True, header=header)
             header = False
@@ -235,27 +242,28 @@ def recommend_command(
         raise typer.Exit(1)
 
 
-def _short_notice(result: dict, k: int) -> None:
-    n = len(result["recommendations"])
+def _short_notice(result: RecommendationResult, k: int) -> None:
+    n = len(result.recommendations)
     if n < k:
         notice(
             f"note: only {n} track(s) could be returned (the store's size, minus the query and exclusions)"
         )
 
 
-def _describe(result: dict) -> str:
-    if isinstance(result["aspect"], str):
-        return f"aspect {result['aspect']} · layer {result['layer']}"
+def _describe(result: RecommendationResult) -> str:
+    if not result.fused:
+        return f"aspect {result.aspects[0]} · layer {result.layers[0]}"
     parts = [
         f"{a} (layer {lay}, weight {w:g})"
-        for a, lay, w in zip(result["aspect"], result["layer"], result["weights"])
+        for a, lay, w in zip(result.aspects, result.layers, result.weights)
     ]
     return "fused: " + " + ".join(parts)
 
 
 def _render(
-    result: dict, fmt: ListFormat, *, with_query: bool = False, header: bool = True
+    typed: RecommendationResult, fmt: ListFormat, *, with_query: bool = False, header: bool = True
 ) -> None:
+    result = typed.to_dict()
     recs = result["recommendations"]
     if fmt == ListFormat.json:
         print_json(result)
@@ -271,7 +279,7 @@ def _render(
         sys.stdout.flush()
     else:
         q = result["query"].get("track_id") or result["query"].get("audio")
-        title = f"{q} · {_describe(result)} · {result['normalize']}"
+        title = f"{q} · {_describe(typed)} · {result['normalize']}"
         cols = ["rank", "track_id", "similarity"] + (
             ["layer_similarities"] if recs and "layer_similarities" in recs[0] else []
         )

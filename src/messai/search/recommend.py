@@ -9,13 +9,96 @@ torch; everything else needs numpy and faiss alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from messai.errors import ConfigError, MessError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended track.
+
+    Attributes
+    ----------
+    rank : int
+        1 for the best.
+    track_id : str
+        The track.
+    similarity : float
+        Cosine of normalised vectors (fused: Σ w·sim / Σ w).
+    labels : dict
+        The track's labels in the store (``store.labels``).
+    layer_similarities : list of float, optional
+        Fused queries only: the cosine in each part's layer, in the order of the aspects.
+    """
+
+    rank: int
+    track_id: str
+    similarity: float
+    labels: dict[str, Any] = field(default_factory=dict)
+    layer_similarities: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"rank", "track_id", "similarity", ["layer_similarities"], **labels}``, rounded
+        to 6 decimals."""
+        row: dict[str, Any] = {
+            "rank": self.rank,
+            "track_id": self.track_id,
+            "similarity": round(float(self.similarity), 6),
+        }
+        if self.layer_similarities is not None:
+            row["layer_similarities"] = [round(float(v), 6) for v in self.layer_similarities]
+        row.update(self.labels)
+        return row
+
+
+@dataclass(frozen=True)
+class RecommendationResult:
+    """The answer to one query: what was asked and the ranked tracks.
+
+    Attributes
+    ----------
+    query : dict
+        ``{"track_id", "dataset"}`` or ``{"audio", "dataset"}`` (or the caller's own).
+    aspects, layers, weights : list
+        One entry per requested aspect: its name, the layer searched, its weight.
+    normalize : str
+        The indices' normalisation.
+    recommendations : list of Recommendation
+        Best first.
+    """
+
+    query: dict[str, Any]
+    aspects: list[str]
+    layers: list[int]
+    weights: list[float]
+    normalize: str
+    recommendations: list[Recommendation]
+
+    @property
+    def fused(self) -> bool:
+        """Whether several aspects were mixed."""
+        return len(self.aspects) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON: ``query``, ``aspect``, ``layer`` (lists and ``weights`` when
+        fused), ``normalize``, ``recommendations``."""
+        single = not self.fused
+        return {
+            "query": self.query,
+            "aspect": self.aspects[0] if single else list(self.aspects),
+            "layer": self.layers[0] if single else list(self.layers),
+            **({} if single else {"weights": list(self.weights)}),
+            "normalize": self.normalize,
+            "recommendations": [r.to_dict() for r in self.recommendations],
+        }
 
 
 def parse_aspect_spec(spec: str) -> tuple[str, float]:
@@ -39,6 +122,10 @@ class LayerBasedRecommender:
 
     >>> rec = LayerBasedRecommender(dataset="smd")  # doctest: +SKIP
     >>> rec.recommend(reference_track="Beethoven_Op027No1-01", aspect="spectral_brightness")  # doctest: +SKIP
+
+    Every query goes through :meth:`recommend_by_vector`: :meth:`recommend_by_id` passes the
+    track's indexed vectors, :meth:`recommend_by_audio` the vectors extracted from a file.
+    ``recommend`` and ``recommend_audio`` return the same answers as JSON-ready dicts.
     """
 
     def __init__(
@@ -160,39 +247,12 @@ class LayerBasedRecommender:
         layer: int | None = None,
         exclude_same: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """The ``n_recommendations`` nearest tracks to ``reference_track`` for ``aspect``.
-
-        ``aspect`` may be a list of ``NAME`` or ``NAME:WEIGHT`` for weighted fusion of per-layer
-        similarities; ``layer`` overrides the aspect's layer. Returns the documented JSON dict:
+        """:meth:`recommend_by_id` as the documented JSON dict (``RecommendationResult.to_dict``):
         ``query``, ``aspect``, ``layer``, ``normalize``, ``recommendations`` (rank, track_id,
         similarity, labels...)."""
-        self.store.require_track(reference_track)
-        if n_recommendations < 1:
-            raise ConfigError("the number of recommendations must be at least 1")
-        n_recommendations = min(n_recommendations, len(self.store))  # there are no more to return
-        parts = self.plan(aspect, layer)
-        excluded = self._exclusions(reference_track, exclude_same)
-        if len(parts) == 1:
-            sims, ids = self.index(parts[0][1]).search_track(
-                reference_track, n_recommendations, exclude_ids=excluded
-            )
-            per_layer = None
-        else:
-            from messai.search.layer_index import fuse
-
-            res = fuse(
-                [(w, self.index(lay), reference_track) for _, lay, w in parts],
-                n_recommendations,
-                exclude_ids=excluded,
-            )
-            sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
-        return self._result(
-            {"track_id": reference_track, "dataset": self.store.dataset},
-            parts,
-            sims,
-            ids,
-            per_layer,
-        )
+        return self.recommend_by_id(
+            reference_track, aspect, n_recommendations, layer=layer, exclude_same=exclude_same
+        ).to_dict()
 
     def recommend_audio(
         self,
@@ -203,8 +263,63 @@ class LayerBasedRecommender:
         layer: int | None = None,
         device: str = "auto",
     ) -> dict[str, Any]:
+        """:meth:`recommend_by_audio` as the documented JSON dict."""
+        return self.recommend_by_audio(
+            path, aspect, n_recommendations, layer=layer, device=device
+        ).to_dict()
+
+    def recommend_by_id(
+        self,
+        reference_track: str,
+        aspect: str | Sequence[str] = "spectral_brightness",
+        n_recommendations: int = 5,
+        *,
+        layer: int | None = None,
+        exclude_same: Sequence[str] = (),
+    ) -> RecommendationResult:
+        """The ``n_recommendations`` nearest tracks to the stored ``reference_track``.
+
+        Parameters
+        ----------
+        reference_track : str
+            A track of the store; never among the results.
+        aspect : str or sequence of str
+            ``NAME`` or ``NAME:WEIGHT``; several for weighted fusion of per-layer similarities.
+        n_recommendations : int
+            At least 1; capped at the store's size.
+        layer : int, optional
+            Overrides the layer of a single aspect.
+        exclude_same : sequence of str
+            Label names: tracks sharing the query's value of any of them are left out.
+        """
+        self.store.require_track(reference_track)
+        if n_recommendations < 1:
+            raise ConfigError("the number of recommendations must be at least 1")
+        n_recommendations = min(n_recommendations, len(self.store))  # there are no more to return
+        parts = self.plan(aspect, layer)
+        excluded = self._exclusions(reference_track, exclude_same)
+        vectors = {lay: self.index(lay).vector_of(reference_track) for _, lay, _ in parts}
+        return self.recommend_by_vector(
+            vectors,
+            aspect,
+            n_recommendations,
+            layer=layer,
+            exclude_ids=excluded | {reference_track},
+            normalized=True,
+            query={"track_id": reference_track, "dataset": self.store.dataset},
+        )
+
+    def recommend_by_audio(
+        self,
+        path: str | Path,
+        aspect: str | Sequence[str] = "spectral_brightness",
+        n_recommendations: int = 5,
+        *,
+        layer: int | None = None,
+        device: str = "auto",
+    ) -> RecommendationResult:
         """Recommend for an audio file outside the store: it is extracted with the store's model,
-        revision and window settings (this loads torch)."""
+        revision and window settings (this loads torch), then :meth:`recommend_by_vector`."""
         from messai.features.extractor import FeatureExtractor
 
         s, m = self.store.settings, self.store.model
@@ -223,7 +338,7 @@ class LayerBasedRecommender:
             min_seconds=s["min_seconds"],
             compute_targets=False,
         )
-        parts = self.plan(aspect, layer)
+        self.plan(aspect, layer)
         n_recommendations = min(max(1, n_recommendations), len(self.store))
         now = fx.checkpoint.identity()
         changed = [
@@ -235,38 +350,85 @@ class LayerBasedRecommender:
                 "an --audio query must be extracted by the same model: re-extract the store, or restore the checkpoint"
             )
         aggregated = fx.extract(path)["aggregated"]  # [n_layers, dim]
-        if len(parts) == 1:
-            sims, pos = self.index(parts[0][1]).search(
-                aggregated[parts[0][1]][None], n_recommendations
-            )
-            keep = pos[0] >= 0
-            ids = [self.index(parts[0][1]).track_ids[p] for p in pos[0][keep]]
-            sims, per_layer = sims[0][keep], None
-        else:
-            from messai.search.layer_index import fuse
-
-            res = fuse(
-                [(w, self.index(lay), aggregated[lay]) for _, lay, w in parts], n_recommendations
-            )
-            sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
-        return self._result(
-            {"audio": str(path), "dataset": self.store.dataset}, parts, sims, ids, per_layer
+        return self.recommend_by_vector(
+            aggregated,
+            aspect,
+            n_recommendations,
+            layer=layer,
+            query={"audio": str(path), "dataset": self.store.dataset},
         )
 
-    def _result(self, query: dict, parts, sims, ids, per_layer) -> dict[str, Any]:
-        single = len(parts) == 1
-        recs = []
-        for rank, (tid, sim) in enumerate(zip(ids, sims), start=1):
-            row = {"rank": rank, "track_id": tid, "similarity": round(float(sim), 6)}
-            if per_layer is not None:
-                row["layer_similarities"] = [round(float(v), 6) for v in per_layer[rank - 1]]
-            row.update(self.store.labels(tid))
-            recs.append(row)
-        return {
-            "query": query,
-            "aspect": parts[0][0] if single else [p[0] for p in parts],
-            "layer": parts[0][1] if single else [p[1] for p in parts],
-            **({} if single else {"weights": [p[2] for p in parts]}),
-            "normalize": self.normalize,
-            "recommendations": recs,
-        }
+    def recommend_by_vector(
+        self,
+        vectors: np.ndarray | Mapping[int, np.ndarray],
+        aspect: str | Sequence[str] = "spectral_brightness",
+        n_recommendations: int = 5,
+        *,
+        layer: int | None = None,
+        exclude_ids: Iterable[str] = (),
+        normalized: bool = False,
+        query: dict[str, Any] | None = None,
+    ) -> RecommendationResult:
+        """The ``n_recommendations`` nearest tracks to query vectors, one per layer searched.
+
+        Parameters
+        ----------
+        vectors : np.ndarray or mapping of int to np.ndarray
+            [n_layers, dim] (a track's aggregated vectors, as the extractor returns them), or
+            ``{layer: [dim]}`` holding at least the layers the aspects resolve to.
+        aspect : str or sequence of str
+            ``NAME`` or ``NAME:WEIGHT``; several for weighted fusion.
+        n_recommendations : int
+            Results wanted (at least 1).
+        layer : int, optional
+            Overrides the layer of a single aspect.
+        exclude_ids : iterable of str
+            Track ids never returned.
+        normalized : bool
+            The vectors are already normalised by their layer's index (``index.vector_of``);
+            by default they are raw and normalised like the corpus.
+        query : dict, optional
+            Echoed as ``query`` in the result (default ``{"dataset": ...}``).
+        """
+        if n_recommendations < 1:
+            raise ConfigError("the number of recommendations must be at least 1")
+        parts = self.plan(aspect, layer)
+        excluded = set(exclude_ids)
+        if len(parts) == 1:
+            index = self.index(parts[0][1])
+            qn = np.asarray(vectors[parts[0][1]])
+            qn = qn[None] if normalized else index.transform(qn)
+            sims, pos = index.search_normalized(
+                qn, n_recommendations, exclude=[index.positions_of(excluded)]
+            )
+            keep = pos[0] >= 0
+            ids = [index.track_ids[p] for p in pos[0][keep]]
+            sims, per_layer = sims[0][keep], None
+        else:
+            from messai.search.fusion import fuse
+
+            res = fuse(
+                [(w, self.index(lay), np.asarray(vectors[lay])) for _, lay, w in parts],
+                n_recommendations,
+                exclude_ids=excluded,
+                normalized=normalized,
+            )
+            sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
+        recs = [
+            Recommendation(
+                rank,
+                tid,
+                float(sim),
+                self.store.labels(tid),
+                None if per_layer is None else [float(v) for v in per_layer[rank - 1]],
+            )
+            for rank, (tid, sim) in enumerate(zip(ids, sims), start=1)
+        ]
+        return RecommendationResult(
+            query if query is not None else {"dataset": self.store.dataset},
+            [p[0] for p in parts],
+            [p[1] for p in parts],
+            [p[2] for p in parts],
+            self.normalize,
+            recs,
+        )

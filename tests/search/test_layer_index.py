@@ -1,4 +1,4 @@
-"""Tests for messai.search.layer_index: normalisation, exact/approximate search, persistence, fusion."""
+"""Tests for messai.search.layer_index (and its parts): normalisation, exact/approximate search, persistence, fusion."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import messai.search.layer_index as index_module
 from messai.errors import ConfigError, SearchIndexError, TrackNotFoundError
+from messai.search import index_io
 from messai.search.layer_index import (
+    Float16Reranker,
     LayerIndex,
     Normalizer,
     build_index,
@@ -76,7 +77,7 @@ def assert_valid_topk(index: LayerIndex, Xn: np.ndarray, q: int, k: int, *, excl
 def shadow(request, monkeypatch):
     """Run a flat test twice: plain IndexFlatIP search, and the float16 two-stage path."""
     if request.param == "fp16-shadow":
-        monkeypatch.setattr(index_module, "_SHADOW_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(Float16Reranker, "min_elements", 0)
     return request.param == "fp16-shadow"
 
 
@@ -97,16 +98,16 @@ def test_flat_matches_brute_force(normalize, shadow):
     for q in range(0, 400, 37):
         assert_valid_topk(index, Xn, q, 10)
     np.testing.assert_allclose(index.normalized_vectors(), Xn, atol=1e-6)
-    assert (index._shadow is not None) == shadow
+    assert (index.float16_reranker is not None) == shadow
 
 
 def test_fp16_shadow_is_not_built_by_a_one_shot_query(monkeypatch):
-    monkeypatch.setattr(index_module, "_SHADOW_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(Float16Reranker, "min_elements", 0)
     index = build_index(clustered(100, 8), ids_for(100))
     first = index.search_track("t00003", 5)
-    assert index._shadow is None  # a cold `mess recommend` does one query: no copy
+    assert index.float16_reranker is None  # a cold `mess recommend` does one query: no copy
     second = index.search_track("t00003", 5)
-    assert index._shadow is not None
+    assert index.float16_reranker is not None
     assert first[1] == second[1]
     np.testing.assert_allclose(first[0], second[0], atol=1e-6)
     index.search(clustered(10, 8), 3)  # batches use IndexFlatIP directly
@@ -114,22 +115,30 @@ def test_fp16_shadow_is_not_built_by_a_one_shot_query(monkeypatch):
 
 def test_fp16_shadow_stays_exact_among_near_ties(monkeypatch):
     """Hundreds of tracks within the float16 error of each other force the shortlist wider."""
-    monkeypatch.setattr(index_module, "_SHADOW_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(Float16Reranker, "min_elements", 0)
     rng = np.random.default_rng(5)
     X = np.vstack([clustered(200, 32), 1.0 + 1e-5 * rng.standard_normal((300, 32))])
     X = X.astype(np.float32)
     index = build_index(X, ids_for(500), normalize="l2")
-    calls = []
-    real = index_module._faiss_search
-    monkeypatch.setattr(index_module, "_faiss_search", lambda *a: calls.append(a[2]) or real(*a))
     Xn = unit(X.astype(np.float64))
     for q in (210, 333, 499):
         assert_valid_topk(index, Xn, q, 10)
-    assert max(calls) > 2 * 11 + 16  # it did widen
-    monkeypatch.setattr(index_module, "_SHADOW_MIN_ELEMENTS", 10**12)
+    assert index.float16_reranker.largest_shortlist > 2 * 11 + 16  # it did widen
+    monkeypatch.setattr(Float16Reranker, "min_elements", 10**12)
     plain = build_index(X, ids_for(500), normalize="l2")
     for q in ("t00210", "t00333", "t00001"):
         assert index.search_track(q, 10)[1] == plain.search_track(q, 10)[1]
+
+
+def test_float16_reranker_alone_is_exact():
+    Xn = unit(clustered(300, 16).astype(np.float64)).astype(np.float32)
+    reranker = Float16Reranker(Xn)
+    sims, positions = reranker.topk(Xn[[3, 7]], 5, [{3}, {7, 8}])
+    for row, (q, banned) in enumerate(((3, {3}), (7, {7, 8}))):
+        _, expected = brute_force(Xn.astype(np.float64), q, 5, banned)
+        assert positions[row].tolist() == expected
+        np.testing.assert_allclose(sims[row], Xn[expected] @ Xn[q], atol=1e-6)
+    assert len(reranker) == 300 and reranker.memory_bytes == 300 * 16 * 2
 
 
 def test_l2_is_raw_cosine_and_center_removes_the_cone():
@@ -330,7 +339,7 @@ def test_incremental_add_equals_fresh_build_for_flat_l2(shadow):
     grown = build_index(X[:200], ids[:200], normalize="l2", fingerprint="old")
     for _ in range(2):
         grown.search_track("t00000", 5)  # the 2nd builds the float16 copy; add() must drop it
-    assert (grown._shadow is not None) == shadow
+    assert (grown.float16_reranker is not None) == shadow
     grown.add(X[200:], ids[200:], fingerprint="new")
     fresh = build_index(X, ids, normalize="l2", fingerprint="new")
     assert grown.track_ids == fresh.track_ids and grown.fingerprint == "new"
@@ -392,11 +401,11 @@ def test_save_replaces_atomically(tmp_path, monkeypatch):
     build_index(X[:50], ids_for(50), fingerprint="v2").save(target)
     assert LayerIndex.load(target).fingerprint == "v2" and len(LayerIndex.load(target)) == 50
 
-    def crash(self, directory: Path) -> None:
+    def crash(index: LayerIndex, directory: Path) -> None:
         (directory / "index.faiss").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(LayerIndex, "_write_files", crash)
+    monkeypatch.setattr(index_io, "write_index_dir", crash)
     with pytest.raises(KeyboardInterrupt):
         build_index(X, ids_for(100), fingerprint="v3").save(target)
     assert LayerIndex.load(target).fingerprint == "v2"  # the old index is untouched

@@ -1,0 +1,272 @@
+"""Reading and writing a layer index directory; the format is in ``docs/index-format.md``.
+
+:func:`write_index_dir` / :func:`save_index` write one, :func:`read_index_dir` reads and
+validates one (metadata fields, file sizes, normaliser statistics, FAISS type, metric,
+dimension and count) into a :class:`StoredIndex`, from which
+:meth:`messai.search.layer_index.LayerIndex.load` builds the index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from messai.errors import SearchIndexError
+from messai.files import fsync_dir, fsync_file, swap_dir_into_place
+from messai.search.backend import FAISS_TYPES, KINDS, apply_search_params, load_faiss
+from messai.search.normalise import NORMALIZE_MODES, Normalizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from messai.search.layer_index import LayerIndex
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "INDEX_FILE",
+    "MEAN_FILE",
+    "META_FILE",
+    "SCALE_FILE",
+    "StoredIndex",
+    "read_index_dir",
+    "save_index",
+    "write_index_dir",
+]
+
+FORMAT = "mess-layer-index"
+FORMAT_VERSION = 1
+
+INDEX_FILE = "index.faiss"
+MEAN_FILE = "mean.npy"
+SCALE_FILE = "scale.npy"
+META_FILE = "meta.json"
+
+#: meta.json fields and their JSON types
+META_KEYS = {
+    "format": str,
+    "format_version": int,
+    "kind": str,
+    "normalize": str,
+    "min_scale": float,
+    "params": dict,
+    "dim": int,
+    "n": int,
+    "n_fit": int,
+    "fingerprint": str,
+    "meta": dict,
+    "files": dict,
+    "track_ids": list,
+}
+
+
+@dataclass(frozen=True)
+class StoredIndex:
+    """The validated contents of an index directory.
+
+    Attributes
+    ----------
+    faiss_index : Any
+        The FAISS index ([n, dim] normalised vectors), search parameters applied.
+    track_ids : list of str
+        n ids, position order.
+    normalizer : Normalizer
+        Fitted normaliser (mean/scale [dim]).
+    kind, params, fingerprint, meta
+        As recorded in ``meta.json``.
+    """
+
+    faiss_index: Any
+    track_ids: list[str]
+    normalizer: Normalizer
+    kind: str
+    params: dict[str, Any]
+    fingerprint: str
+    meta: dict[str, Any]
+
+
+def save_index(index: LayerIndex, directory: str | os.PathLike[str]) -> Path:
+    """Write ``index`` to ``directory`` atomically (temp sibling dir, then swapped into place).
+
+    An existing index there is replaced. Returns the directory path.
+
+    Raises
+    ------
+    SearchIndexError
+        ``directory`` exists and is not a directory.
+    """
+    import shutil
+    import tempfile
+
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        os.chmod(tmp, target.parent.stat().st_mode & 0o777)  # mkdtemp makes it 0700
+        write_index_dir(index, tmp)
+        swap_dir_into_place(tmp, target)
+    except NotADirectoryError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SearchIndexError(f"{target}: exists and is not an index directory") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def write_index_dir(index: LayerIndex, directory: Path) -> None:
+    """Write the four index files into the existing, empty ``directory`` and fsync them."""
+    faiss = load_faiss()
+    faiss.write_index(index.faiss_index, str(directory / INDEX_FILE))
+    fsync_file(directory / INDEX_FILE)
+    normalizer = index.normalizer
+    for name, array in ((MEAN_FILE, normalizer.mean_), (SCALE_FILE, normalizer.scale_)):
+        with open(directory / name, "wb") as fh:
+            np.save(fh, np.asarray(array, dtype=np.float64), allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+    sizes = {
+        name: (directory / name).stat().st_size for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE)
+    }
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": index.kind,
+        "normalize": index.normalize,
+        "min_scale": normalizer.min_scale,
+        "params": index.params,
+        "dim": index.dim,
+        "n": index.n_total,
+        "n_fit": index.n_fit,
+        "fingerprint": index.fingerprint,
+        "meta": index.meta,
+        "faiss_version": getattr(faiss, "__version__", "unknown"),
+        "files": sizes,
+        "track_ids": index.track_ids,
+    }
+    with open(directory / META_FILE, "w", encoding="utf-8") as fh:
+        json.dump(record, fh, separators=(",", ":"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_dir(directory)
+
+
+def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
+    """Read and validate an index directory written by :func:`save_index`.
+
+    Raises
+    ------
+    SearchIndexError
+        Naming the path and the reason, if anything is missing, truncated, of an unknown format
+        version, or inconsistent (vector count vs track ids, dimensions, index type).
+    """
+    path = Path(directory)
+    record = read_meta(path)
+    check_file_sizes(path, record)
+    mean = _read_stats(path / MEAN_FILE, record["dim"])
+    scale = _read_stats(path / SCALE_FILE, record["dim"])
+    index = _read_faiss(path / INDEX_FILE)
+    _check_faiss_index(path, index, record)
+    normalizer = Normalizer.from_state(
+        record["normalize"], mean, scale, record["n_fit"], min_scale=record["min_scale"]
+    )
+    params = dict(record["params"])
+    apply_search_params(index, record["kind"], params)
+    return StoredIndex(
+        index,
+        record["track_ids"],
+        normalizer,
+        kind=record["kind"],
+        params=params,
+        fingerprint=record["fingerprint"],
+        meta=record["meta"],
+    )
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The validated ``meta.json`` record of the index directory ``path``."""
+    meta_path = path / META_FILE
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except FileNotFoundError:
+        raise SearchIndexError(f"{path}: no index here ({META_FILE} is missing)") from None
+    except (OSError, ValueError) as exc:
+        raise SearchIndexError(f"{meta_path}: unreadable index metadata ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise SearchIndexError(f"{meta_path}: not a mess layer index")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise SearchIndexError(
+            f"{meta_path}: index format version {record.get('format_version')!r}, this mess "
+            f"reads version {FORMAT_VERSION}; rebuild the index"
+        )
+    for key, kind in META_KEYS.items():
+        value = record.get(key)
+        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if not ok or (kind is int and isinstance(value, bool)):
+            raise SearchIndexError(f"{meta_path}: missing or malformed field {key!r}")
+    if record["kind"] not in KINDS or record["normalize"] not in NORMALIZE_MODES:
+        raise SearchIndexError(f"{meta_path}: unknown kind or normalisation")
+    ids = record["track_ids"]
+    if len(ids) != record["n"] or not all(isinstance(t, str) for t in ids):
+        raise SearchIndexError(f"{meta_path}: {len(ids)} track ids for n = {record['n']}")
+    if len(set(ids)) != len(ids):
+        raise SearchIndexError(f"{meta_path}: duplicate track ids")
+    return record
+
+
+def check_file_sizes(path: Path, record: dict[str, Any]) -> None:
+    """Raise SearchIndexError if a data file is missing or its size differs from ``record``."""
+    for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE):
+        expected = record["files"].get(name)
+        try:
+            actual = (path / name).stat().st_size
+        except FileNotFoundError:
+            raise SearchIndexError(f"{path / name}: missing index file") from None
+        if actual != expected:
+            raise SearchIndexError(
+                f"{path / name}: {actual} bytes, expected {expected} (truncated or replaced)"
+            )
+
+
+def _read_stats(path: Path, dim: int) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SearchIndexError(f"{path}: unreadable normaliser statistics ({exc})") from None
+    if array.shape != (dim,) or not np.issubdtype(array.dtype, np.floating):
+        raise SearchIndexError(f"{path}: expected [{dim}] floats, got {array.dtype} {array.shape}")
+    if not np.isfinite(array).all():
+        raise SearchIndexError(f"{path}: normaliser statistics contain NaN or inf")
+    return array
+
+
+def _read_faiss(path: Path) -> Any:
+    faiss = load_faiss()
+    try:
+        return faiss.read_index(str(path))
+    except (RuntimeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SearchIndexError(f"{path}: unreadable FAISS index ({reason})") from None
+
+
+def _check_faiss_index(path: Path, index: Any, record: dict[str, Any]) -> None:
+    faiss = load_faiss()
+    where = path / INDEX_FILE
+    expected_type = FAISS_TYPES[record["kind"]]
+    if type(index).__name__ != expected_type:
+        raise SearchIndexError(
+            f"{where}: holds a {type(index).__name__}, metadata says {record['kind']} "
+            f"({expected_type})"
+        )
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise SearchIndexError(f"{where}: metric is not inner product")
+    if index.d != record["dim"]:
+        raise SearchIndexError(f"{where}: dimension {index.d}, metadata says {record['dim']}")
+    if index.ntotal != len(record["track_ids"]):
+        raise SearchIndexError(
+            f"{where}: {index.ntotal} vectors for {len(record['track_ids'])} track ids"
+        )
