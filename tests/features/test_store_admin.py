@@ -83,7 +83,9 @@ def test_copy_round_trip_and_refuses_to_overwrite(isolated_env, tmp_path):
         store_admin.copy(store.uri, dst)
 
 
-def test_interrupted_copy_is_not_a_store_until_finished_and_resumes(isolated_env, tmp_path, monkeypatch):
+def test_interrupted_copy_is_not_a_store_until_finished_and_resumes(
+    isolated_env, tmp_path, monkeypatch
+):
     store = make_store(Path(isolated_env), n_tracks=30)
     dst = str(tmp_path / "dst")
     monkeypatch.setattr(store_admin, "BATCH_TRACKS", 8)
