@@ -280,10 +280,15 @@ def test_python_api(store):
 
 
 def test_recommend_never_imports_torch(store):
+    """The cold path: with the index built, a recommend reads the index cache and never imports
+    torch, transformers, sklearn, scipy, pyarrow or lance."""
+    assert runner.invoke(app, ["index", "-d", "syn", "--layers", "0"]).exit_code == 0
+    assert runner.invoke(app, ["recommend", "-d", "syn", "--track", "c0/track 000"]).exit_code == 0
     code = (
         "import sys\nsys.argv=['mess','recommend','-d','syn','--track','c0/track 000','-f','json']\n"
         "from messai.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = {'torch','transformers','sklearn','librosa','torchaudio','scipy'} & set(sys.modules)\n"
+        "heavy = {'torch','transformers','sklearn','librosa','torchaudio','scipy','pyarrow',"
+        "'lance','ray','lancedb'} & set(sys.modules)\n"
         "print('HEAVY', sorted(heavy), file=sys.stderr)"
     )
     p = subprocess.run(

@@ -116,6 +116,8 @@ class LayerDiscovery:
         The feature store to probe (`messai.features.store.FeatureStore.open`).
     home
         MESS home directory (default: the configured one).
+    stores
+        Where the stores live (default: the ``stores`` setting, else ``home/stores``).
     targets
         Target names (default: all the store has).
     folds, seed
@@ -142,6 +144,7 @@ class LayerDiscovery:
         model: str | None = None,
         *,
         home: str | Path | None = None,
+        stores: str | None = None,
         targets: list[str] | None = None,
         folds: int = 5,
         seed: int = 0,
@@ -152,8 +155,10 @@ class LayerDiscovery:
     ):
         from messai.features.store import FeatureStore
 
-        self.store = FeatureStore.open(dataset, model, home=home)
-        self.control = FeatureStore.open(control_store, home=home) if control_store else None
+        self.store = FeatureStore.open(dataset, model, home=home, stores=stores)
+        self.control = (
+            FeatureStore.open(control_store, home=home, stores=stores) if control_store else None
+        )
         self.targets, self.folds, self.seed, self.group_by = targets, folds, seed, group_by
         self.min_r2, self.n_bootstrap = min_r2, n_bootstrap
         self.results_ = None

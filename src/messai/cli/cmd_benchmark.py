@@ -56,6 +56,7 @@ def bench_extract_command(
 def bench_similarity_command(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")],
     model: ModelOpt = None,
+    stores: common.StoresOpt = None,
     label: Annotated[
         Optional[str],
         typer.Option(
@@ -80,8 +81,8 @@ def bench_similarity_command(
     from messai.bench.similarity import evaluate_similarity, plot_similarity
     from messai.features.store import FeatureStore
 
-    settings = common.settings_from()
-    store = FeatureStore.open(dataset, model, home=settings.home)
+    settings = common.settings_from(stores=stores)
+    store = FeatureStore.open(dataset, model, stores=settings.stores_location)
     chosen = common.parse_layers(layers, store.n_layers)
     report = evaluate_similarity(store, label=label, k=k, layers=chosen, max_tracks=max_tracks)
     if plot is not None:

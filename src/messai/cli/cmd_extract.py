@@ -13,6 +13,7 @@ from messai.cli.common import (
     PrecisionOpt,
     RevisionOpt,
     StoreDtypeChoice,
+    StoresOpt,
     app,
     err_console,
     notice,
@@ -49,6 +50,7 @@ def extract_command(
     ] = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
+    stores: StoresOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     batch_size: Annotated[
@@ -91,6 +93,7 @@ def extract_command(
     from messai.features.pipeline import extract_dataset
 
     settings = settings_from(
+        stores=stores,
         model=model,
         revision=revision,
         device=device,

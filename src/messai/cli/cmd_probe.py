@@ -13,6 +13,7 @@ from messai.cli.common import (
     DatasetOpt,
     Format,
     ModelOpt,
+    StoresOpt,
     app,
     notice,
     print_json,
@@ -30,6 +31,7 @@ class ProbeFormat(str, Enum):
 def probe_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
+    stores: StoresOpt = None,
     targets: Annotated[
         Optional[str],
         typer.Option("--targets", help="Comma-separated targets (default: all stored)."),
@@ -83,12 +85,13 @@ def probe_command(
     results with the store; they define 'mess aspects'."""
     from messai.analysis.discovery import LayerDiscovery
 
-    settings = settings_from(folds=folds, seed=seed, r2_threshold=min_r2)
+    settings = settings_from(folds=folds, seed=seed, r2_threshold=min_r2, stores=stores)
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     discovery = LayerDiscovery(
         dataset,
         model,
         home=settings.home,
+        stores=settings.stores_location,
         targets=names,
         folds=settings.folds,
         seed=settings.seed,
@@ -164,6 +167,7 @@ def _print_probe_table(results, min_r2: float) -> None:
 def aspects_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
+    stores: StoresOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
 ) -> None:
     """Every aspect with its layer, R², control and source: this dataset's probe, or the
@@ -171,8 +175,8 @@ def aspects_command(
     from messai.analysis.aspects import aspect_map
     from messai.features.store import FeatureStore
 
-    settings = settings_from()
-    store = FeatureStore.open(dataset, model, home=settings.home)
+    settings = settings_from(stores=stores)
+    store = FeatureStore.open(dataset, model, stores=settings.stores_location)
     mapping = aspect_map(store)
     if any(e.stale for e in mapping.values()):
         notice(
@@ -190,12 +194,13 @@ def aspects_command(
 def targets_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
+    stores: StoresOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and errors.")] = False,
 ) -> None:
     """(Re)compute the proxy targets of an existing store from its audio files (no model work)."""
     from messai.features.pipeline import recompute_targets
 
-    settings = settings_from()
+    settings = settings_from(stores=stores)
     report = recompute_targets(dataset, model, settings=settings)
     for line in report.failures:
         notice(line)

@@ -15,6 +15,7 @@ from messai.cli.common import (
     Format,
     ListFormat,
     ModelOpt,
+    StoresOpt,
     app,
     error_line,
     notice,
@@ -62,6 +63,7 @@ NormOpt = Annotated[
 def index_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
+    stores: StoresOpt = None,
     layers: Annotated[
         str, typer.Option("--layers", help="'all' or comma-separated layer numbers.")
     ] = "all",
@@ -87,8 +89,8 @@ def index_command(
     from messai.features.store import FeatureStore
     from messai.search.cache import build_layer_index
 
-    settings = settings_from(index_kind=kind, normalize=normalize)
-    store = FeatureStore.open(dataset, model, home=settings.home)
+    settings = settings_from(index_kind=kind, normalize=normalize, stores=stores)
+    store = FeatureStore.open(dataset, model, stores=settings.stores_location)
     named = {
         "M": m,
         "efConstruction": ef_construction,
@@ -139,6 +141,7 @@ def index_command(
 @app.command("recommend")
 def recommend_command(
     dataset: DatasetOpt,
+    stores: StoresOpt = None,
     track: Annotated[
         Optional[str],
         typer.Option(
@@ -185,8 +188,12 @@ def recommend_command(
 
     # the fast path: validate only what this command reads, without importing pydantic
     settings = resolve_fields(
-        ["home", "index_kind", "normalize", "device"],
-        {"index_kind": kind and kind.value, "normalize": normalize and normalize.value},
+        ["home", "stores", "index_kind", "normalize", "device"],
+        {
+            "index_kind": kind and kind.value,
+            "normalize": normalize and normalize.value,
+            "stores": stores,
+        },
     )
     aspects = aspect or ["spectral_brightness"]
     if (track is None) == (audio is None):
@@ -195,6 +202,7 @@ def recommend_command(
         dataset,
         model,
         home=settings.home,
+        stores=settings.stores,
         normalize=settings.normalize,
         kind=settings.index_kind,
         on_notice=notice,
@@ -223,7 +231,7 @@ def recommend_command(
         tid = line.rstrip("\n").rstrip("\r")
         if not tid.strip():
             continue
-        if tid not in rec.store and tid.strip() in rec.store:
+        if tid not in rec.tracks and tid.strip() in rec.tracks:
             tid = tid.strip()  # stray spaces from a hand-made list
         try:
             result = rec.recommend_by_id(

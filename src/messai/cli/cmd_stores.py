@@ -11,6 +11,7 @@ from messai.cli.common import (
     Format,
     ListFormat,
     ModelOpt,
+    StoresOpt,
     app,
     render_rows,
     settings_from,
@@ -21,6 +22,7 @@ from messai.cli.common import (
 def tracks_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
+    stores: StoresOpt = None,
     fmt: Annotated[
         ListFormat,
         typer.Option("--format", "-f", help="Output format; 'ids' prints one track id per line."),
@@ -29,8 +31,8 @@ def tracks_command(
     """List the tracks of a store: id, duration, segments, status (failed files too)."""
     from messai.features.store import FeatureStore
 
-    settings = settings_from()
-    store = FeatureStore.open(dataset, model, home=settings.home)
+    settings = settings_from(stores=stores)
+    store = FeatureStore.open(dataset, model, stores=settings.stores_location)
     rows = store.track_rows()
     if fmt == ListFormat.ids:
         for r in rows:
@@ -43,16 +45,20 @@ def tracks_command(
 
 
 @app.command("datasets")
-def datasets_command(fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table) -> None:
-    """List the feature stores under the data root (MESS_HOME)."""
+def datasets_command(
+    stores: StoresOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+) -> None:
+    """List the feature stores under the stores location (default MESS_HOME/stores)."""
     from messai.features.store import FeatureStore
 
-    settings = settings_from()
+    settings = settings_from(stores=stores)
     rows = []
-    for store in FeatureStore.list(home=settings.home):
+    for store in FeatureStore.list(stores=settings.stores_location):
         s = store.summary().to_dict()
         s["hours"] = round(s["hours"], 4)
-        s["size_mb"] = round(s.pop("size_bytes") / 1e6, 3)
+        size = s.pop("size_bytes")
+        s["size_mb"] = None if size is None else round(size / 1e6, 3)  # not listed on s3://
         rows.append(s)
     columns = (
         None
@@ -70,4 +76,4 @@ def datasets_command(fmt: Annotated[Format, typer.Option("--format", "-f")] = Fo
             "size_mb",
         ]
     )
-    render_rows(rows, fmt, columns=columns, title=f"stores under {settings.stores_dir}")
+    render_rows(rows, fmt, columns=columns, title=f"stores under {settings.stores_location}")

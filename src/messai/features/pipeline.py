@@ -305,7 +305,7 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
     from messai.features.targets import compute_targets
 
     settings = settings or load_settings()
-    store = FeatureStore.open(dataset, model, home=settings.home)
+    store = FeatureStore.open(dataset, model, stores=settings.stores_location)
     root = store.source_root or Path()
     s = store.settings
     spec = WindowSpec(s["segment_seconds"], s["hop_seconds"], s["min_seconds"])

@@ -55,6 +55,8 @@ FORMAT = "mess-feature-store"
 FORMAT_VERSION = 2
 TRACKS_TABLE = "tracks.lance"
 WINDOWS_TABLE = "windows.lance"
+#: a plain-JSON copy of the build description plus change ids, read without Lance (cold paths)
+STATE_FILE = "store.json"
 METADATA_KEY = b"mess"
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _V1_MANIFEST = "manifest.json"
@@ -106,10 +108,10 @@ def stores_location(*, home: Path | str | None = None, stores: str | None = None
     else ``<home>/stores``."""
     if stores:
         return loc.normalise(stores)
-    from messai.config import load_settings
+    from messai.config import resolve_fields  # no pydantic: this is on the cold path
 
-    settings = load_settings(home=home) if home is not None else load_settings()
-    return loc.normalise(settings.stores_location)
+    values = resolve_fields(["home", "stores"], {"home": home})
+    return loc.normalise(values.stores or str(Path(values.home).expanduser() / "stores"))
 
 
 def _sql_str(value: str) -> str:
@@ -214,7 +216,7 @@ class FeatureStore:
                     f"'mess store migrate {uri}'"
                 )
             raise StoreError(f"{uri}: not a feature store (no {TRACKS_TABLE})")
-        return cls(uri, _read_meta(tracks))
+        return cls(uri, _read_state(uri) or _read_meta(tracks))
 
     @classmethod
     def open(
@@ -311,7 +313,10 @@ class FeatureStore:
                 if "exist" not in str(exc).lower():
                     raise _storage_error(uri, exc) from None
                 # another process created it first: use theirs, remove nothing
-        return cls.at(uri)
+        store = cls.at(uri)
+        if _read_state(uri) is None:
+            store._renew_state(features=True, inputs=True)
+        return store
 
     # ---------------------------------------------------------------- properties
     @property
@@ -468,7 +473,14 @@ class FeatureStore:
 
     def fingerprint(self, *, probe_inputs: bool = False) -> str:
         """Changes whenever the features change (indices depend on this). With ``probe_inputs``
-        it also covers the proxy targets and labels (probe results depend on those too)."""
+        it also covers the proxy targets and labels (probe results depend on those too).
+
+        Constant time: the ids in ``store.json``, which every writer renews *before* it
+        commits a change (so a crash in between can only make an index look stale, never
+        fresh). A store without them (written by hand) gets a hash of its rows."""
+        key = "state_id" if probe_inputs else "features_id"
+        if self._meta.get(key):
+            return str(self._meta[key])
         rows = self._ok_rows()
 
         def row(t: str, r: dict[str, Any]) -> tuple:
@@ -769,8 +781,25 @@ class FeatureStore:
         return fd
 
     def _refresh(self) -> None:
-        self._meta = _read_meta(self._table_uri(TRACKS_TABLE))
+        meta = _read_meta(self._table_uri(TRACKS_TABLE))
+        state = _read_state(self.uri) or {}
+        meta.update({k: state[k] for k in ("features_id", "state_id") if k in state})
+        self._meta = meta
         self._rows = None
+
+    def _renew_state(self, *, features: bool, inputs: bool) -> None:
+        """Write ``store.json`` (the build description and fresh change ids) before a commit."""
+        meta = dict(self._meta)
+        if features or not meta.get("features_id"):
+            meta["features_id"] = uuid.uuid4().hex[:20]
+        if features or inputs or not meta.get("state_id"):
+            meta["state_id"] = uuid.uuid4().hex[:20]
+        data = (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+        try:
+            loc.write_bytes(loc.join(self.uri, STATE_FILE), data)
+        except OSError as exc:
+            raise _storage_error(self.uri, exc) from None
+        self._meta = meta
 
     def _collect_garbage(self) -> None:
         """Remove windows that no committed track refers to (a killed run's last batch)."""
@@ -875,6 +904,8 @@ class FeatureStore:
             storage_options=opts,
         )
         self._pending = _Pending.empty()
+        self._meta = meta
+        self._renew_state(features=True, inputs=True)
         self._refresh()
 
     def is_empty(self) -> bool:
@@ -918,6 +949,9 @@ class FeatureStore:
         import lance
         import pyarrow as pa
 
+        self._renew_state(
+            features=bool(p.puts or p.removes), inputs=bool(p.label_updates or p.failures)
+        )
         rows = self._all_rows()
         old_eids = [
             rows[t]["extraction_id"]
@@ -998,6 +1032,9 @@ class FeatureStore:
             raise _storage_error(self.uri, exc) from None
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
+        self._meta = meta
+        self._renew_state(features=False, inputs=False)
+        meta = {k: v for k, v in self._meta.items() if k not in ("features_id", "state_id")}
         ds = self._tracks()
         try:
             ds.update_schema_metadata(
@@ -1005,7 +1042,6 @@ class FeatureStore:
             )
         except (OSError, ValueError, RuntimeError) as exc:
             raise _storage_error(self.uri, exc) from None
-        self._meta = meta
 
     def _windows_table(self, items: dict[str, tuple[str, dict[str, np.ndarray]]]):
         import pyarrow as pa
@@ -1292,6 +1328,24 @@ def _read_meta(tracks_uri: str) -> dict[str, Any]:
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise StoreError(
             f"{tracks_uri}: written by a newer mess (format {meta['format_version']}); upgrade mess"
+        )
+    return meta
+
+
+def _read_state(uri: str) -> dict[str, Any] | None:
+    """``store.json``, or None when absent or unreadable (then Lance's metadata is used)."""
+    raw = loc.read_bytes(loc.join(uri, STATE_FILE))
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return None
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise StoreError(
+            f"{uri}: written by a newer mess (format {meta['format_version']}); upgrade mess"
         )
     return meta
 

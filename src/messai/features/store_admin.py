@@ -15,6 +15,7 @@ from typing import Any
 from messai.errors import StoreError
 from messai.features import location as loc
 from messai.features.store import (
+    STATE_FILE,
     TRACKS_TABLE,
     WINDOWS_TABLE,
     FeatureStore,
@@ -149,6 +150,9 @@ def copy(source: str, destination: str, *, on_progress: Progress | None = None) 
         lance.write_dataset(
             win_src.schema.empty_table(), win_dst, mode="create", storage_options=opts
         )
+    state = src.read_side_file(STATE_FILE)
+    if state is not None:  # before the tracks table: a store is never seen without it
+        loc.write_bytes(loc.join(dst_uri, STATE_FILE), state)
     tracks_src = lance.dataset(loc.join(src.uri, TRACKS_TABLE), storage_options=src_opts)
     reader = tracks_src.scanner(batch_size=BATCH_TRACKS).to_reader()
     try:

@@ -26,14 +26,13 @@ from messai.errors import ConfigError, SearchIndexError
 INCREMENTAL_MAX_FRACTION = 0.1
 
 
+def store_cache_dir(home: Path, store) -> Path:
+    """The local cache folder of a store's indices (and its track catalogue)."""
+    return Path(home) / "indices" / store.dataset / store.slug
+
+
 def index_dir(home: Path, store, layer: int, *, normalize: str, kind: str) -> Path:
-    return (
-        Path(home)
-        / "indices"
-        / store.dataset
-        / store.root.name
-        / f"layer{layer:02d}-{normalize}-{kind}"
-    )
+    return store_cache_dir(home, store) / f"layer{layer:02d}-{normalize}-{kind}"
 
 
 def index_fingerprint(

@@ -134,6 +134,7 @@ class LayerBasedRecommender:
         model: str | None = None,
         *,
         home: str | Path | None = None,
+        stores: str | None = None,
         normalize: str = "center",
         kind: str = "flat",
         on_notice: Callable[[str], None] | None = None,
@@ -145,11 +146,25 @@ class LayerBasedRecommender:
 
             home = load_settings().home
         self.home = Path(home)
-        self.store = FeatureStore.open(dataset, model, home=self.home)
+        self.store = FeatureStore.open(dataset, model, home=self.home, stores=stores)
         self.normalize, self.kind = normalize, kind
         self.on_notice = on_notice or (lambda m: log.warning("%s", m))
         self._indices: dict[int, Any] = {}
         self._aspects = None
+        self._tracks = None
+
+    @property
+    def tracks(self):
+        """The store's track ids and labels (a cached :class:`TrackCatalogue`: the cold path
+        reads one small file instead of the store's tables)."""
+        if self._tracks is None:
+            from messai.search.cache import store_cache_dir
+            from messai.search.catalogue import TrackCatalogue
+
+            self._tracks = TrackCatalogue.for_store(
+                store_cache_dir(self.home, self.store), self.store
+            )
+        return self._tracks
 
     # ------------------------------------------------------------------ aspects
     def aspect_map(self):
@@ -224,17 +239,17 @@ class LayerBasedRecommender:
 
     def _exclusions(self, track_id: str, exclude_same: Sequence[str]) -> set[str]:
         out: set[str] = set()
-        labels = self.store.labels(track_id)
+        labels = self.tracks.labels(track_id)
         for label in exclude_same:
             value = labels.get(label)
             if value is None:
                 known = sorted(
-                    {k for t in self.store.track_ids()[:1000] for k in self.store.labels(t)}
+                    {k for t in self.tracks.track_ids()[:1000] for k in self.tracks.labels(t)}
                 )
                 raise ConfigError(
                     f"--exclude-same {label}: track {track_id!r} has no {label!r} label (labels here: {', '.join(known) or 'none'})"
                 )
-            out |= {t for t in self.store.track_ids() if self.store.labels(t).get(label) == value}
+            out |= {t for t in self.tracks.track_ids() if self.tracks.labels(t).get(label) == value}
         out.discard(track_id)
         return out
 
@@ -292,10 +307,10 @@ class LayerBasedRecommender:
         exclude_same : sequence of str
             Label names: tracks sharing the query's value of any of them are left out.
         """
-        self.store.require_track(reference_track)
+        self.tracks.require_track(reference_track)
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
-        n_recommendations = min(n_recommendations, len(self.store))  # there are no more to return
+        n_recommendations = min(n_recommendations, len(self.tracks))  # there are no more to return
         parts = self.plan(aspect, layer)
         excluded = self._exclusions(reference_track, exclude_same)
         vectors = {lay: self.index(lay).vector_of(reference_track) for _, lay, _ in parts}
@@ -339,7 +354,7 @@ class LayerBasedRecommender:
             compute_targets=False,
         )
         self.plan(aspect, layer)
-        n_recommendations = min(max(1, n_recommendations), len(self.store))
+        n_recommendations = min(max(1, n_recommendations), len(self.tracks))
         now = fx.checkpoint.identity()
         changed = [
             k for k in ("id", "config_hash", "weights_sha256", "revision") if now.get(k) != m.get(k)
@@ -419,7 +434,7 @@ class LayerBasedRecommender:
                 rank,
                 tid,
                 float(sim),
-                self.store.labels(tid),
+                self.tracks.labels(tid),
                 None if per_layer is None else [float(v) for v in per_layer[rank - 1]],
             )
             for rank, (tid, sim) in enumerate(zip(ids, sims), start=1)

@@ -1,0 +1,86 @@
+"""The track catalogue of a store (ids and labels), cached beside its indices.
+
+``mess recommend`` needs, besides an index, which tracks exist and their labels. Reading them
+from the store means importing pyarrow and Lance (about half a second) and scanning the tracks
+table; the catalogue keeps them in one JSON file in the local index cache, keyed by the store's
+``fingerprint(probe_inputs=True)`` (which changes with every change of features or labels,
+in constant time). A stale or missing catalogue is rebuilt from the store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from messai.errors import TrackNotFoundError
+
+FILE = "catalogue.json"
+
+
+class TrackCatalogue:
+    """Track ids and labels of a store at one state; the queries the recommender makes."""
+
+    def __init__(self, dataset: str, state: str, track_ids: list[str], labels: list[dict]):
+        self.dataset = dataset
+        self.state = state
+        self._ids = track_ids
+        self._labels = labels
+        self._pos = {t: i for i, t in enumerate(track_ids)}
+
+    @classmethod
+    def for_store(cls, folder: Path, store) -> TrackCatalogue:
+        """The cached catalogue in ``folder`` when it matches the store's state, else one read
+        from the store (and cached)."""
+        from messai.files import atomic_write_json
+
+        state = store.fingerprint(probe_inputs=True)
+        path = Path(folder) / FILE
+        cached = _read(path)
+        if cached is not None and cached.get("state") == state:
+            return cls(store.dataset, state, cached["track_ids"], cached["labels"])
+        ids = store.track_ids()
+        labels = [store.labels(t) for t in ids]
+        try:
+            atomic_write_json(
+                path,
+                {"dataset": store.dataset, "state": state, "track_ids": ids, "labels": labels},
+                indent=None,
+            )
+        except OSError:
+            pass  # a read-only cache only costs speed
+        return cls(store.dataset, state, ids, labels)
+
+    def track_ids(self) -> list[str]:
+        """Stored track ids, sorted."""
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, track_id: object) -> bool:
+        return track_id in self._pos
+
+    def labels(self, track_id: str) -> dict[str, Any]:
+        self.require_track(track_id)
+        return dict(self._labels[self._pos[track_id]])
+
+    def require_track(self, track_id: str) -> None:
+        """TrackNotFoundError naming the three closest ids when ``track_id`` is absent."""
+        if track_id not in self._pos:
+            import difflib
+
+            close = difflib.get_close_matches(track_id, self._ids, n=3, cutoff=0.0)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise TrackNotFoundError(
+                f"unknown track {track_id!r} in dataset {self.dataset!r}{hint}"
+            )
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("track_ids"), list)
+    return data if ok and len(data.get("labels", [])) == len(data["track_ids"]) else None
