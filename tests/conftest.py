@@ -190,3 +190,22 @@ def write_audio(path: Path, seconds: float, sample_rate: int = 24000, **kw) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), tone(seconds, sample_rate, **kw), sample_rate)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 for the whole session."""
+    from tests.s3_server import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_stores(s3_endpoint, monkeypatch):
+    """A fresh bucket; the AWS variables set; returns the ``s3://bucket/stores`` location."""
+    from tests.s3_server import new_bucket, s3_env
+
+    for key, value in s3_env(s3_endpoint).items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{new_bucket(s3_endpoint)}/stores"

@@ -138,6 +138,12 @@ FIELDS: dict[str, FieldSpec] = {
     "store_dtype": FieldSpec(
         str, "float16", "dtype of stored features", choices=("float16", "float32")
     ),
+    "commit_tracks": FieldSpec(
+        int, 64, "while extracting, commit to the store at least every N tracks", ge=1
+    ),
+    "commit_seconds": FieldSpec(
+        float, 10.0, "while extracting, commit to the store at least every N seconds", gt=0
+    ),
     "folds": FieldSpec(int, 5, "outer group folds of the probe", ge=2, le=100),
     "seed": FieldSpec(int, 0, "seed of folds, controls and bootstrap"),
     # The library calls this threshold min_r2 (messai.analysis: TargetProbeResult.is_validated,

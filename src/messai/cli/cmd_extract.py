@@ -255,6 +255,9 @@ class ExtractProgress(ExtractionListener):
             )
             self.progress.update(self.task, completed=done, **self._fields())
 
+    def on_notice(self, text: str) -> None:
+        self.progress.console.print(f"note: {text}", highlight=False, markup=False)
+
     def on_track(self, result) -> None:
         self.done_files += 1
         if not result.ok:

@@ -26,3 +26,6 @@ class ExtractionListener:
 
     def on_track(self, result: TrackResult) -> None:
         """Called when a track is finished (stored or failed)."""
+
+    def on_notice(self, text: str) -> None:
+        """Called with a one-line notice (e.g. waiting for another writer)."""

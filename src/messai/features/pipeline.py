@@ -190,7 +190,8 @@ def extract_dataset(
     )
     t0 = time.perf_counter()
     try:
-        with store.writer():
+        store.COMMIT_TRACKS, store.COMMIT_SECONDS = settings.commit_tracks, settings.commit_seconds
+        with store.writer(on_wait=listener.on_notice):
             store.reconcile_build(identity, build, force=force)
             store.set_source(root, layout)
             store.adopt_orphans()  # tracks a killed run wrote but had not yet listed

@@ -32,7 +32,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,9 +173,12 @@ class FeatureStore:
     in batches and when the writer ends.
     """
 
-    #: while writing, changes are committed at least this often
+    #: while writing, changes are committed at least this often (settings commit_tracks and
+    #: commit_seconds override them per store object)
     COMMIT_TRACKS = 64
     COMMIT_SECONDS = 10.0
+    #: how long a second local writer waits for the first one
+    LOCK_WAIT_SECONDS = 600.0
 
     def __init__(self, uri: str, meta: dict[str, Any]):
         self.uri = uri
@@ -299,23 +302,28 @@ class FeatureStore:
         dtype = settings.get("store_dtype", "float16")
         win_schema = _windows_schema(n_layers, dim, dtype)
         trk_schema = _tracks_schema(n_layers, dim, meta)
-        path = loc.local_path(uri)
-        if path is not None:
-            path.mkdir(parents=True, exist_ok=True)
+        made = _make_folders(loc.local_path(uri))  # the highest folder this call created
         opts = loc.storage_options() if loc.is_remote(uri) else None
-        for name, schema in ((WINDOWS_TABLE, win_schema), (TRACKS_TABLE, trk_schema)):
-            table_uri = loc.join(uri, name)
-            try:
-                lance.write_dataset(
-                    schema.empty_table(), table_uri, mode="create", storage_options=opts
-                )
-            except (OSError, ValueError) as exc:
-                if "exist" not in str(exc).lower():
-                    raise _storage_error(uri, exc) from None
-                # another process created it first: use theirs, remove nothing
-        store = cls.at(uri)
-        if _read_state(uri) is None:
-            store._renew_state(features=True, inputs=True)
+        try:
+            for name, schema in ((WINDOWS_TABLE, win_schema), (TRACKS_TABLE, trk_schema)):
+                try:
+                    lance.write_dataset(
+                        schema.empty_table(),
+                        loc.join(uri, name),
+                        mode="create",
+                        storage_options=opts,
+                    )
+                except (OSError, ValueError) as exc:
+                    if "exist" not in str(exc).lower():
+                        raise _storage_error(uri, exc) from None
+                    # another process created it first: use theirs, remove nothing
+            store = cls.at(uri)
+            if _read_state(uri) is None:
+                store._renew_state(features=True, inputs=True)
+        except BaseException:
+            if made is not None:  # only folders this call made (never another run's store)
+                loc.remove_tree(str(made))
+            raise
         return store
 
     # ---------------------------------------------------------------- properties
@@ -740,12 +748,21 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
-    def writer(self) -> Iterator[FeatureStore]:
+    def writer(
+        self,
+        *,
+        wait_seconds: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Iterator[FeatureStore]:
         """Hold the store for writing; changes are committed in batches and at the end.
 
-        A local store admits one writer (a second gets a clear StoreError); on object storage
-        concurrent writers are serialised by Lance's conditional commits."""
-        lock_fd = self._lock() if loc.local_path(self.uri) is not None else None
+        A local store admits one writer at a time: a second one waits for the first (up to
+        ``wait_seconds``, default ``LOCK_WAIT_SECONDS``; ``on_wait`` is told once), then gets
+        a clear StoreError. On object storage concurrent writers are serialised by Lance's
+        conditional commits."""
+        local = loc.local_path(self.uri) is not None
+        wait = self.LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
+        lock_fd = self._lock(wait, on_wait) if local else None
         try:
             self._refresh()
             self._collect_garbage()
@@ -759,7 +776,7 @@ class FeatureStore:
             if lock_fd is not None:
                 os.close(lock_fd)
 
-    def _lock(self) -> int:
+    def _lock(self, wait_seconds: float, on_wait: Callable[[str], None] | None) -> int:
         import fcntl
 
         path = self.root / ".lock"
@@ -767,15 +784,23 @@ class FeatureStore:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise _storage_error(self.uri, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StoreError(
-                f"{self.uri}: another mess process (pid {holder}) is writing this store; "
-                "wait for it to finish and run again"
-            ) from None
+        deadline, told = time.monotonic() + wait_seconds, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StoreError(
+                        f"{self.uri}: another mess process (pid {holder}) is writing this store; "
+                        "wait for it to finish and run again"
+                    ) from None
+                if not told and on_wait is not None:
+                    on_wait(f"waiting for another mess process (pid {holder}) writing {self.uri}")
+                told = True
+                time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         return fd
@@ -1004,32 +1029,41 @@ class FeatureStore:
         self._merge(pa.table(d, schema=self._tracks().schema))
         del rows
 
+    def _retrying(self, operation: Callable[[], Any]) -> Any:
+        """Run a Lance commit; a conflict with a concurrent writer's commit is retried on the
+        new version (Lance rebases compatible changes itself; this covers the rest)."""
+        for attempt in range(8):
+            try:
+                return operation()
+            except (OSError, ValueError, RuntimeError) as exc:
+                if "conflict" not in str(exc).lower() or attempt == 7:
+                    raise _storage_error(self.uri, exc) from None
+                time.sleep(0.05 * 2**attempt)
+        return None  # pragma: no cover
+
     def _write(self, name: str, table, *, mode: str) -> None:
         import lance
 
         opts = loc.storage_options() if loc.is_remote(self.uri) else None
-        try:
-            lance.write_dataset(table, self._table_uri(name), mode=mode, storage_options=opts)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise _storage_error(self.uri, exc) from None
+        self._retrying(
+            lambda: lance.write_dataset(
+                table, self._table_uri(name), mode=mode, storage_options=opts
+            )
+        )
 
     def _merge(self, table) -> None:
-        ds = self._tracks()
-        try:
-            (
-                ds.merge_insert("track_id")
+        self._retrying(
+            lambda: (
+                self._tracks()
+                .merge_insert("track_id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .execute(table)
             )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise _storage_error(self.uri, exc) from None
+        )
 
     def _delete(self, name: str, predicate: str) -> None:
-        try:
-            self._open_table(name).delete(predicate)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise _storage_error(self.uri, exc) from None
+        self._retrying(lambda: self._open_table(name).delete(predicate))
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
         self._meta = meta
@@ -1330,6 +1364,27 @@ def _read_meta(tracks_uri: str) -> dict[str, Any]:
             f"{tracks_uri}: written by a newer mess (format {meta['format_version']}); upgrade mess"
         )
     return meta
+
+
+def _make_folders(path: Path | None) -> Path | None:
+    """``mkdir -p path``; returns the highest folder it created (None if none, or remote)."""
+    if path is None:
+        return None
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    created: list[Path] = []
+    for folder in reversed(missing):  # top down
+        try:
+            folder.mkdir()
+            created.append(folder)
+        except FileExistsError:  # another process made it: it and what is above are not ours
+            created = []
+        except OSError as exc:
+            raise _storage_error(str(path), exc) from None
+    return created[0] if created else None
 
 
 def _read_state(uri: str) -> dict[str, Any] | None:
