@@ -20,7 +20,7 @@ import numpy as np
 from messai.bench.synthetic import benchmark_store, clustered
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
+def percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
     return {
         "p50_ms": float(np.percentile(ms, 50)),
@@ -29,7 +29,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def _time_command(cmd: list[str], env: dict[str, str], runs: int) -> list[float]:
+def time_command(cmd: list[str], env: dict[str, str], runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -68,11 +68,11 @@ def bench_cold_start(*, n_tracks: int = 1000, runs: int = 7) -> dict[str, Any]:
             "json",
         ]
         base = [sys.executable, "-c", "import numpy, faiss, typer, rich"]
-        _time_command(rec, env, 1), _time_command(base, env, 1)  # warm the page cache
+        time_command(rec, env, 1), time_command(base, env, 1)  # warm the page cache
         rec_t, base_t = [], []
         for _ in range(runs):
-            rec_t += _time_command(rec, env, 1)
-            base_t += _time_command(base, env, 1)
+            rec_t += time_command(rec, env, 1)
+            base_t += time_command(base, env, 1)
     r, b = statistics.median(rec_t), statistics.median(base_t)
     return {
         "n_tracks": n_tracks,
@@ -119,7 +119,7 @@ def bench_queries(
             "n": n,
             "build_s": build_s,
             "params": index.params,
-            **_percentiles(lat),
+            **percentiles(lat),
         }
         Xn = index.normalized_vectors()
         base = []
@@ -130,7 +130,7 @@ def bench_queries(
             top = np.argpartition(-sims, 10)[:10]
             base.append(time.perf_counter() - t0)
             exact.append(set(top.tolist()))
-        entry["numpy_bruteforce"] = _percentiles(base)
+        entry["numpy_bruteforce"] = percentiles(base)
         entry["p50_ratio_to_numpy"] = entry["p50_ms"] / entry["numpy_bruteforce"]["p50_ms"]
         if kind == "hnsw":
             entry["recall_at_10"] = float(

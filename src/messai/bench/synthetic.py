@@ -48,7 +48,10 @@ def synthetic_settings(store_dtype: str = "float16") -> dict:
     }
 
 
-def _entry(track_id: str, n_segments: int, targets: tuple[str, ...], labels: dict) -> TrackEntry:
+def synthetic_entry(
+    track_id: str, n_segments: int, targets: tuple[str, ...] = (), labels: dict | None = None
+) -> TrackEntry:
+    """The record of a synthetic track (5-s windows, a fake source and content hash)."""
     return TrackEntry(
         track_id=track_id,
         source=f"{track_id}.wav",
@@ -58,7 +61,7 @@ def _entry(track_id: str, n_segments: int, targets: tuple[str, ...], labels: dic
         duration_seconds=5.0 * n_segments,
         n_segments=n_segments,
         targets=targets,
-        labels=labels,
+        labels=labels or {},
     )
 
 
@@ -100,7 +103,7 @@ def clustered_store(
                 seg, np.arange(n) * 120000, np.full(n, 120000), targets, store_dtype="float32"
             )
             labels = {"work": f"work{c}", "composer": f"comp{c % 2}"}
-            store.put(_entry(tid, n, ("spectral_centroid",), labels), arrays)
+            store.put(synthetic_entry(tid, n, ("spectral_centroid",), labels), arrays)
     return store
 
 
@@ -122,5 +125,5 @@ def benchmark_store(
         for i in range(n_tracks):
             tid = f"track{i:06d}"
             arrays = track_arrays(vecs[i][None], np.zeros(1), np.full(1, 120000), {})
-            store.put(_entry(tid, 1, (), {}), arrays)
+            store.put(synthetic_entry(tid, 1, (), {}), arrays)
     return store

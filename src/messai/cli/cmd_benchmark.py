@@ -175,3 +175,54 @@ def bench_speed_command(
         from messai.files import atomic_write_bytes
 
         atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+
+
+@bench_app.command("scale")
+def bench_scale_command(
+    tracks: Annotated[
+        str,
+        typer.Option(
+            "--tracks",
+            help="Comma-separated store sizes (tracks), e.g. 1000,10000,100000,1000000.",
+        ),
+    ] = "1000,10000,100000",
+    windows_per_track: Annotated[
+        int, typer.Option("--windows", min=1, help="Windows per appended track.")
+    ] = 36,
+    append_tracks: Annotated[
+        int, typer.Option("--append", min=1, help="Tracks appended to measure throughput.")
+    ] = 200,
+    workdir: Annotated[
+        Optional[Path],
+        typer.Option("--workdir", help="Where the synthetic stores are written (default: /tmp)."),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Also write the JSON to this file.")
+    ] = None,
+) -> None:
+    """Store and search cost against catalogue size on synthetic stores (13 × 768, one window
+    per track, plus appended tracks of --windows windows): append throughput, bytes per audio
+    hour, open time, index build per layer, cold 'mess recommend' against the bare imports,
+    query p50 — as JSON. Needs about 60 kB of disk per track."""
+    import json
+
+    from messai.bench.scale import bench_scale
+    from messai.errors import ConfigError
+
+    try:
+        sizes = tuple(int(x) for x in tracks.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--tracks {tracks!r}: expected comma-separated integers") from None
+    if not sizes or min(sizes) < 20:
+        raise ConfigError("--tracks: sizes must be at least 20")
+    report = bench_scale(
+        sizes,
+        windows_per_track=windows_per_track,
+        append_tracks=append_tracks,
+        workdir=str(workdir) if workdir else None,
+    )
+    print_json(report)
+    if out is not None:
+        from messai.files import atomic_write_bytes
+
+        atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())

@@ -1078,37 +1078,44 @@ class FeatureStore:
             raise _storage_error(self.uri, exc) from None
 
     def _windows_table(self, items: dict[str, tuple[str, dict[str, np.ndarray]]]):
+        """One table of every window of ``items`` (track id → (extraction id, arrays)):
+        columns are built from arrays concatenated over the batch, one conversion each."""
         import pyarrow as pa
 
         from messai.features.records import target_arrays as targets_of
 
         schema = self._windows().schema
-        cols: dict[str, list] = {n: [] for n in schema.names}
-        for tid, (eid, arrays) in items.items():
-            seg = arrays[SEGMENTS]
-            n = seg.shape[0]
-            cols["track_id"].append(pa.array([tid] * n, pa.string()))
-            cols["extraction_id"].append(pa.array([eid] * n, pa.string()))
-            cols["window"].append(pa.array(np.arange(n, dtype=np.int32)))
-            cols["start"].append(pa.array(np.asarray(arrays[STARTS], dtype=np.int64)))
-            cols["length"].append(pa.array(np.asarray(arrays[LENGTHS], dtype=np.int64)))
-            for i in range(self.n_layers):
-                field = schema.field(layer_column(i))
-                cols[layer_column(i)].append(_to_fixed_list(seg[:, i], field.type))
-            tv = targets_of(arrays)
-            for name in schema.names:
-                if not name.startswith("target_"):
-                    continue
-                field = schema.field(name)
-                values = tv.get(name[len("target_") :])
-                cols[name].append(_target_array(values, n, field.type))
-        return pa.table(
-            {
-                n: pa.concat_arrays(v) if v else pa.array([], schema.field(n).type)
-                for n, v in cols.items()
-            },
-            schema=schema,
-        )
+        tracks = list(items.items())
+        counts = [arrays[SEGMENTS].shape[0] for _, (_, arrays) in tracks]
+        total = sum(counts)
+        cols: dict[str, Any] = {
+            "track_id": pa.array(np.repeat([t for t, _ in tracks], counts).tolist(), pa.string()),
+            "extraction_id": pa.array(
+                np.repeat([e for _, (e, _) in tracks], counts).tolist(), pa.string()
+            ),
+            "window": pa.array(np.concatenate([np.arange(n, dtype=np.int32) for n in counts])),
+            "start": pa.array(
+                np.concatenate([np.asarray(a[STARTS], np.int64) for _, (_, a) in tracks])
+            ),
+            "length": pa.array(
+                np.concatenate([np.asarray(a[LENGTHS], np.int64) for _, (_, a) in tracks])
+            ),
+        }
+        for i in range(self.n_layers):
+            layer = np.concatenate([a[SEGMENTS][:, i] for _, (_, a) in tracks])
+            cols[layer_column(i)] = _to_fixed_list(layer, schema.field(layer_column(i)).type)
+        per_track = [targets_of(a) for _, (_, a) in tracks]
+        for name in schema.names:
+            if not name.startswith("target_"):
+                continue
+            type_ = schema.field(name).type
+            key = name[len("target_") :]
+            if not any(key in tv for tv in per_track):
+                cols[name] = pa.nulls(total, type_)
+                continue
+            parts = [_target_array(tv.get(key), n, type_) for tv, n in zip(per_track, counts)]
+            cols[name] = pa.concat_arrays(parts)
+        return pa.table(cols, schema=schema)
 
     def _tracks_rows(self, items: list[tuple[TrackEntry, dict[str, np.ndarray], str]]):
         import pyarrow as pa
