@@ -69,3 +69,16 @@ def test_saved_with_the_store_and_stale_after_a_change(planted, tmp_path):
         tid = planted.track_ids()[0]
         planted.set_labels(tid, {**planted.labels(tid), "extra": "1"})
     assert load_spaces(planted)["fa"][1] is True
+
+
+@pytest.mark.parametrize("n,d", [(20, 50), (80, 30)])
+def test_ridge_weights_match_sklearn(n, d):
+    from sklearn.linear_model import Ridge
+
+    from messai.analysis.aspect_space import ridge_weights
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(n, d)), rng.normal(size=(n, 3))
+    for alpha, W in zip((0.1, 10.0), ridge_weights(X, Y, np.array([0.1, 10.0]))):
+        ref = Ridge(alpha=alpha, fit_intercept=False, solver="cholesky").fit(X, Y).coef_.T
+        np.testing.assert_allclose(W, ref, atol=1e-9)

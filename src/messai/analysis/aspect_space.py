@@ -145,8 +145,14 @@ def _folds(groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, 
     return list(splitter.split(np.zeros(len(groups)), groups=groups))
 
 
-def _ridge_solve(Xs: np.ndarray, Y: np.ndarray, alphas: np.ndarray):
-    """Eigen-decomposition of the Gram matrix: W(alpha) = V diag(1/(s + alpha)) Vᵀ Xᵀ Y."""
+def ridge_weights(Xs: np.ndarray, Y: np.ndarray, alphas: np.ndarray):
+    """Ridge weights ``[n_features, n_outputs]`` for each alpha: from the thin SVD of ``Xs``
+    when there are fewer windows than features, else from the eigen-decomposition of the Gram
+    matrix (the same solution, ``V diag(1/(s² + alpha)) Vᵀ Xᵀ Y``)."""
+    if len(Xs) < Xs.shape[1]:
+        U, sv, Vt = np.linalg.svd(Xs, full_matrices=False)
+        B = U.T @ Y
+        return [Vt.T @ (B * (sv / (sv**2 + a))[:, None]) for a in alphas]
     s, V = np.linalg.eigh(Xs.T @ Xs)
     s = np.maximum(s, 0.0)
     B = V.T @ (Xs.T @ Y)  # [D, m]
@@ -195,7 +201,7 @@ def fit_ridge_span(
         my, sy = Y[train].mean(0), Y[train].std(0)
         sy = np.where(sy > 0, sy, 1.0)
         Xs = (X[train] - mx) * ix
-        Ws = _ridge_solve(Xs, (Y[train] - my) / sy, alphas * len(train))
+        Ws = ridge_weights(Xs, (Y[train] - my) / sy, alphas * len(train))
         Xt = (X[test] - mx) * ix
         for i, W in enumerate(Ws):
             p = (Xt @ W) * sy + my
@@ -208,7 +214,7 @@ def fit_ridge_span(
     my, sy = Y.mean(0), Y.std(0)
     sy = np.where(sy > 0, sy, 1.0)
     Xs = (X - mx) * ix
-    (W,) = _ridge_solve(Xs, (Y - my) / sy, alphas[[best]] * len(X))
+    (W,) = ridge_weights(Xs, (Y - my) / sy, alphas[[best]] * len(X))
     P = Xs @ W
     cov = np.cov(P, rowvar=False).reshape(P.shape[1], P.shape[1])
     lam, U = np.linalg.eigh(cov)
