@@ -134,8 +134,20 @@ def fit_command(
     )
     where = save_space(store, space)
     notice(f"saved the {aspect} space with the store ({where})")
+    ev = space.evidence
+    weak = ("cv_r2" in ev and not max(ev["cv_r2"].values(), default=0.0) > 0) or (
+        "cv_accuracy" in ev and not (ev["cv_accuracy"] or 0.0) > ev["chance"]
+    )
+    if weak:
+        notice(
+            f"note: the held-out evidence is weak ({_summary(space.describe())}): "
+            "distances in this space are close to noise"
+        )
     info = space.describe()
     if fmt == Format.json:
         print_json(info)
         return
-    render_rows([{**info, "evidence": _summary(info)}], fmt, title=f"aspect space · {dataset}")
+    cols = ["aspect", "kind", "sources", "layers", "method", "dim", "evidence"]
+    render_rows(
+        [{**info, "evidence": _summary(info)}], fmt, columns=cols, title=f"aspect space · {dataset}"
+    )
