@@ -37,6 +37,7 @@ class DemoReport:
     probe_summary: list[dict[str, Any]]
     recommendations: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    aspect_benchmark: dict[str, Any] | None = None  # messai.bench.aspects.evaluate_aspects
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -180,6 +181,8 @@ def run_demo(
     for layer in range(discovery.store.n_layers):
         rec.index(layer)
     recs = rec.recommend(query, aspect, 5)
+    step("aspect spaces on held-out works and instruments (mess benchmark aspects)")
+    bench = _aspect_benchmark(discovery.store, discovery.control)
     return DemoReport(
         dataset,
         discovery.store.model_id,
@@ -187,5 +190,23 @@ def run_demo(
         [e.to_dict() for e in mapping.values()],
         summary,
         recs,
-        notes,
+        notes + bench["notes"],
+        bench,
+    )
+
+
+def _aspect_benchmark(store, control) -> dict[str, Any]:
+    """`mess benchmark aspects` on the demo: instrument and work (they cross) and three built-in
+    aspects, every aspect at the middle layer."""
+    from messai.bench.aspects import evaluate_aspects, label_columns
+    from messai.features.targets import ASPECTS_OF_TARGETS
+
+    usable = label_columns(store, store.track_ids())
+    stored = set.intersection(*(set(e.targets) for e in store.iter_entries()))
+    have = {ASPECTS_OF_TARGETS[t] for t in stored if t in ASPECTS_OF_TARGETS}
+    return evaluate_aspects(
+        store,
+        control=control,
+        labels=[c for c in ("instrument", "work") if c in usable],
+        aspects=[a for a in ("spectral_brightness", "timbral_texture", "harmony") if a in have],
     )

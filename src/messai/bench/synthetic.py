@@ -127,3 +127,73 @@ def benchmark_store(
             arrays = track_arrays(vecs[i][None], np.zeros(1), np.full(1, 120000), {})
             store.put(synthetic_entry(tid, 1, (), {}), arrays)
     return store
+
+
+def planted_store(
+    home: Path,
+    dataset: str = "planted",
+    *,
+    n_values: int = 4,
+    replicates: int = 4,
+    n_windows: int = 3,
+    dim: int = 32,
+    layer: int = 1,
+    n_layers: int = 2,
+    factor_scale: float = 2.5,
+    nuisance_scale: float = 1.5,
+    seed: int = 0,
+):
+    """Two crossing label factors ``fa`` and ``fb`` (``n_values`` each, every combination
+    ``replicates`` times; each value at ``factor_scale`` along its own axis) and two continuous
+    latents, all planted in different orthogonal directions
+    of the same ``layer``, under a larger nuisance shared by every track (8 random directions,
+    not orthogonal to the factors) and window noise. The latents are also stored as the proxy
+    targets ``spectral_centroid`` (``expm1`` of the brightness latent, so ``log1p`` gives it
+    back) and ``rms_db_mean`` (the dynamics latent, in dB); other layers hold noise only.
+    Labels: ``fa``, ``fb``, ``rep``."""
+    from messai.features.store import FeatureStore
+
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    n = n_values
+    centers_a = factor_scale * q[:, 0:n].T  # value i sits at factor_scale along its own axis
+    centers_b = factor_scale * q[:, n : 2 * n].T
+    u_bright, u_dyn = q[:, 2 * n], q[:, 2 * n + 1]
+    nuisance = rng.normal(size=(8, dim))
+    store = FeatureStore.create(
+        home / "stores" / dataset / "synthetic--planted",
+        dataset=dataset,
+        model=synthetic_identity("planted", n_layers=n_layers, dim=dim)
+        | {"config_hash": "planted"},
+        settings=synthetic_settings("float32"),
+    )
+    names = ("spectral_centroid", "rms_db_mean")
+    with store.writer():
+        for a in range(n_values):
+            for b in range(n_values):
+                for r in range(replicates):
+                    bright, dyn = rng.normal(size=2)
+                    track = 3.0 + centers_a[a] + centers_b[b] + 1.5 * (bright * u_bright)
+                    shared = nuisance_scale * rng.normal(size=8) @ nuisance / np.sqrt(8)
+                    track = track + 1.5 * dyn * u_dyn + shared
+                    seg = rng.normal(size=(n_windows, n_layers, dim))
+                    seg[:, layer] = track + 0.3 * rng.normal(size=(n_windows, dim))
+                    targets = {
+                        "spectral_centroid": np.expm1(
+                            6.0 + 0.5 * bright + 0.05 * rng.normal(size=n_windows)
+                        ).astype(np.float32),
+                        "rms_db_mean": (-20 + 4 * dyn + 0.2 * rng.normal(size=n_windows)).astype(
+                            np.float32
+                        ),
+                    }
+                    arrays = track_arrays(
+                        seg.astype(np.float32),
+                        np.arange(n_windows) * 120000,
+                        np.full(n_windows, 120000),
+                        targets,
+                        store_dtype="float32",
+                    )
+                    tid = f"a{a}-b{b}-r{r}"
+                    labels = {"fa": f"a{a}", "fb": f"b{b}", "rep": str(r)}
+                    store.put(synthetic_entry(tid, n_windows, names, labels), arrays)
+    return store

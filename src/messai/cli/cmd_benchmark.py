@@ -121,6 +121,77 @@ def bench_similarity_command(
     )
 
 
+@bench_app.command("aspects")
+def bench_aspects_command(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")],
+    model: ModelOpt = None,
+    control_store: Annotated[
+        Optional[str],
+        typer.Option(
+            "--control-store",
+            help="The same audio extracted with a random-weight model ('mess model random --like'): adds random_layer and random_space.",
+        ),
+    ] = None,
+    layer: Annotated[
+        Optional[int],
+        typer.Option("--layer", help="Layer of every aspect [default: the middle one]."),
+    ] = None,
+    labels: Annotated[
+        Optional[str],
+        typer.Option(
+            "--labels", help="Comma-separated label aspects [default: every usable label]."
+        ),
+    ] = None,
+    aspects: Annotated[
+        Optional[str],
+        typer.Option(
+            "--aspects", help="Comma-separated built-in aspects [default: all with stored targets]."
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours for P@k and overlap.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split halves.")] = 0,
+    fmt: Annotated[common.Format, typer.Option("--format", "-f")] = common.Format.table,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Write a bar chart (.png, .pdf or .svg).")
+    ] = None,
+) -> None:
+    """Aspect-specific similarity on crossing labels, on held-out tracks: the whole layer vs the
+    aspect space vs the proxy descriptors alone (vs a random-weight twin): own-aspect P@k, MAP and
+    triplet accuracy, off-aspect triplet accuracy and leakage, proxy fidelity, list overlap."""
+    from messai.bench.aspects import evaluate_aspects, plot_aspects, table_rows
+    from messai.features.store import FeatureStore
+
+    settings = common.settings_from()
+    store = FeatureStore.open(dataset, model, home=settings.home)
+    control = FeatureStore.open(control_store, home=settings.home) if control_store else None
+
+    def split(text):
+        return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+    report = evaluate_aspects(
+        store,
+        control=control,
+        layer=layer,
+        labels=split(labels),
+        aspects=split(aspects),
+        k=k,
+        seed=seed,
+    )
+    if plot is not None:
+        plot_aspects(report, plot)
+        common.notice(f"plot written to {plot}")
+    if fmt == common.Format.json:
+        print_json(report)
+        return
+    common.render_rows(
+        table_rows(report),
+        fmt,
+        title=f"{dataset} · layer {report['layer']} · k={report['k']} · held-out halves (see split_by)",
+    )
+    for note in report["notes"]:
+        common.notice(f"note: {note}")
+
+
 @bench_app.command("speed")
 def bench_speed_command(
     model: ModelOpt = None,

@@ -83,6 +83,15 @@ def demo_command(
         ["rank", "track_id", "similarity", "composer", "work", "instrument"],
         title=f"tracks like {r['query']['track_id']} in {r['aspect']} (layer {r['layer']})",
     )
+    if report.aspect_benchmark is not None:
+        from messai.bench.aspects import table_rows
+
+        b = report.aspect_benchmark
+        common.print_table(
+            table_rows(b),
+            title=f"aspect spaces vs the whole layer {b['layer']} on held-out tracks "
+            f"(mess benchmark aspects; k={b['k']}; fitted on one half of split_by, scored on the other)",
+        )
 
 
 class _DemoProgress(ExtractionListener):

@@ -163,8 +163,7 @@ def _print_probe_table(results, min_r2: float) -> None:
     out_console().print(table)
 
 
-@app.command("aspects")
-def aspects_command(
+def aspects_command(  # registered as the 'mess aspects' group's callback (cmd_aspects)
     dataset: DatasetOpt,
     model: ModelOpt = None,
     stores: StoresOpt = None,
@@ -183,10 +182,13 @@ def aspects_command(
             f"note: the store changed after the last probe; re-run 'mess probe --dataset {dataset}'"
         )
     rows = [e.to_dict() for e in mapping.values()]
+    from messai.cli.cmd_aspects import add_space_rows
+
+    cols = ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"]
+    cols += add_space_rows(store, rows)  # fitted aspect spaces, when there are any
     if fmt == Format.json:
         print_json(rows)
         return
-    cols = ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"]
     render_rows(rows, fmt, columns=cols, title=f"aspects · {store.dataset} · {store.model_id}")
 
 

@@ -37,6 +37,12 @@ class Kind(str, Enum):
     ivf = "ivf"
 
 
+class Space(str, Enum):
+    auto = "auto"
+    aspect = "aspect"
+    layer = "layer"
+
+
 class Normalize(str, Enum):
     center = "center"
     zscore = "zscore"
@@ -176,12 +182,26 @@ def recommend_command(
             "--audio", help="Query with an audio file outside the store (loads the model)."
         ),
     ] = None,
+    space: Annotated[
+        Space,
+        typer.Option(
+            "--space",
+            help="auto: the aspect's fitted space ('mess aspects fit') when every requested aspect has one, else the whole layer (with a note); aspect: fitted spaces or an error; layer: the whole layer.",
+        ),
+    ] = Space.auto,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Per result: its similarity in every fitted aspect space and the proxy targets that differ most from the query.",
+        ),
+    ] = False,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     fmt: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.table,
 ) -> None:
-    """The nearest tracks for one aspect (layer from 'mess aspects'), never the query itself.
-    stdout carries only results; notices go to stderr."""
+    """The nearest tracks for one aspect (its fitted space, else its layer from 'mess aspects'),
+    never the query itself. stdout carries only results; notices go to stderr."""
     from messai.config import resolve_fields
     from messai.errors import ConfigError, MessError
     from messai.search.recommend import LayerBasedRecommender
@@ -206,8 +226,11 @@ def recommend_command(
         normalize=settings.normalize,
         kind=settings.index_kind,
         on_notice=notice,
+        space=space.value,
     )
     if audio is not None:
+        if explain:
+            raise ConfigError("--explain needs --track: an --audio query has no stored targets")
         if exclude_same:
             raise ConfigError(
                 "--exclude-same needs --track: an --audio query has no labels to compare"
@@ -221,10 +244,15 @@ def recommend_command(
         result = rec.recommend_by_id(
             track, aspects, k, layer=layer, exclude_same=exclude_same or ()
         )
+        if explain:
+            from messai.search.explain import explain_result
+
+            result = explain_result(rec, result)
         _short_notice(result, k)
         _render(result, fmt)
         return
-    rec.plan(aspects, layer)  # a bad --aspect/--layer fails once, before reading any input
+    if rec.space_plan(aspects, layer) is None:  # a bad --aspect/--layer fails once, up front
+        rec.plan(aspects, layer)
     failed = 0
     header = True
     for line in sys.stdin:
@@ -237,6 +265,10 @@ def recommend_command(
             result = rec.recommend_by_id(
                 tid, aspects, k, layer=layer, exclude_same=exclude_same or ()
             )
+            if explain:
+                from messai.search.explain import explain_result
+
+                result = explain_result(rec, result)
         except MessError as exc:
             error_line(str(exc))
             failed += 1
@@ -259,6 +291,12 @@ def _short_notice(result: RecommendationResult, k: int) -> None:
 
 
 def _describe(result: RecommendationResult) -> str:
+    if result.spaces is not None:
+        return " + ".join(
+            f"{s['aspect']} space ({s['dim']}-d, layer{'s' if len(s['layers']) > 1 else ''} "
+            f"{','.join(map(str, s['layers']))}{f', weight {w:g}' if result.fused else ''})"
+            for s, w in zip(result.spaces, result.weights)
+        )
     if not result.fused:
         return f"aspect {result.aspects[0]} · layer {result.layers[0]}"
     parts = [
@@ -273,6 +311,10 @@ def _render(
 ) -> None:
     result = typed.to_dict()
     recs = result["recommendations"]
+    if fmt in (ListFormat.table, ListFormat.tsv) and recs and "explain" in recs[0]:
+        from messai.search.explain import format_explanation
+
+        recs = [{**r, "explain": format_explanation(r["explain"])} for r in recs]
     if fmt == ListFormat.json:
         print_json(result)
     elif fmt == ListFormat.ids:

@@ -44,6 +44,7 @@ class Recommendation:
     similarity: float
     labels: dict[str, Any] = field(default_factory=dict)
     layer_similarities: list[float] | None = None
+    explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """``{"rank", "track_id", "similarity", ["layer_similarities"], **labels}``, rounded
@@ -56,6 +57,8 @@ class Recommendation:
         if self.layer_similarities is not None:
             row["layer_similarities"] = [round(float(v), 6) for v in self.layer_similarities]
         row.update(self.labels)
+        if self.explanation is not None:  # --explain (messai.search.explain)
+            row["explain"] = self.explanation
         return row
 
 
@@ -81,6 +84,7 @@ class RecommendationResult:
     weights: list[float]
     normalize: str
     recommendations: list[Recommendation]
+    spaces: list[dict[str, Any]] | None = None
 
     @property
     def fused(self) -> bool:
@@ -97,6 +101,8 @@ class RecommendationResult:
             "layer": self.layers[0] if single else list(self.layers),
             **({} if single else {"weights": list(self.weights)}),
             "normalize": self.normalize,
+            # searched in fitted aspect spaces (messai.search.aspect_search); absent for layers
+            **({} if self.spaces is None else {"space": self.spaces[0] if single else self.spaces}),
             "recommendations": [r.to_dict() for r in self.recommendations],
         }
 
@@ -138,6 +144,7 @@ class LayerBasedRecommender:
         normalize: str = "center",
         kind: str = "flat",
         on_notice: Callable[[str], None] | None = None,
+        space: str = "auto",
     ):
         from messai.features.store import FeatureStore
 
@@ -148,6 +155,7 @@ class LayerBasedRecommender:
         self.home = Path(home)
         self.store = FeatureStore.open(dataset, model, home=self.home, stores=stores)
         self.normalize, self.kind = normalize, kind
+        self.space = space  # auto | aspect | layer: see messai.search.aspect_search
         self.on_notice = on_notice or (lambda m: log.warning("%s", m))
         self._indices: dict[int, Any] = {}
         self._aspects = None
@@ -186,6 +194,13 @@ class LayerBasedRecommender:
         from messai.analysis.aspects import resolve_aspect
 
         return int(resolve_aspect(self.aspect_map(), aspect).layer)
+
+    def space_plan(self, aspect, layer):
+        """The fitted aspect spaces to search (see `messai.search.aspect_search.space_plan`), or
+        None for the whole-layer search."""
+        from messai.search.aspect_search import space_plan
+
+        return space_plan(self, aspect, layer)
 
     # ------------------------------------------------------------------ indices
     def index(self, layer: int):
@@ -311,6 +326,18 @@ class LayerBasedRecommender:
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
         n_recommendations = min(n_recommendations, len(self.tracks))  # there are no more to return
+        in_spaces = self.space_plan(aspect, layer)
+        if in_spaces is not None:
+            from messai.search.aspect_search import recommend_in_spaces
+
+            return recommend_in_spaces(
+                self,
+                in_spaces,
+                n_recommendations,
+                reference_track=reference_track,
+                exclude_ids=self._exclusions(reference_track, exclude_same),
+                query={"track_id": reference_track, "dataset": self.store.dataset},
+            )
         parts = self.plan(aspect, layer)
         excluded = self._exclusions(reference_track, exclude_same)
         vectors = {lay: self.index(lay).vector_of(reference_track) for _, lay, _ in parts}
@@ -353,7 +380,8 @@ class LayerBasedRecommender:
             min_seconds=s["min_seconds"],
             compute_targets=False,
         )
-        self.plan(aspect, layer)
+        if self.space_plan(aspect, layer) is None:
+            self.plan(aspect, layer)
         n_recommendations = min(max(1, n_recommendations), len(self.tracks))
         now = fx.checkpoint.identity()
         changed = [
@@ -407,6 +435,20 @@ class LayerBasedRecommender:
         """
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
+        in_spaces = self.space_plan(aspect, layer)
+        if in_spaces is not None:
+            from messai.search.aspect_search import recommend_in_spaces
+
+            if isinstance(vectors, Mapping) and normalized:
+                raise ConfigError("aspect spaces need the raw layer vectors of the query")
+            return recommend_in_spaces(
+                self,
+                in_spaces,
+                n_recommendations,
+                vectors=vectors,
+                exclude_ids=exclude_ids,
+                query=query,
+            )
         parts = self.plan(aspect, layer)
         excluded = set(exclude_ids)
         if len(parts) == 1:

@@ -1,0 +1,245 @@
+"""Fit aspect spaces on a feature store and keep them with it (``aspect_spaces.json``).
+
+``fit_aspect_space(store, "spectral_brightness")`` reads every window of the chosen layer(s)
+with the aspect's proxy targets (or a label column), fits the space
+(:mod:`messai.analysis.aspect_space`) and records the store fingerprint it was fitted on
+(``store.fingerprint(probe_inputs=True)``, like the probe). ``save_space`` writes it into the
+store's ``aspect_spaces.json`` (one entry per aspect, replacing an older one), ``load_spaces``
+reads them back and marks each fresh or stale.
+
+The side file (documented in ``docs/aspect-spaces.md``)::
+
+    {"format": "mess-aspect-spaces", "version": 1,
+     "spaces": {NAME: {"aspect", "kind", "sources", "layers", "method", "dim", "evidence",
+                       "fingerprint", "created", "mean": [...], "components": [[...], ...]}}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from messai.analysis.aspect_space import AspectSpace, fit_ridge_span, fit_shrinkage_lda
+from messai.errors import ConfigError
+
+SIDE_FILE = "aspect_spaces.json"
+FORMAT = "mess-aspect-spaces"
+
+
+@dataclass(frozen=True)
+class SpaceSource:
+    """What defines an aspect: ``kind`` ``"targets"`` (``names``: target names) or ``"label"``
+    (``names``: one label column)."""
+
+    kind: str
+    names: tuple[str, ...]
+
+
+def parse_sources(specs: list[str] | None, aspect: str, store=None) -> SpaceSource:
+    """``["target:spectral_centroid", "target:spectral_rolloff"]`` or ``["label:instrument"]``;
+    without specs, the built-in aspect's targets, or the label column named like the aspect."""
+    from messai.analysis.aspects import ASPECTS
+    from messai.features.targets import ASPECTS_OF_TARGETS, TARGETS
+
+    if not specs:
+        if aspect in ASPECTS:
+            names = tuple(t for t, a in ASPECTS_OF_TARGETS.items() if a == aspect)
+            if store is not None:  # the aspect's targets this store has for every track
+                stored = [set(e.targets) for e in store.iter_entries()]
+                have = set.intersection(*stored) if stored else set()
+                if not have & set(names):
+                    raise ConfigError(
+                        f"dataset {store.dataset!r} has none of {aspect}'s targets ({', '.join(names)}); "
+                        f"run 'mess targets --dataset {store.dataset}'"
+                    )
+                names = tuple(t for t in names if t in have)
+            return SpaceSource("targets", names)
+        if store is not None and any(aspect in store.labels(t) for t in store.track_ids()[:50]):
+            return SpaceSource("label", (aspect,))
+        raise ConfigError(
+            f"aspect {aspect!r} is neither built in ({', '.join(ASPECTS)}) nor a label of the "
+            "dataset; say what defines it with --from target:NAME or --from label:COLUMN"
+        )
+    kinds, names = set(), []
+    for spec in specs:
+        kind, _, name = spec.partition(":")
+        if kind not in ("target", "label") or not name:
+            raise ConfigError(f"--from {spec!r}: expected target:NAME or label:COLUMN")
+        if kind == "target" and name not in TARGETS:
+            raise ConfigError(f"--from {spec!r}: unknown target; known: {', '.join(TARGETS)}")
+        kinds.add(kind)
+        names.append(name)
+    if len(kinds) > 1 or (kinds == {"label"} and len(names) > 1):
+        raise ConfigError("--from takes target:NAME (one or more) or a single label:COLUMN")
+    return SpaceSource("targets" if kinds == {"target"} else "label", tuple(names))
+
+
+def _window_matrix(segments: np.ndarray, layers: list[int]) -> np.ndarray:
+    return np.asarray(segments[:, layers], dtype=np.float64).reshape(len(segments), -1)
+
+
+def _fit_on(X, source: SpaceSource, Y, names, labels, groups, *, folds, seed):
+    if source.kind == "targets":
+        return "ridge_span", fit_ridge_span(
+            X, Y, groups, output_names=names, folds=folds, seed=seed
+        )
+    return "shrinkage_lda", fit_shrinkage_lda(X, labels, groups, folds=folds, seed=seed)
+
+
+def _score(evidence: dict[str, Any]) -> float:
+    if "cv_r2" in evidence:
+        return float(np.nanmean(list(evidence["cv_r2"].values())))
+    return float(evidence.get("cv_accuracy") or 0.0)
+
+
+def fit_aspect_space(
+    store,
+    aspect: str,
+    *,
+    sources: list[str] | None = None,
+    layers: list[int] | None = None,
+    group_by: str = "track",
+    folds: int = 5,
+    seed: int = 0,
+    track_ids: list[str] | None = None,
+) -> AspectSpace:
+    """Fit ``aspect``'s space on the store's windows.
+
+    Parameters
+    ----------
+    sources
+        ``--from`` specs (see `parse_sources`).
+    layers
+        Layers to concatenate. Default: the probe's layer for a built-in aspect (``mess
+        probe``), else the single layer with the best grouped-CV score (R² or accuracy).
+    group_by
+        ``track`` or a label: no group on both sides of a CV split.
+    track_ids
+        Fit on these tracks only (default all; the benchmark fits on some groups).
+    """
+    from messai.analysis.discovery import probe_inputs
+    from messai.features.store import now_iso
+
+    source = parse_sources(sources, aspect, store)
+    ids = track_ids if track_ids is not None else store.track_ids()
+    if source.kind == "targets":
+        inputs = probe_inputs(store, targets=list(source.names), group_by=group_by, track_ids=ids)
+        cols = [np.asarray(inputs.targets[t]).reshape(len(inputs.groups), -1) for t in source.names]
+        Y = np.concatenate(cols, axis=1)
+        names = [t for t, c in zip(source.names, cols) for _ in range(c.shape[1])]
+        segments, groups, labels = inputs.features, inputs.groups, None
+    else:
+        column = source.names[0]
+        raw = [store.labels(t).get(column) for t in ids]
+        missing = [t for t, v in zip(ids, raw) if v is None]
+        if missing:
+            raise ConfigError(
+                f"label {column!r}: {len(missing)} of {len(ids)} tracks lack it (e.g. {missing[0]!r})"
+            )
+        data = store.read_windows(track_ids=list(ids))
+        n_seg = data["n_segments"]
+        segments, Y, names = data["segments"], None, None
+        labels = np.repeat(np.asarray(raw, dtype=object), n_seg).astype(str)
+        key = ids if group_by == "track" else [store.labels(t).get(group_by) for t in ids]
+        if any(k is None for k in key):
+            raise ConfigError(f"--group-by {group_by}: some tracks have no {group_by!r} label")
+        groups = np.repeat(np.asarray(key, dtype=object), n_seg).astype(str)
+    layer_scores = None
+    if layers is None:
+        layers = _default_layers(store, aspect, source)
+    if layers is None:  # choose by grouped CV, one layer at a time
+        layer_scores = {}
+        for layer in range(store.n_layers):
+            X = _window_matrix(segments, [layer])
+            _, (_, _, ev) = _fit_on(X, source, Y, names, labels, groups, folds=folds, seed=seed)
+            layer_scores[layer] = round(_score(ev), 4)
+        layers = [max(layer_scores, key=lambda k: layer_scores[k])]
+    bad = [la for la in layers if not 0 <= la < store.n_layers]
+    if bad:
+        raise ConfigError(f"layer {bad[0]} out of range: the store has 0..{store.n_layers - 1}")
+    X = _window_matrix(segments, list(layers))
+    method, (mean, comp, evidence) = _fit_on(
+        X, source, Y, names, labels, groups, folds=folds, seed=seed
+    )
+    evidence = {**evidence, "group_by": group_by}
+    if layer_scores is not None:
+        evidence["layer_scores"] = {str(k): v for k, v in layer_scores.items()}
+    return AspectSpace(
+        aspect,
+        source.kind,
+        list(source.names),
+        [int(x) for x in layers],
+        method,
+        mean,
+        comp,
+        evidence,
+        store.fingerprint(probe_inputs=True) if track_ids is None else None,
+        now_iso(),
+    )
+
+
+def _default_layers(store, aspect: str, source: SpaceSource) -> list[int] | None:
+    from messai.analysis.aspects import aspect_map
+
+    if source.kind != "targets":
+        return None
+    entry = aspect_map(store).get(aspect)
+    if entry is None or entry.layer is None or entry.source.startswith("prototype"):
+        return None
+    return [int(entry.layer)]
+
+
+# ------------------------------------------------------------------------ persistence
+def _read(store) -> dict[str, Any]:
+    raw = store.read_side_file(SIDE_FILE)
+    if raw is None:
+        return {}
+    try:
+        saved = json.loads(raw.decode("utf-8"))
+        if saved.get("format") != FORMAT:
+            raise ValueError("not an aspect-spaces file")
+        return dict(saved["spaces"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"{store.uri}/{SIDE_FILE}: unreadable aspect spaces ({exc}); fit them again with 'mess aspects fit'"
+        ) from None
+
+
+def save_space(store, space: AspectSpace) -> str:
+    """Add (or replace) ``space`` in the store's ``aspect_spaces.json``; return its location."""
+    spaces = _read(store)
+    spaces[space.name] = space.to_dict()
+    text = json.dumps({"format": FORMAT, "version": 1, "spaces": spaces}, ensure_ascii=False)
+    return store.write_side_file(SIDE_FILE, (text + "\n").encode("utf-8"))
+
+
+def remove_space(store, name: str) -> bool:
+    """Drop ``name`` from the store's spaces; False when it was not there."""
+    spaces = _read(store)
+    if spaces.pop(name, None) is None:
+        return False
+    text = json.dumps({"format": FORMAT, "version": 1, "spaces": spaces}, ensure_ascii=False)
+    store.write_side_file(SIDE_FILE, (text + "\n").encode("utf-8"))
+    return True
+
+
+def load_spaces(store) -> dict[str, tuple[AspectSpace, bool]]:
+    """Aspect name → (its fitted space, stale?) where stale means the store's features, targets
+    or labels changed after the fit."""
+    spaces = _read(store)
+    if not spaces:
+        return {}
+    now = store.fingerprint(probe_inputs=True)
+    out = {}
+    for name, d in spaces.items():
+        try:
+            space = AspectSpace.from_dict(d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{store.uri}/{SIDE_FILE}: space {name!r} is damaged ({exc}); fit it again"
+            ) from None
+        out[name] = (space, space.fingerprint != now)
+    return out

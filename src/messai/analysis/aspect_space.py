@@ -1,0 +1,290 @@
+"""Aspect spaces: a linear projection of one layer (or several, concatenated) into a small space
+where distance follows one aspect.
+
+Two kinds, both closed-form and auditable:
+
+- **target spaces** (an aspect defined by proxy targets, e.g. brightness ← centroid, roll-off):
+  the span of a ridge probe's weights. Features are standardised, the targets (each after its
+  own transform, ``log1p`` for Hz) standardised per output, alpha chosen by grouped
+  cross-validation (no group on both sides), the weights fitted on every window, and the
+  predicted outputs *whitened* (their covariance made the identity) so that every output counts
+  equally. The space has at most as many dimensions as there are target outputs.
+- **label spaces** (an aspect defined by a label column: instrument, work, mood ...): a shrinkage
+  LDA (scikit-learn, ``solver="eigen"``, Ledoit-Wolf shrinkage), whose projection whitens the
+  within-class scatter; at most ``n_classes - 1`` dimensions.
+
+Either way a space is ``z = (x - mean_) @ components_`` on a track's (or window's) concatenated
+layer vectors ``x``; being linear, a track's position is the mean of its windows' positions.
+Distances are euclidean; a similarity for ranking and fusion is ``exp(-d² / (2 · dim))`` (1 for
+identical positions; about e⁻¹ for two typical tracks, whatever the space's dimension).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from messai.errors import ConfigError
+
+#: ridge alphas tried (times the number of training windows)
+ALPHAS = tuple(float(a) for a in np.logspace(-4, 3, 15))
+#: eigenvalues of the predictions' covariance below this fraction of the largest are dropped
+RANK_TOL = 1e-6
+
+
+@dataclass
+class AspectSpace:
+    """A fitted aspect space (scikit-learn style: learned state ends with ``_``).
+
+    Attributes
+    ----------
+    name : str
+        The aspect (a built-in aspect such as ``spectral_brightness``, or any name).
+    kind : str
+        ``"targets"`` or ``"label"``.
+    sources : list of str
+        Target names, or ``[label column]``.
+    layers : list of int
+        Layers concatenated (in this order) before projecting.
+    method : str
+        ``"ridge_span"`` or ``"shrinkage_lda"``.
+    mean_ : ndarray, shape (n_layers * dim,)
+    components_ : ndarray, shape (n_layers * dim, n_components)
+    evidence : dict
+        Held-out figures of the fit (``cv_r2`` per target, or ``cv_accuracy`` and ``chance``).
+    fingerprint : str or None
+        ``store.fingerprint(probe_inputs=True)`` of the store it was fitted on.
+    """
+
+    name: str
+    kind: str
+    sources: list[str]
+    layers: list[int]
+    method: str
+    mean_: np.ndarray
+    components_: np.ndarray
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
+    created: str | None = None
+
+    @property
+    def dim(self) -> int:
+        """Dimensions of the space."""
+        return int(self.components_.shape[1])
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """``[n, n_layers * dim]`` (or ``[n, n_layers, dim]``) → ``[n, n_components]`` float64."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 3:
+            X = X.reshape(len(X), -1)
+        return (X - self.mean_) @ self.components_
+
+    def describe(self) -> dict[str, Any]:
+        """Everything but the arrays (for listings and JSON)."""
+        return {
+            "aspect": self.name,
+            "kind": self.kind,
+            "sources": list(self.sources),
+            "layers": list(self.layers),
+            "method": self.method,
+            "dim": self.dim,
+            "evidence": self.evidence,
+            "fingerprint": self.fingerprint,
+            "created": self.created,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.describe(),
+            "mean": self.mean_.astype(np.float32).tolist(),
+            "components": self.components_.astype(np.float32).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AspectSpace:
+        mean = np.asarray(d["mean"], dtype=np.float64)
+        comp = np.asarray(d["components"], dtype=np.float64).reshape(len(mean), -1)
+        return cls(
+            d["aspect"],
+            d["kind"],
+            list(d["sources"]),
+            [int(x) for x in d["layers"]],
+            d["method"],
+            mean,
+            comp,
+            d.get("evidence") or {},
+            d.get("fingerprint"),
+            d.get("created"),
+        )
+
+
+def similarity_from_distance(d2: np.ndarray, dim: int) -> np.ndarray:
+    """``exp(-d² / (2 · dim))`` from squared euclidean distances in a ``dim``-dim space."""
+    return np.exp(-np.asarray(d2, dtype=np.float64) / (2.0 * max(dim, 1)))
+
+
+# ------------------------------------------------------------------------ fitting on arrays
+def _standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = X.mean(0)
+    sd = X.std(0)
+    floor = max(float(sd.max(initial=0.0)), 1e-12) * 1e-6
+    inv = np.where(sd > floor, 1.0 / np.where(sd > floor, sd, 1.0), 0.0)
+    return mean, inv
+
+
+def _folds(groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import GroupKFold
+
+    n_groups = len(np.unique(groups))
+    k = min(folds, n_groups)
+    if k < 2:
+        raise ConfigError(f"fitting an aspect space needs at least 2 groups; got {n_groups}")
+    splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(groups)), groups=groups))
+
+
+def ridge_weights(Xs: np.ndarray, Y: np.ndarray, alphas: np.ndarray):
+    """Ridge weights ``[n_features, n_outputs]`` for each alpha: from the thin SVD of ``Xs``
+    when there are fewer windows than features, else from the eigen-decomposition of the Gram
+    matrix (the same solution, ``V diag(1/(s² + alpha)) Vᵀ Xᵀ Y``)."""
+    if len(Xs) < Xs.shape[1]:
+        U, sv, Vt = np.linalg.svd(Xs, full_matrices=False)
+        B = U.T @ Y
+        return [Vt.T @ (B * (sv / (sv**2 + a))[:, None]) for a in alphas]
+    s, V = np.linalg.eigh(Xs.T @ Xs)
+    s = np.maximum(s, 0.0)
+    B = V.T @ (Xs.T @ Y)  # [D, m]
+    return [V @ (B / (s + a)[:, None]) for a in alphas]
+
+
+def fit_ridge_span(
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    output_names: list[str] | None = None,
+    folds: int = 5,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The whitened span of a ridge probe's weights.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n_windows, n_features)
+    Y : ndarray, shape (n_windows, n_outputs)
+        Targets after their transforms; standardised here.
+    groups : ndarray, shape (n_windows,)
+        No group is on both sides of a CV split.
+    output_names : list of str, optional
+        A name per output column; outputs sharing a name are averaged in ``cv_r2``.
+
+    Returns
+    -------
+    mean : ndarray (n_features,)
+    components : ndarray (n_features, n_components)
+    evidence : dict
+        ``alpha`` (per window), ``cv_r2`` name → out-of-fold R² at that alpha, ``folds``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    ok = np.isfinite(Y).all(1) & np.isfinite(X).all(1)
+    X, Y, groups = X[ok], Y[ok], np.asarray(groups)[ok]
+    if len(X) < 4:
+        raise ConfigError(f"fitting an aspect space needs at least 4 windows; got {len(X)}")
+    splits = _folds(groups, folds, seed)
+    alphas = np.asarray(ALPHAS)
+    sse = np.zeros((len(alphas), Y.shape[1]))
+    for train, test in splits:
+        mx, ix = _standardise(X[train])
+        my, sy = Y[train].mean(0), Y[train].std(0)
+        sy = np.where(sy > 0, sy, 1.0)
+        Xs = (X[train] - mx) * ix
+        Ws = ridge_weights(Xs, (Y[train] - my) / sy, alphas * len(train))
+        Xt = (X[test] - mx) * ix
+        for i, W in enumerate(Ws):
+            p = (Xt @ W) * sy + my
+            sse[i] += ((p - Y[test]) ** 2).sum(0)
+    tss = ((Y - Y.mean(0)) ** 2).sum(0)
+    tss = np.where(tss > 0, tss, np.nan)
+    r2 = 1.0 - sse / tss  # [n_alphas, m]
+    best = int(np.nanargmax(np.nanmean(r2, axis=1)))
+    mx, ix = _standardise(X)
+    my, sy = Y.mean(0), Y.std(0)
+    sy = np.where(sy > 0, sy, 1.0)
+    Xs = (X - mx) * ix
+    (W,) = ridge_weights(Xs, (Y - my) / sy, alphas[[best]] * len(X))
+    P = Xs @ W
+    cov = np.cov(P, rowvar=False).reshape(P.shape[1], P.shape[1])
+    lam, U = np.linalg.eigh(cov)
+    keep = lam > RANK_TOL * max(float(lam.max(initial=0.0)), 1e-300)
+    if not keep.any():
+        raise ConfigError("the ridge probe predicts a constant: no aspect space to fit")
+    lam, U = lam[keep][::-1], U[:, keep][:, ::-1]
+    components = (ix[:, None] * W) @ (U / np.sqrt(lam))
+    names = output_names or [f"y{i}" for i in range(Y.shape[1])]
+    cv_r2: dict[str, list[float]] = {}
+    for name, value in zip(names, r2[best]):
+        cv_r2.setdefault(name, []).append(float(value))
+    evidence = {
+        "alpha": float(alphas[best]),
+        "cv_r2": {k: round(float(np.nanmean(v)), 4) for k, v in cv_r2.items()},
+        "folds": len(splits),
+        "n_windows": len(X),
+    }
+    return mx, components, evidence
+
+
+def fit_shrinkage_lda(
+    X: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    max_components: int | None = None,
+    evaluate: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A shrinkage-LDA projection (scikit-learn ``solver="eigen", shrinkage="auto"``);
+    ``evaluate=False`` skips the cross-validated accuracy (``cv_accuracy`` None).
+
+    Returns
+    -------
+    mean : ndarray (n_features,)
+    components : ndarray (n_features, n_components)
+    evidence : dict
+        ``cv_accuracy`` (out-of-fold window classification accuracy, grouped), ``chance``
+        (the largest class's share), ``n_classes``, ``folds``.
+    """
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(labels).astype(str)
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise ConfigError(f"a label space needs at least 2 label values; got {len(classes)}")
+    mx, ix = _standardise(X)
+    Xs = (X - mx) * ix
+    correct, tried = 0, 0
+    splits = _folds(np.asarray(groups), folds, seed) if evaluate else []
+    for train, test in splits:
+        if len(np.unique(labels[train])) < 2:
+            continue
+        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(
+            Xs[train], labels[train]
+        )
+        correct += int((lda.predict(Xs[test]) == labels[test]).sum())
+        tried += len(test)
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(Xs, labels)
+    r = len(classes) - 1 if max_components is None else min(max_components, len(classes) - 1)
+    r = min(r, Xs.shape[1])
+    components = ix[:, None] * lda.scalings_[:, :r]
+    evidence = {
+        "cv_accuracy": round(correct / tried, 4) if tried else None,
+        "chance": round(float(counts.max() / counts.sum()), 4),
+        "n_classes": len(classes),
+        "folds": len(splits),
+        "n_windows": len(X),
+    }
+    return mx, components, evidence

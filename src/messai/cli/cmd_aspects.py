@@ -1,0 +1,163 @@
+"""``mess aspects``: the aspect → layer map and fitted aspect spaces; ``mess aspects fit``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from messai.cli.common import (
+    Format,
+    ModelOpt,
+    StoresOpt,
+    app,
+    notice,
+    print_json,
+    render_rows,
+    settings_from,
+)
+
+aspects_app = typer.Typer(
+    help="The aspect → layer map (from 'mess probe') and fitted aspect spaces; 'mess aspects fit' fits one.",
+    invoke_without_command=True,
+)
+app.add_typer(aspects_app, name="aspects")
+
+
+@aspects_app.callback()
+def aspects_callback(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Optional[str], typer.Option("--dataset", "-d", help="Dataset (feature store) name.")
+    ] = None,
+    model: ModelOpt = None,
+    stores: StoresOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+) -> None:
+    """Every aspect with its layer, R², control and source (this dataset's probe, or the
+    prototype's defaults labelled unvalidated), and every fitted aspect space with its evidence.
+    'mess aspects fit' fits a space."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if dataset is None:
+        from messai.errors import ConfigError
+
+        raise ConfigError("give --dataset NAME (or a subcommand: mess aspects fit --help)")
+    from messai.cli.cmd_probe import aspects_command
+
+    aspects_command(dataset, model, stores=stores, fmt=fmt)
+
+
+def add_space_rows(store, rows: list[dict[str, Any]]) -> list[str]:
+    """Add the store's fitted spaces to the ``mess aspects`` rows: a ``space`` entry on the row of
+    its aspect, or a row of its own for a label-defined aspect. Returns the extra table columns
+    (none when nothing is fitted, so the listing is unchanged)."""
+    from messai.analysis.aspect_fit import load_spaces
+
+    spaces = load_spaces(store)
+    if not spaces:
+        return []
+    by_aspect = {r["aspect"]: r for r in rows}
+    for name, (space, stale) in spaces.items():
+        info = {**space.describe(), "stale": stale}
+        row = by_aspect.get(name)
+        if row is None:
+            row = {"aspect": name, "layer": space.layers[0], "source": f"label:{space.sources[0]}"}
+            rows.append(row)
+        row["space"] = info
+    notice_stale = [n for n, (_, stale) in spaces.items() if stale]
+    if notice_stale:
+        notice(
+            f"note: space(s) {', '.join(notice_stale)} were fitted before the store changed; refit with 'mess aspects fit'"
+        )
+    for row in rows:
+        s = row.get("space")
+        row["space_summary"] = _summary(s) if s else None
+    return ["space_summary"]
+
+
+def _summary(s: dict[str, Any]) -> str:
+    ev = s.get("evidence") or {}
+    if "cv_r2" in ev:
+        fig = "cv R² " + ", ".join(f"{k} {v:.2f}" for k, v in ev["cv_r2"].items())
+    else:
+        fig = f"cv accuracy {ev.get('cv_accuracy')} (chance {ev.get('chance')})"
+    layers = ",".join(map(str, s["layers"]))
+    return f"{s['dim']}-d {s['method']} on layer(s) {layers}; {fig}" + (
+        " [stale]" if s.get("stale") else ""
+    )
+
+
+@aspects_app.command("fit")
+def fit_command(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")],
+    aspect: Annotated[
+        str,
+        typer.Option(
+            "--aspect",
+            "-a",
+            help="A built-in aspect (see 'mess aspects'), or any name with --from.",
+        ),
+    ],
+    sources: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--from",
+            help="target:NAME (repeatable) or label:COLUMN; default: the built-in aspect's targets, or the label column named like the aspect.",
+        ),
+    ] = None,
+    layers: Annotated[
+        Optional[str],
+        typer.Option(
+            "--layers",
+            help="Comma-separated layers to concatenate; default: the probe's layer for the aspect, else the layer with the best grouped-CV score.",
+        ),
+    ] = None,
+    group_by: Annotated[
+        str,
+        typer.Option(
+            "--group-by",
+            help="track, or a label such as work (no group on both sides of a CV split).",
+        ),
+    ] = "track",
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Grouped CV folds.")] = 5,
+    model: ModelOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+) -> None:
+    """Fit an aspect space (ridge-probe span for targets, shrinkage LDA for a label) on one or more
+    layers and save it with the store; 'mess recommend --aspect NAME' then searches it."""
+    from messai.analysis.aspect_fit import fit_aspect_space, save_space
+    from messai.cli.common import parse_layers
+    from messai.features.store import FeatureStore
+
+    settings = settings_from()
+    store = FeatureStore.open(dataset, model, home=settings.home)
+    chosen = parse_layers(layers, store.n_layers) if layers else None
+    space = fit_aspect_space(
+        store,
+        aspect,
+        sources=sources,
+        layers=chosen,
+        group_by=group_by,
+        folds=folds,
+        seed=settings.seed,
+    )
+    where = save_space(store, space)
+    notice(f"saved the {aspect} space with the store ({where})")
+    ev = space.evidence
+    weak = ("cv_r2" in ev and not max(ev["cv_r2"].values(), default=0.0) > 0) or (
+        "cv_accuracy" in ev and not (ev["cv_accuracy"] or 0.0) > ev["chance"]
+    )
+    if weak:
+        notice(
+            f"note: the held-out evidence is weak ({_summary(space.describe())}): "
+            "distances in this space are close to noise"
+        )
+    info = space.describe()
+    if fmt == Format.json:
+        print_json(info)
+        return
+    cols = ["aspect", "kind", "sources", "layers", "method", "dim", "evidence"]
+    render_rows(
+        [{**info, "evidence": _summary(info)}], fmt, columns=cols, title=f"aspect space · {dataset}"
+    )
