@@ -119,7 +119,7 @@ def test_compact_merges_fragments_and_keeps_data(isolated_env):
     assert r.exit_code == 0, r.output
     after = FeatureStore.open("syn")
     np.testing.assert_array_equal(after.read_windows()["segments"], before)
-    assert len(after._open_table("tracks.lance").get_fragments()) == 1
+    assert len(after.open_table("tracks.lance").get_fragments()) == 1
 
 
 def test_verify_finds_and_repairs_damaged_tracks(isolated_env):

@@ -50,6 +50,17 @@ from messai.features.records import (
     TrackFailure,
     target_arrays,
 )
+from messai.features.store_arrow import (
+    METADATA_KEY,
+    column_values,
+    fixed_list_to_numpy,
+    layer_column,
+    target_array,
+    target_column,
+    to_fixed_list,
+    tracks_schema,
+    windows_schema,
+)
 
 FORMAT = "mess-feature-store"
 FORMAT_VERSION = 2
@@ -57,7 +68,6 @@ TRACKS_TABLE = "tracks.lance"
 WINDOWS_TABLE = "windows.lance"
 #: a plain-JSON copy of the build description plus change ids, read without Lance (cold paths)
 STATE_FILE = "store.json"
-METADATA_KEY = b"mess"
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _V1_MANIFEST = "manifest.json"
 
@@ -83,14 +93,6 @@ def file_content_hash(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def layer_column(layer: int) -> str:
-    return f"layer_{layer:02d}"
-
-
-def target_column(target: str) -> str:
-    return f"target_{target}"
 
 
 def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
@@ -300,8 +302,8 @@ class FeatureStore:
         }
         n_layers, dim = int(model["n_layers"]), int(model["dim"])
         dtype = settings.get("store_dtype", "float16")
-        win_schema = _windows_schema(n_layers, dim, dtype)
-        trk_schema = _tracks_schema(n_layers, dim, meta)
+        win_schema = windows_schema(n_layers, dim, dtype)
+        trk_schema = tracks_schema(n_layers, dim, meta)
         made = _make_folders(loc.local_path(uri))  # the highest folder this call created
         opts = loc.storage_options() if loc.is_remote(uri) else None
         try:
@@ -315,7 +317,7 @@ class FeatureStore:
                     )
                 except (OSError, ValueError) as exc:
                     if "exist" not in str(exc).lower():
-                        raise _storage_error(uri, exc) from None
+                        raise storage_error(uri, exc) from None
                     # another process created it first: use theirs, remove nothing
             store = cls.at(uri)
             if _read_state(uri) is None:
@@ -387,28 +389,29 @@ class FeatureStore:
     def _table_uri(self, name: str) -> str:
         return loc.join(self.uri, name)
 
-    def _open_table(self, name: str):
+    def open_table(self, name: str):
+        """One of the store's Lance tables (``tracks.lance`` or ``windows.lance``)."""
         import lance
 
         opts = loc.storage_options() if loc.is_remote(self.uri) else None
         try:
             return lance.dataset(self._table_uri(name), storage_options=opts)
         except (OSError, ValueError) as exc:
-            raise _storage_error(self.uri, exc) from None
+            raise storage_error(self.uri, exc) from None
 
     def _tracks(self):
-        return self._open_table(TRACKS_TABLE)
+        return self.open_table(TRACKS_TABLE)
 
     def _windows(self):
-        return self._open_table(WINDOWS_TABLE)
+        return self.open_table(WINDOWS_TABLE)
 
     def _read(self, table: str, *, columns: list[str], filter: str | None = None):
         """Columns of a table (a pyarrow Table); a damaged or missing file is one StoreError."""
-        ds = self._open_table(table)
+        ds = self.open_table(table)
         try:
             return ds.to_table(columns=columns, filter=filter)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise _storage_error(self.uri, exc) from None
+            raise storage_error(self.uri, exc) from None
 
     _META_COLUMNS = (
         "track_id",
@@ -437,16 +440,17 @@ class FeatureStore:
             self._rows = {r["track_id"]: r for r in table.to_pylist()}
         return self._rows
 
-    def _ok_rows(self) -> dict[str, dict[str, Any]]:
+    def ok_rows(self) -> dict[str, dict[str, Any]]:
+        """Rows (without vectors) of the stored tracks, by id."""
         return {t: r for t, r in self._all_rows().items() if r["status"] == "ok"}
 
     # ---------------------------------------------------------------- reading
     def track_ids(self) -> list[str]:
         """Ids of the stored tracks, sorted."""
-        return sorted(self._ok_rows())
+        return sorted(self.ok_rows())
 
     def __len__(self) -> int:
-        return len(self._ok_rows())
+        return len(self.ok_rows())
 
     def __contains__(self, track_id: object) -> bool:
         row = self._all_rows().get(track_id)  # type: ignore[arg-type]
@@ -462,7 +466,7 @@ class FeatureStore:
         return _entry_of(row) if row is not None and row["status"] == "ok" else None
 
     def iter_entries(self) -> Iterator[TrackEntry]:
-        rows = self._ok_rows()
+        rows = self.ok_rows()
         for track_id in sorted(rows):
             yield _entry_of(rows[track_id])
 
@@ -489,7 +493,7 @@ class FeatureStore:
         key = "state_id" if probe_inputs else "features_id"
         if self._meta.get(key):
             return str(self._meta[key])
-        rows = self._ok_rows()
+        rows = self.ok_rows()
 
         def row(t: str, r: dict[str, Any]) -> tuple:
             base = (t, r["content_hash"], r["n_segments"], r["extracted_at"])
@@ -537,7 +541,7 @@ class FeatureStore:
         table = self._read(TRACKS_TABLE, columns=["track_id", "status", layer_column(layer)])
         ids = table.column("track_id").to_pylist()
         ok = np.asarray([s == "ok" for s in table.column("status").to_pylist()], dtype=bool)
-        vectors = _fixed_list_to_numpy(table.column(layer_column(layer)), self.dim, np.float32)
+        vectors = fixed_list_to_numpy(table.column(layer_column(layer)), self.dim, np.float32)
         pos = {t: i for i, t in enumerate(ids) if ok[i]}
         wanted = track_ids if track_ids is not None else sorted(pos)
         missing = [t for t in wanted if t not in pos]
@@ -590,7 +594,7 @@ class FeatureStore:
     def _aggregated_of(self, table, row: int) -> np.ndarray:
         return np.stack(
             [
-                _fixed_list_to_numpy(
+                fixed_list_to_numpy(
                     table.column(layer_column(i)).slice(row, 1), self.dim, np.float32
                 )[0]
                 for i in range(self.n_layers)
@@ -628,7 +632,7 @@ class FeatureStore:
         window = table.column("window").to_numpy()
         out = {}
         layers = [
-            _fixed_list_to_numpy(table.column(layer_column(i)), self.dim, dtype)
+            fixed_list_to_numpy(table.column(layer_column(i)), self.dim, dtype)
             for i in range(self.n_layers)
         ]
         starts = table.column("start").to_numpy()
@@ -663,7 +667,7 @@ class FeatureStore:
                 col = targets.get(name)
                 if col is None:
                     continue
-                arrays[target_array_name(name)] = _column_values(col, idx)
+                arrays[target_array_name(name)] = column_values(col, idx)
             out[tid] = arrays
         return out
 
@@ -681,7 +685,7 @@ class FeatureStore:
         ``layers``) and ``targets`` name → ``[n_windows(, k)]`` float32 (tracks lacking a
         target get NaN). Windows are in track order, then window order.
         """
-        rows = self._ok_rows()
+        rows = self.ok_rows()
         ids = track_ids if track_ids is not None else sorted(rows)
         for t in ids:
             if t not in rows:
@@ -722,14 +726,14 @@ class FeatureStore:
             )
             seg = np.empty((len(order), self.n_layers, self.dim), dtype=dtype)
             for i in range(self.n_layers):
-                seg[:, i] = _fixed_list_to_numpy(table.column(layer_column(i)), self.dim, dtype)[
+                seg[:, i] = fixed_list_to_numpy(table.column(layer_column(i)), self.dim, dtype)[
                     order
                 ]
             out["segments"] = seg
         values = {}
         for t in wanted_targets:
             if target_column(t) in table.column_names:
-                values[t] = _column_values(table.column(target_column(t)), order)
+                values[t] = column_values(table.column(target_column(t)), order)
         out["targets"] = values
         return out
 
@@ -739,7 +743,7 @@ class FeatureStore:
 
     def window_counts_ok(self) -> set[str]:
         """Ids of stored tracks whose windows are all there (a cheap scan of two columns)."""
-        rows = self._ok_rows()
+        rows = self.ok_rows()
         table = self._read(WINDOWS_TABLE, columns=["extraction_id"])
         counts: dict[str, int] = {}
         for e in table.column("extraction_id").to_pylist():
@@ -783,7 +787,7 @@ class FeatureStore:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise _storage_error(self.uri, exc) from None
+            raise storage_error(self.uri, exc) from None
         deadline, told = time.monotonic() + wait_seconds, False
         while True:
             try:
@@ -823,7 +827,7 @@ class FeatureStore:
         try:
             loc.write_bytes(loc.join(self.uri, STATE_FILE), data)
         except OSError as exc:
-            raise _storage_error(self.uri, exc) from None
+            raise storage_error(self.uri, exc) from None
         self._meta = meta
 
     def _collect_garbage(self) -> None:
@@ -917,13 +921,13 @@ class FeatureStore:
         n_layers, dim = int(identity["n_layers"]), int(identity["dim"])
         opts = loc.storage_options() if loc.is_remote(self.uri) else None
         lance.write_dataset(
-            _windows_schema(n_layers, dim, settings.get("store_dtype", "float16")).empty_table(),
+            windows_schema(n_layers, dim, settings.get("store_dtype", "float16")).empty_table(),
             self._table_uri(WINDOWS_TABLE),
             mode="overwrite",
             storage_options=opts,
         )
         lance.write_dataset(
-            _tracks_schema(n_layers, dim, meta).empty_table(),
+            tracks_schema(n_layers, dim, meta).empty_table(),
             self._table_uri(TRACKS_TABLE),
             mode="overwrite",
             storage_options=opts,
@@ -1037,7 +1041,7 @@ class FeatureStore:
                 return operation()
             except (OSError, ValueError, RuntimeError) as exc:
                 if "conflict" not in str(exc).lower() or attempt == 7:
-                    raise _storage_error(self.uri, exc) from None
+                    raise storage_error(self.uri, exc) from None
                 time.sleep(0.05 * 2**attempt)
         return None  # pragma: no cover
 
@@ -1063,7 +1067,7 @@ class FeatureStore:
         )
 
     def _delete(self, name: str, predicate: str) -> None:
-        self._retrying(lambda: self._open_table(name).delete(predicate))
+        self._retrying(lambda: self.open_table(name).delete(predicate))
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
         self._meta = meta
@@ -1075,7 +1079,7 @@ class FeatureStore:
                 {METADATA_KEY.decode(): json.dumps(meta, ensure_ascii=False)}, replace=True
             )
         except (OSError, ValueError, RuntimeError) as exc:
-            raise _storage_error(self.uri, exc) from None
+            raise storage_error(self.uri, exc) from None
 
     def _windows_table(self, items: dict[str, tuple[str, dict[str, np.ndarray]]]):
         """One table of every window of ``items`` (track id → (extraction id, arrays)):
@@ -1103,7 +1107,7 @@ class FeatureStore:
         }
         for i in range(self.n_layers):
             layer = np.concatenate([a[SEGMENTS][:, i] for _, (_, a) in tracks])
-            cols[layer_column(i)] = _to_fixed_list(layer, schema.field(layer_column(i)).type)
+            cols[layer_column(i)] = to_fixed_list(layer, schema.field(layer_column(i)).type)
         per_track = [targets_of(a) for _, (_, a) in tracks]
         for name in schema.names:
             if not name.startswith("target_"):
@@ -1113,7 +1117,7 @@ class FeatureStore:
             if not any(key in tv for tv in per_track):
                 cols[name] = pa.nulls(total, type_)
                 continue
-            parts = [_target_array(tv.get(key), n, type_) for tv, n in zip(per_track, counts)]
+            parts = [target_array(tv.get(key), n, type_) for tv, n in zip(per_track, counts)]
             cols[name] = pa.concat_arrays(parts)
         return pa.table(cols, schema=schema)
 
@@ -1147,7 +1151,7 @@ class FeatureStore:
         cols = {n: v for n, v in d.items() if not n.startswith("layer_")}
         arrays_out = {n: pa.array(v, schema.field(n).type) for n, v in cols.items()}
         for i in range(self.n_layers):
-            arrays_out[layer_column(i)] = _to_fixed_list(
+            arrays_out[layer_column(i)] = to_fixed_list(
                 np.stack(vectors[i]), schema.field(layer_column(i)).type
             )
         return pa.table(arrays_out, schema=schema)
@@ -1188,12 +1192,12 @@ class FeatureStore:
         try:
             loc.write_bytes(target, data)
         except OSError as exc:
-            raise _storage_error(self.uri, exc) from None
+            raise storage_error(self.uri, exc) from None
         return target
 
     # ---------------------------------------------------------------- reporting
     def summary(self) -> StoreSummary:
-        rows = self._ok_rows()
+        rows = self.ok_rows()
         return StoreSummary(
             dataset=self.dataset,
             model=self.model_id,
@@ -1235,107 +1239,6 @@ class FeatureStore:
         return sorted(out, key=lambda r: r["track_id"])
 
 
-# -------------------------------------------------------------------- schemas and conversions
-def _tracks_schema(n_layers: int, dim: int, meta: dict[str, Any]):
-    import pyarrow as pa
-
-    fields = [
-        pa.field("track_id", pa.string(), nullable=False),
-        pa.field("status", pa.string()),
-        pa.field("extraction_id", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("size", pa.int64()),
-        pa.field("mtime_ns", pa.int64()),
-        pa.field("content_hash", pa.string()),
-        pa.field("duration_seconds", pa.float64()),
-        pa.field("n_segments", pa.int32()),
-        pa.field("targets", pa.list_(pa.string())),
-        pa.field("labels", pa.string()),
-        pa.field("extracted_at", pa.string()),
-        pa.field("targets_at", pa.string()),
-        pa.field("failure", pa.string()),
-        pa.field("failure_source", pa.string()),
-        pa.field("failed_at", pa.string()),
-        pa.field("digest", pa.string()),
-    ]
-    fields += [pa.field(layer_column(i), pa.list_(pa.float32(), dim)) for i in range(n_layers)]
-    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(meta, ensure_ascii=False).encode()})
-
-
-def _windows_schema(n_layers: int, dim: int, store_dtype: str):
-    import pyarrow as pa
-
-    from messai.features.targets import TARGETS
-
-    value = pa.float16() if store_dtype == "float16" else pa.float32()
-    fields = [
-        pa.field("track_id", pa.string(), nullable=False),
-        pa.field("extraction_id", pa.string(), nullable=False),
-        pa.field("window", pa.int32()),
-        pa.field("start", pa.int64()),
-        pa.field("length", pa.int64()),
-    ]
-    fields += [pa.field(layer_column(i), pa.list_(value, dim)) for i in range(n_layers)]
-    for name, target in TARGETS.items():
-        tp = pa.float32() if target.size == 1 else pa.list_(pa.float32(), target.size)
-        fields.append(pa.field(target_column(name), tp))
-    return pa.schema(fields)
-
-
-def _to_fixed_list(values: np.ndarray, type_):
-    import pyarrow as pa
-
-    values = np.ascontiguousarray(values)
-    dim = values.shape[1]
-    flat = pa.array(values.reshape(-1).astype(type_.value_type.to_pandas_dtype(), copy=False))
-    return pa.FixedSizeListArray.from_arrays(flat, dim)
-
-
-def _fixed_list_to_numpy(column, dim: int, dtype) -> np.ndarray:
-    """A (chunked) fixed-size-list column as ``[n, dim]``; nulls become NaN rows."""
-    import pyarrow as pa
-
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    parts = []
-    for chunk in chunks:
-        values = chunk.flatten().to_numpy(zero_copy_only=False) if chunk.null_count == 0 else None
-        if values is None:
-            filled = [
-                np.full(dim, np.nan) if v is None else np.asarray(v) for v in chunk.to_pylist()
-            ]
-            values = np.asarray(filled).reshape(-1)
-        parts.append(np.asarray(values).reshape(-1, dim).astype(dtype, copy=False))
-    if not parts:
-        return np.zeros((0, dim), dtype)
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-
-def _target_array(values: np.ndarray | None, n: int, type_):
-    import pyarrow as pa
-
-    if values is None:
-        return pa.nulls(n, type_)
-    values = np.asarray(values, dtype=np.float32)
-    if pa.types.is_fixed_size_list(type_):
-        return _to_fixed_list(values.reshape(n, -1), type_)
-    return pa.array(values.reshape(n))
-
-
-def _column_values(column, idx: np.ndarray) -> np.ndarray:
-    import pyarrow as pa
-
-    taken = column.take(pa.array(idx)) if len(idx) else column.slice(0, 0)
-    if pa.types.is_fixed_size_list(column.type):
-        k = column.type.list_size
-        return _fixed_list_to_numpy(taken, k, np.float32)
-    arr = taken.to_numpy(zero_copy_only=False)
-    return (
-        np.asarray([np.nan if v is None else v for v in arr], dtype=np.float32)
-        if arr.dtype == object
-        else arr.astype(np.float32)
-    )
-
-
 def _entry_of(row: dict[str, Any]) -> TrackEntry:
     return TrackEntry(
         track_id=row["track_id"],
@@ -1360,7 +1263,7 @@ def _read_meta(tracks_uri: str) -> dict[str, Any]:
         ds = lance.dataset(tracks_uri, storage_options=opts)
         raw = (ds.schema.metadata or {}).get(METADATA_KEY)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise _storage_error(tracks_uri.rsplit("/", 1)[0], exc) from None
+        raise storage_error(tracks_uri.rsplit("/", 1)[0], exc) from None
     if raw is None:
         raise StoreError(f"{tracks_uri}: not a mess feature store (no build description)")
     meta = json.loads(raw)
@@ -1390,7 +1293,7 @@ def _make_folders(path: Path | None) -> Path | None:
         except FileExistsError:  # another process made it: it and what is above are not ours
             created = []
         except OSError as exc:
-            raise _storage_error(str(path), exc) from None
+            raise storage_error(str(path), exc) from None
     return created[0] if created else None
 
 
@@ -1412,7 +1315,7 @@ def _read_state(uri: str) -> dict[str, Any] | None:
     return meta
 
 
-def _storage_error(uri: str, exc: BaseException) -> StoreError:
+def storage_error(uri: str, exc: BaseException) -> StoreError:
     """One line naming the store and what to do, for I/O failures of the storage."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if (isinstance(exc, OSError) and exc.errno == 28) or "No space left" in str(exc):

@@ -19,7 +19,7 @@ from messai.features.store import (
     TRACKS_TABLE,
     WINDOWS_TABLE,
     FeatureStore,
-    _storage_error,
+    storage_error,
 )
 
 #: tracks read and written per batch while copying or migrating
@@ -131,7 +131,7 @@ def copy(source: str, destination: str, *, on_progress: Progress | None = None) 
     if loc.exists(win_dst):
         existing = lance.dataset(win_dst, storage_options=opts)
         done = set(existing.to_table(columns=["extraction_id"]).column("extraction_id").to_pylist())
-    rows = src._ok_rows()
+    rows = src.ok_rows()
     eids = [r["extraction_id"] for r in rows.values() if r["extraction_id"] not in done]
     report.n_skipped = len(rows) - len(eids)
     win_src = lance.dataset(loc.join(src.uri, WINDOWS_TABLE), storage_options=src_opts)
@@ -143,7 +143,7 @@ def copy(source: str, destination: str, *, on_progress: Progress | None = None) 
         try:
             lance.write_dataset(table, win_dst, mode=mode, storage_options=opts)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise _storage_error(dst_uri, exc) from None
+            raise storage_error(dst_uri, exc) from None
         if on_progress is not None:
             on_progress(report.n_skipped + start + len(chunk), len(rows))
     if not loc.exists(win_dst):  # an empty store
@@ -164,7 +164,7 @@ def copy(source: str, destination: str, *, on_progress: Progress | None = None) 
             storage_options=opts,
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        raise _storage_error(dst_uri, exc) from None
+        raise storage_error(dst_uri, exc) from None
     for name in ("probe.json",):
         data = src.read_side_file(name)
         if data is not None:
@@ -181,14 +181,14 @@ def compact(store: FeatureStore, *, retention_days: float = 7.0) -> AdminReport:
     report = AdminReport("compact", store.uri, store.uri)
     older_than = _dt.timedelta(days=retention_days)
     for name in (TRACKS_TABLE, WINDOWS_TABLE):
-        ds = store._open_table(name)
+        ds = store.open_table(name)
         before = len(ds.get_fragments())
         try:
             ds.optimize.compact_files()
-            ds = store._open_table(name)
+            ds = store.open_table(name)
             stats = ds.cleanup_old_versions(older_than=older_than)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise _storage_error(store.uri, exc) from None
+            raise storage_error(store.uri, exc) from None
         report.details[name] = {
             "fragments_before": before,
             "fragments_after": len(ds.get_fragments()),
