@@ -26,7 +26,13 @@ def out_console():
     console = Console(soft_wrap=True)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(soft_wrap=True, width=200)  # piped tables: don't fold cells at 80 columns
+    console.on_broken_pipe = _closed_stdout_exit  # rich would exit with status 1
     return console
+
+
+def _closed_stdout_exit() -> None:
+    quiet_closed_stdout()
+    raise typer.Exit(0)
 
 
 @functools.cache
@@ -43,17 +49,43 @@ def error_line(message: str) -> None:
     sys.stderr.flush()
 
 
+def quiet_closed_stdout() -> None:
+    """stdout's reader went away (``mess tracks -f ids | head -1``): point stdout at the null
+    device so nothing more (not even the final flush) fails; the command ends with status 0."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system error: ``PATH: reason``."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 class _MessGroup(TyperGroup):
-    """Turns a MessError raised by any command into one line on stderr and its exit status."""
+    """Turns a MessError raised by any command into one line on stderr and its exit status;
+    a file-system error into one line too; a closed stdout into a quiet exit 0."""
 
     def invoke(self, ctx):
         from messai.errors import MessError
 
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+            return result
         except MessError as exc:
             error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            quiet_closed_stdout()
+            raise typer.Exit(0) from None
+        except OSError as exc:
+            error_line(os_error_line(exc))
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -1,0 +1,119 @@
+"""What a new user hit (issue 14): closed pipes, bad settings, names, 80-column tables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from messai.cli import app
+from tests.conftest import write_audio
+from tests.synthetic_store import make_store
+
+runner = CliRunner()
+
+
+def mess(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+def run_closed_stdout(*args: str) -> subprocess.CompletedProcess:
+    """Run ``mess ARGS`` with a stdout whose reader has already gone (``| head -0``)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes anything
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "messai", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    return proc
+
+
+@pytest.mark.parametrize("fmt", ["ids", "json", "tsv", "table"])
+def test_a_closed_stdout_ends_quietly_with_status_0(isolated_env, fmt):
+    make_store(isolated_env, "syn", n_tracks=30)
+    proc = run_closed_stdout("tracks", "-d", "syn", "-f", fmt)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_mess_config_naming_a_missing_file_is_an_error(isolated_env, monkeypatch):
+    monkeypatch.setenv("MESS_CONFIG", str(isolated_env / "nope.toml"))
+    r = mess("datasets")
+    assert r.exit_code == 2
+    assert "nope.toml" in r.output and "does not exist" in r.output
+
+
+@pytest.mark.parametrize("value", ['"x"', "5"])
+def test_datasets_of_the_wrong_type_is_one_line(isolated_env, value):
+    (isolated_env / "config.toml").write_text(f"datasets = {value}\n")
+    r = mess("datasets")
+    assert r.exit_code == 2
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert "'datasets' must be tables" in r.output
+
+
+def test_home_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    f = tmp_path / "afile"
+    f.write_text("")
+    monkeypatch.setenv("MESS_HOME", str(f))
+    for args in (["datasets"], ["tracks", "-d", "x"]):
+        r = mess(*args)
+        assert r.exit_code == 2, r.output
+        assert f"{f} is not a folder" in r.output
+
+
+def test_an_uncreatable_home_is_one_line(tmp_path, monkeypatch):
+    f = tmp_path / "afile"
+    f.write_text("")
+    monkeypatch.setenv("MESS_HOME", str(f / "below"))  # below a file: cannot be created
+    r = mess("model", "random", tmp_path / "m", "--preset", "tiny")
+    assert r.exit_code == 0
+    write_audio(tmp_path / "lib" / "a.wav", 2.0)
+    r = mess("extract", tmp_path / "lib", "-d", "x", "--model", tmp_path / "m", "--device", "cpu")
+    assert r.exit_code != 0
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert "error:" in r.output and "Traceback" not in r.output
+
+
+def test_indices_path_that_is_a_file_is_one_line(isolated_env):
+    make_store(isolated_env, "syn", n_tracks=12)
+    (isolated_env / "indices").write_text("")
+    r = mess("recommend", "-d", "syn", "--track", "c0/track 000", "--layer", "1")
+    assert r.exit_code == 1, r.output
+    assert "error:" in r.output and "indices" in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.parametrize("name", ["evil\n", "a/b", ".hidden", ""])
+def test_dataset_names_are_matched_whole(name):
+    from messai.config import validate_dataset_name
+    from messai.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        validate_dataset_name(name)
+
+
+def test_random_checkpoint_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        r = mess("model", "random", tmp_path / "m", "--preset", "tiny", "--weights-format", "both")
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_random_like_offline_points_at_preset(tmp_path):
+    r = mess("model", "random", tmp_path / "m", "--like", "m-a-p/MERT-v1-95M")
+    assert r.exit_code != 0
+    assert "--preset base" in r.output and "--model" not in r.output
