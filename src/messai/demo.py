@@ -111,7 +111,9 @@ def run_demo(
         folder, dataset=dataset, settings=settings, layout="folder", listener=listener
     )
     if report.failures:
-        notes.append(f"{len(report.failures)} files failed: {report.failures[:3]}")
+        notes.append(
+            f"{len(report.failures)} files failed: {[str(f) for f in report.failures[:3]]}"
+        )
     control = None
     if random_control:
         ckpt = random_control_checkpoint(settings)

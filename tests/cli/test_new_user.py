@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,44 @@ def test_random_like_offline_points_at_preset(tmp_path):
     r = mess("model", "random", tmp_path / "m", "--like", "m-a-p/MERT-v1-95M")
     assert r.exit_code != 0
     assert "--preset base" in r.output and "--model" not in r.output
+
+
+@pytest.fixture()
+def small_lib(tmp_path, tiny_ckpt):
+    import unicodedata
+
+    d = tmp_path / "lib"
+    for i, name in enumerate(["a", "b", "c", unicodedata.normalize("NFD", "café")]):
+        write_audio(d / f"{name}.wav", 3.0, freq=300 + 90 * i)
+    (d / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    r = mess("extract", d, "-d", "lib", "--model", tiny_ckpt, "--device", "cpu", "-q")
+    assert r.exit_code == 1  # broken.wav
+    return d
+
+
+def test_ids_in_another_normalisation_and_failed_tracks(small_lib):
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café")
+    r = mess("recommend", "-d", "lib", "--track", nfd, "--layer", "1", "-f", "ids")
+    assert r.exit_code == 0, r.output
+    assert unicodedata.normalize("NFC", "café") not in r.stdout.split("\n")  # never the query
+    r = mess("recommend", "-d", "lib", "--track", "broken", "--layer", "1")
+    assert r.exit_code != 0
+    assert "failed to extract" in r.output and "unknown" not in r.output
+
+
+def test_deleted_audio_shows_missing(small_lib):
+    (small_lib / "b.wav").unlink()
+    r = mess("tracks", "-d", "lib", "-f", "json")
+    status = {row["track_id"]: row["status"] for row in json.loads(r.stdout)}
+    assert status["b"] == "missing" and status["a"] == "ok"
+    r = mess("recommend", "-d", "lib", "--track", "a", "--layer", "1", "-k", "3")
+    assert r.exit_code == 0 and "no audio file any more" in r.stderr and "b" in r.stderr
+
+
+def test_audio_query_of_a_stored_file_excludes_its_track(small_lib, tiny_ckpt):
+    r = mess("recommend", "-d", "lib", "--audio", small_lib / "a.wav", "--layer", "1", "-f", "json")
+    assert r.exit_code == 0, r.output
+    ids = [x["track_id"] for x in json.loads(r.stdout)["recommendations"]]
+    assert "a" not in ids and len(ids) == 3

@@ -197,8 +197,8 @@ def targets_command(
 
     settings = settings_from()
     report = recompute_targets(dataset, model, settings=settings)
-    for line in report.failures:
-        notice(line)
+    for failure in report.failures:
+        notice(str(failure))
     if not quiet or report.failures:
         notice(
             f"{dataset}: targets computed for {report.n_extracted} tracks, {len(report.failures)} failed"

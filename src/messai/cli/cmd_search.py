@@ -214,6 +214,7 @@ def recommend_command(
             track, aspects, k, layer=layer, exclude_same=exclude_same or ()
         )
         _short_notice(result, k)
+        _missing_notice(rec, result)
         _render(result, fmt)
         return
     rec.plan(aspects, layer)  # a bad --aspect/--layer fails once, before reading any input
@@ -240,6 +241,15 @@ def recommend_command(
             header = False
     if failed:
         raise typer.Exit(1)
+
+
+def _missing_notice(rec, result: RecommendationResult) -> None:
+    gone = sorted(rec.store.missing_sources(r.track_id for r in result.recommendations))
+    if gone:
+        notice(
+            f"note: {len(gone)} recommended track(s) have no audio file any more "
+            f"(missing; first: {gone[0]}); 'mess extract --prune' drops them"
+        )
 
 
 def _short_notice(result: RecommendationResult, k: int) -> None:

@@ -292,6 +292,9 @@ class LayerBasedRecommender:
         exclude_same : sequence of str
             Label names: tracks sharing the query's value of any of them are left out.
         """
+        from messai.features.records import nfc
+
+        reference_track = nfc(reference_track)
         self.store.require_track(reference_track)
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
@@ -318,8 +321,9 @@ class LayerBasedRecommender:
         layer: int | None = None,
         device: str = "auto",
     ) -> RecommendationResult:
-        """Recommend for an audio file outside the store: it is extracted with the store's model,
-        revision and window settings (this loads torch), then :meth:`recommend_by_vector`."""
+        """Recommend for an audio file: it is extracted with the store's model, revision and
+        window settings (this loads torch), then :meth:`recommend_by_vector`. A stored track with
+        the same content (the file itself, or a copy) is never among the results."""
         from messai.features.extractor import FeatureExtractor
 
         s, m = self.store.settings, self.store.model
@@ -350,11 +354,13 @@ class LayerBasedRecommender:
                 "an --audio query must be extracted by the same model: re-extract the store, or restore the checkpoint"
             )
         aggregated = fx.extract(path)["aggregated"]  # [n_layers, dim]
+        same = self.store.tracks_with_content(path)  # the query's own track, as with --track
         return self.recommend_by_vector(
             aggregated,
             aspect,
-            n_recommendations,
+            min(n_recommendations, max(1, len(self.store) - len(same))),
             layer=layer,
+            exclude_ids=same,
             query={"audio": str(path), "dataset": self.store.dataset},
         )
 
