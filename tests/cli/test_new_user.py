@@ -159,3 +159,47 @@ def test_audio_query_of_a_stored_file_excludes_its_track(small_lib, tiny_ckpt):
     assert r.exit_code == 0, r.output
     ids = [x["track_id"] for x in json.loads(r.stdout)["recommendations"]]
     assert "a" not in ids and len(ids) == 3
+
+
+def test_recommend_with_an_unvalidated_aspect_says_so_once(isolated_env):
+    make_store(isolated_env, "syn", n_tracks=12)
+    r = mess("recommend", "-d", "syn", "--track", "c0/track 000", "-f", "json")
+    assert r.exit_code == 0, r.output
+    notes = [x for x in r.stderr.splitlines() if "is not validated" in x]
+    assert len(notes) == 1 and "spectral_brightness" in notes[0]
+    d = json.loads(r.stdout)
+    assert d["validated"] is False and "not validated" in d["caveat"]
+    table = mess("recommend", "-d", "syn", "--track", "c0/track 000")
+    assert "NOT VALIDATED" in table.stdout and "validated" in table.stdout
+    aspects = json.loads(mess("aspects", "-d", "syn", "-f", "json").stdout)
+    assert all(a["reason"] for a in aspects if not a["validated"])
+
+
+def test_validation_failures_name_the_test_that_failed():
+    from messai.analysis.results import TargetProbeResult
+
+    res = TargetProbeResult(
+        name="t",
+        n_outputs=1,
+        n_samples=10,
+        transform="none",
+        r2=[-0.3, 0.8, 0.9],
+        r2_std=[0.1] * 3,
+        r2_ci_low=[-0.4, 0.7, 0.3],
+        r2_ci_high=[0.0, 0.9, 0.95],
+        fold_r2=[[0.0]] * 3,
+        alpha=[1.0] * 3,
+        control_r2=[0.0, 0.0, 0.0],
+        random_model_r2=[0.0, 0.2, 0.85],
+        selectivity=[0.0] * 3,
+        selectivity_baseline="control",
+        best_layer=2,
+        runner_up_layer=1,
+        margin_over_median=0.1,
+        fold_wins_over_runner_up=None,
+        beats_runner_up=None,
+    )
+    assert res.validation_failures(1) == [] and res.is_validated(1)
+    assert "threshold" in res.validation_failures(0)[0]
+    assert any("permuted control" in x for x in res.validation_failures(0))
+    assert any("random-model" in x for x in res.validation_failures(2))

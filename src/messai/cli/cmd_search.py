@@ -290,6 +290,9 @@ def _render(
     else:
         q = result["query"].get("track_id") or result["query"].get("audio")
         title = f"{q} · {_describe(typed)} · {result['normalize']}"
+        if typed.caveat:
+            title += f" · NOT VALIDATED: {typed.caveat}"
+            recs = [{**r, "validated": "no"} for r in recs]  # the caveat next to each row
         cols = ["rank", "track_id", "similarity"] + (
             ["layer_similarities"] if recs and "layer_similarities" in recs[0] else []
         )

@@ -67,6 +67,9 @@ class RecommendationResult:
     ----------
     query : dict
         ``{"track_id", "dataset"}`` or ``{"audio", "dataset"}`` (or the caller's own).
+    caveat : str or None
+        Set when a layer searched is not its aspect's validated layer (an unvalidated probe
+        result, the prototype defaults, or ``--layer``): the results carry no evidence.
     aspects, layers, weights : list
         One entry per requested aspect: its name, the layer searched, its weight.
     normalize : str
@@ -81,6 +84,13 @@ class RecommendationResult:
     weights: list[float]
     normalize: str
     recommendations: list[Recommendation]
+    #: why the layers searched are not validated for their aspects (None when they all are)
+    caveat: str | None = None
+
+    @property
+    def validated(self) -> bool:
+        """Whether every layer searched is its aspect's validated layer."""
+        return self.caveat is None
 
     @property
     def fused(self) -> bool:
@@ -97,6 +107,8 @@ class RecommendationResult:
             "layer": self.layers[0] if single else list(self.layers),
             **({} if single else {"weights": list(self.weights)}),
             "normalize": self.normalize,
+            "validated": self.validated,
+            "caveat": self.caveat,
             "recommendations": [r.to_dict() for r in self.recommendations],
         }
 
@@ -150,6 +162,7 @@ class LayerBasedRecommender:
         self.on_notice = on_notice or (lambda m: log.warning("%s", m))
         self._indices: dict[int, Any] = {}
         self._aspects = None
+        self._noticed: set[str] = set()
 
     # ------------------------------------------------------------------ aspects
     def aspect_map(self):
@@ -166,6 +179,29 @@ class LayerBasedRecommender:
     def get_available_aspects(self) -> dict[str, dict[str, Any]]:
         """Aspect → its layer and evidence (``AspectLayer.to_dict()``), for aspects with a layer."""
         return {a: e.to_dict() for a, e in self.aspect_map().items() if e.layer is not None}
+
+    def caveat(self, parts: list[tuple[str, int, float]], layer: int | None) -> str | None:
+        """Why the layers of ``parts`` are not validated for their aspects (None when they
+        are); the first use of an unvalidated aspect mapping also goes to ``on_notice``."""
+        if layer is not None:
+            entry = self.aspect_map().get(parts[0][0])
+            if entry is not None and entry.validated and entry.layer == layer:
+                return None
+            return f"layer {layer} given with --layer: not validated for {parts[0][0]}"
+        notes = []
+        for name, lay, _ in parts:
+            entry = self.aspect_map()[name]
+            if entry.validated:
+                continue
+            why = entry.reason or entry.source
+            notes.append(f"{name} → layer {lay} is not validated ({why})")
+            if name not in self._noticed:
+                self._noticed.add(name)
+                self.on_notice(
+                    f"note: {name} → layer {lay} is not validated ({why}); "
+                    "these results carry no evidence"
+                )
+        return "; ".join(notes) or None
 
     def layer_for(self, aspect: str) -> int:
         from messai.analysis.aspects import resolve_aspect
@@ -437,4 +473,5 @@ class LayerBasedRecommender:
             [p[2] for p in parts],
             self.normalize,
             recs,
+            self.caveat(parts, layer),
         )
