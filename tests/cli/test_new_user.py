@@ -203,3 +203,46 @@ def test_validation_failures_name_the_test_that_failed():
     assert "threshold" in res.validation_failures(0)[0]
     assert any("permuted control" in x for x in res.validation_failures(0))
     assert any("random-model" in x for x in res.validation_failures(2))
+
+
+def test_a_bit_rotted_flat_index_is_detected_and_never_ranks_inf(isolated_env):
+    import numpy as np
+
+    make_store(isolated_env, "syn", n_tracks=30)
+    assert mess("index", "-d", "syn", "--layers", "1").exit_code == 0
+    (faiss_file,) = (isolated_env / "indices").rglob("index.faiss")
+    data = bytearray(faiss_file.read_bytes())
+    vec_bytes = 16 * 4  # one vector of the synthetic store (dim 16, float32)
+    start = len(data) - 7 * vec_bytes  # inside a stored vector
+    data[start : start + 64] = np.full(16, np.inf, dtype=np.float32).tobytes()
+    faiss_file.write_bytes(bytes(data))
+    v = mess("index", "-d", "syn", "--layers", "1", "--verify")
+    assert v.exit_code == 1 and "checksum mismatch" in v.stdout
+    r = mess("recommend", "-d", "syn", "--track", "c0/track 000", "--layer", "1", "-f", "json")
+    assert r.exit_code == 0, r.output
+    assert "checksum mismatch" in r.stderr and "rebuilding" in r.stderr
+    sims = [x["similarity"] for x in json.loads(r.stdout)["recommendations"]]
+    assert all(np.isfinite(sims)) and max(sims) < 0.9999
+    assert mess("index", "-d", "syn", "--layers", "1", "--verify").exit_code == 0
+
+
+def test_non_finite_similarities_are_never_returned(isolated_env, monkeypatch):
+    import numpy as np
+
+    from messai.search.recommend import LayerBasedRecommender
+
+    make_store(isolated_env, "syn", n_tracks=20)
+    rec = LayerBasedRecommender("syn", home=isolated_env, on_notice=lambda m: None)
+    index = rec.index(1)
+    real = index.search_normalized
+
+    def damaged(*args, **kw):  # a vector gone inf in memory: its similarity is inf or NaN
+        sims, pos = real(*args, **kw)
+        sims = np.array(sims, dtype=np.float32)
+        sims[0, 0], sims[0, 1] = np.inf, np.nan
+        return sims, pos
+
+    monkeypatch.setattr(index, "search_normalized", damaged)
+    result = rec.recommend_by_id("c0/track 000", "spectral_brightness", 5, layer=1)
+    assert all(np.isfinite(r.similarity) for r in result.recommendations)
+    assert len(result.recommendations) == 3

@@ -23,6 +23,7 @@ from messai.cli.common import (
     print_json_line,
     print_table,
     print_tsv,
+    render_rows,
     settings_from,
 )
 
@@ -79,6 +80,14 @@ def index_command(
     nprobe: Annotated[
         Optional[int], typer.Option("--nprobe", help="IVF: lists searched per query.")
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Check the cached indices against their full checksums instead of building "
+            "(loads check files over 64 MiB by a sample only); exit 1 if one is damaged.",
+        ),
+    ] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
 ) -> None:
     """Build per-layer FAISS indices of track vectors (mean of each track's windows), cached
@@ -112,6 +121,9 @@ def index_command(
     ]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --kind {settings.index_kind}")
+    if verify:
+        _verify_indices(store, parse_layers(layers, store.n_layers), settings, fmt)
+        return
     rows = []
     for layer in parse_layers(layers, store.n_layers):
         out = build_layer_index(
@@ -134,6 +146,27 @@ def index_command(
             ["layer", "action", "n_tracks", "seconds", "path"],
             title=f"{settings.index_kind}/{settings.normalize} indices of {dataset}",
         )
+
+
+def _verify_indices(store, layers: list[int], settings, fmt: Format) -> None:
+    from messai.errors import SearchIndexError
+    from messai.search.cache import index_dir
+    from messai.search.index_io import verify_index_dir
+
+    rows, bad = [], 0
+    for layer in layers:
+        path = index_dir(
+            settings.home, store, layer, normalize=settings.normalize, kind=settings.index_kind
+        )
+        try:
+            verify_index_dir(path)
+            status = "ok"
+        except SearchIndexError as exc:
+            status, bad = f"damaged: {exc}", bad + 1
+        rows.append({"layer": layer, "status": status, "path": str(path)})
+    render_rows(rows, fmt, title=f"verify {settings.index_kind}/{settings.normalize} indices")
+    if bad:
+        raise typer.Exit(1)
 
 
 @app.command("recommend")

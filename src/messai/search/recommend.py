@@ -443,7 +443,7 @@ class LayerBasedRecommender:
             sims, pos = index.search_normalized(
                 qn, n_recommendations, exclude=[index.positions_of(excluded)]
             )
-            keep = pos[0] >= 0
+            keep = (pos[0] >= 0) & np.isfinite(sims[0])  # never a NaN/inf similarity
             ids = [index.track_ids[p] for p in pos[0][keep]]
             sims, per_layer = sims[0][keep], None
         else:
@@ -456,6 +456,11 @@ class LayerBasedRecommender:
                 normalized=normalized,
             )
             sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
+            finite = np.isfinite(np.asarray(sims, dtype=np.float64))
+            if not finite.all():
+                sims = [v for v, f in zip(sims, finite) if f]
+                ids = [t for t, f in zip(ids, finite) if f]
+                per_layer = [p for p, f in zip(per_layer, finite) if f]
         recs = [
             Recommendation(
                 rank,
