@@ -246,3 +246,94 @@ def test_non_finite_similarities_are_never_returned(isolated_env, monkeypatch):
     result = rec.recommend_by_id("c0/track 000", "spectral_brightness", 5, layer=1)
     assert all(np.isfinite(r.similarity) for r in result.recommendations)
     assert len(result.recommendations) == 3
+
+
+def test_every_argument_and_option_has_help():
+    import typer.main
+
+    root = typer.main.get_command(app)
+    missing = []
+
+    def walk(cmd, path):
+        for p in cmd.params:
+            if p.name in ("help",) or getattr(p, "hidden", False):
+                continue
+            if not (getattr(p, "help", None) or "").strip():
+                missing.append(f"{path} {p.name}")
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(root, "mess")
+    assert missing == []
+
+
+def test_benchmark_similarity_with_k_at_the_store_size_says_so(isolated_env):
+    make_store(isolated_env, "syn", n_tracks=8)
+    r = mess("benchmark", "similarity", "-d", "syn", "-k", "10", "--layers", "0", "-f", "json")
+    assert r.exit_code == 0, r.output
+    assert "meaningless" in r.stderr
+
+
+def test_too_few_groups_suggests_folds():
+    import numpy as np
+
+    from messai.analysis.splits import group_kfold
+    from messai.errors import MessError
+
+    with pytest.raises(MessError, match="--folds 4"):
+        group_kfold(np.repeat(np.arange(4), 3), 5, seed=0)
+
+
+def test_heatmap_labels_what_its_right_panel_shows():
+    from types import SimpleNamespace
+
+    from messai.plots import selectivity_label
+
+    def res(b):
+        return SimpleNamespace(targets={"t": SimpleNamespace(selectivity_baseline=b)})
+
+    assert selectivity_label(res("random_model")) == "R² − random-model R²"
+    assert "permuted" in selectivity_label(res("permuted"))
+
+
+def test_five_files_with_one_id_are_all_named(tmp_path):
+    from messai.datasets import scan
+
+    names = ["clip.wav", "clip.flac", "clip.aiff", "clip.ogg", "clip.WAV"]
+    for n in names[:4]:
+        write_audio(tmp_path / n, 1.0)
+    tracks = scan(tmp_path, kind="folder")
+    assert not tracks and len(tracks.rejected) == 4
+    for line in tracks.rejected:
+        assert "(all 4 skipped)" in line
+        assert sum(n in line for n in names[:4]) == 4  # itself and the three others
+
+
+def test_nan_is_reported_where_it_is(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from messai.errors import AudioError
+    from messai.features.decode import stream_mono
+
+    x = np.zeros(24000 * 6, dtype=np.float32)
+    x[24000] = np.nan  # at 1.0 s
+    sf.write(str(tmp_path / "n.wav"), x, 24000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"at 1\.00 s"):
+        list(stream_mono(tmp_path / "n.wav", 24000))
+
+
+def test_extraction_benchmark_warms_both_paths_up(tiny_ckpt, monkeypatch):
+    from messai.bench.extraction import bench_extraction
+    from messai.features.extractor import FeatureExtractor
+
+    runs = []
+    real = FeatureExtractor.run
+
+    def counting(self, *a, **kw):
+        runs.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(FeatureExtractor, "run", counting)
+    bench_extraction(model=str(tiny_ckpt), n_files=1, seconds_per_file=3.0, repeats=1)
+    assert len(runs) == 2  # one untimed warm-up, one timed

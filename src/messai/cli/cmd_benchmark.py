@@ -21,7 +21,12 @@ def bench_extract_command(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size", help="Windows per forward (default: 2 on CPU, 16 on CUDA, 8 on MPS)."
+        ),
+    ] = None,
     files: Annotated[
         int, typer.Option("--files", min=1, help="Generated 44.1 kHz stereo files.")
     ] = 4,
@@ -69,7 +74,9 @@ def bench_similarity_command(
     max_tracks: Annotated[
         int, typer.Option("--max-tracks", min=3, help="Subsample larger stores (seeded).")
     ] = 4000,
-    fmt: Annotated[common.Format, typer.Option("--format", "-f")] = common.Format.table,
+    fmt: Annotated[
+        common.Format, typer.Option("--format", "-f", help="Output format.")
+    ] = common.Format.table,
     plot: Annotated[
         Optional[Path],
         typer.Option("--plot", help="Write a PNG of spread, hubness and precision by layer."),
@@ -84,6 +91,11 @@ def bench_similarity_command(
     store = FeatureStore.open(dataset, model, home=settings.home)
     chosen = common.parse_layers(layers, store.n_layers)
     report = evaluate_similarity(store, label=label, k=k, layers=chosen, max_tracks=max_tracks)
+    if k >= report["n_tracks"] - 1:
+        common.notice(
+            f"note: k={k} with {report['n_tracks']} tracks: every other track is a neighbour, so "
+            "precision@k and the neighbour figures are meaningless; use a smaller -k"
+        )
     if plot is not None:
         plot_similarity(report, plot)
         common.notice(f"plot written to {plot}")

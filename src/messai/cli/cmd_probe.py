@@ -63,7 +63,9 @@ def probe_command(
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Group-bootstrap resamples for the CIs.")
     ] = 1000,
-    fmt: Annotated[ProbeFormat, typer.Option("--format", "-f")] = ProbeFormat.table,
+    fmt: Annotated[
+        ProbeFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = ProbeFormat.table,
     plot: Annotated[
         Optional[Path],
         typer.Option(
@@ -164,7 +166,7 @@ def _print_probe_table(results, min_r2: float) -> None:
 def aspects_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Every aspect with its layer, R², control and source: this dataset's probe, or the
     prototype's defaults (layer 0 brightness, 1 timbre, 2 structure) labelled unvalidated."""

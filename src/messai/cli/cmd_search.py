@@ -88,7 +88,7 @@ def index_command(
             "(loads check files over 64 MiB by a sample only); exit 1 if one is damaged.",
         ),
     ] = False,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Build per-layer FAISS indices of track vectors (mean of each track's windows), cached
     under the data root and keyed by a fingerprint of the store; incremental when tracks were added."""
@@ -208,7 +208,10 @@ def recommend_command(
     ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    fmt: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.table,
+    fmt: Annotated[
+        ListFormat,
+        typer.Option("--format", "-f", help="Output format; ids: one track id per line."),
+    ] = ListFormat.table,
 ) -> None:
     """The nearest tracks for one aspect (layer from 'mess aspects'), never the query itself.
     stdout carries only results; notices go to stderr."""

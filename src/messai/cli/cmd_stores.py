@@ -43,7 +43,9 @@ def tracks_command(
 
 
 @app.command("datasets")
-def datasets_command(fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table) -> None:
+def datasets_command(
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+) -> None:
     """List the feature stores under the data root (MESS_HOME)."""
     from messai.features.store import FeatureStore
 

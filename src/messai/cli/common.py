@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from messai.numeric import json_safe
 
@@ -28,6 +28,27 @@ def out_console():
         console = Console(soft_wrap=True, width=200)  # piped tables: don't fold cells at 80 columns
     console.on_broken_pipe = _closed_stdout_exit  # rich would exit with status 1
     return console
+
+
+def _keep_argument_help() -> None:
+    """typer < 0.26 sets an argument's help before click's (>= 8.3) Parameter.__init__ resets
+    it to None, so 'mess extract --help' showed PATH without its text: set it again after."""
+    init = TyperArgument.__init__
+    if getattr(init, "_keeps_help", False):
+        return
+
+    def patched(self, *args, help=None, **kwargs):
+        init(self, *args, help=help, **kwargs)
+        if help and not self.help:
+            self.help = help
+
+    patched._keeps_help = True  # type: ignore[attr-defined]
+    TyperArgument.__init__ = patched  # type: ignore[method-assign]
+    # click >= 8.3 then lists them under "Positional arguments" too; typer has its own section
+    TyperCommand.format_arguments = lambda self, ctx, formatter: None  # type: ignore[method-assign]
+
+
+_keep_argument_help()
 
 
 def _closed_stdout_exit() -> None:

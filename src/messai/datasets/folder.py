@@ -75,7 +75,8 @@ def scan(root: Path) -> TrackList:
         for path in paths:
             others = ", ".join(p.name for p in paths if p != path)
             rejected.append(
-                f"{path}: same track id {tid!r} as {others}; rename one of them (both skipped)"
+                f"{path}: same track id {tid!r} as {others}; rename all but one "
+                f"({'both' if len(paths) == 2 else f'all {len(paths)}'} skipped)"
             )
     warnings: list[str] = []
     # rows naming a rejected (clashing) id are fine: the id exists, the track is just skipped

@@ -229,11 +229,13 @@ def stream_mono(
                 data = f.read(block_frames, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:
                     break
-                read += data.shape[0]
                 if not np.isfinite(data).all():
+                    first = read + int(np.argmax(~np.isfinite(data).all(axis=1)))
                     raise AudioError(
-                        f"{path}: contains NaN or infinite samples near {read / info.sample_rate:.1f} s"
+                        f"{path}: contains NaN or infinite samples at "
+                        f"{first / info.sample_rate:.2f} s"
                     )
+                read += data.shape[0]
                 mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
                 yield from resampler.push(np.ascontiguousarray(mono, dtype=np.float32))
     except AudioError:
