@@ -337,3 +337,60 @@ def test_extraction_benchmark_warms_both_paths_up(tiny_ckpt, monkeypatch):
     monkeypatch.setattr(FeatureExtractor, "run", counting)
     bench_extraction(model=str(tiny_ckpt), n_files=1, seconds_per_file=3.0, repeats=1)
     assert len(runs) == 2  # one untimed warm-up, one timed
+
+
+@pytest.fixture()
+def at_80_columns(monkeypatch):
+    from messai.cli import common
+
+    monkeypatch.setenv("COLUMNS", "80")
+    common.out_console.cache_clear()
+    yield
+    common.out_console.cache_clear()
+
+
+def assert_fits_80(text: str) -> None:
+    assert text.strip()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "…" not in text, text
+
+
+def test_tables_fit_80_columns_without_cutting_ids_or_numbers(isolated_env, at_80_columns):
+    make_store(isolated_env, "syn", n_tracks=12)
+    tracks = mess("tracks", "-d", "syn")
+    assert_fits_80(tracks.stdout)
+    for tid in json.loads(mess("tracks", "-d", "syn", "-f", "json").stdout):
+        assert tid["track_id"] in tracks.stdout  # whole, on one line
+    assert "seconds" in tracks.stdout and "segments" in tracks.stdout
+    datasets = mess("datasets")
+    assert_fits_80(datasets.stdout)
+    assert "synthetic/model" in datasets.stdout and "4×16 float32" in datasets.stdout
+    rec = mess("recommend", "-d", "syn", "--track", "c0/track 000", "--layer", "1")
+    assert_fits_80(rec.stdout.split("\n", 1)[1])  # the title line may wrap, the table not
+    as_json = json.loads(
+        mess(
+            "recommend", "-d", "syn", "--track", "c0/track 000", "--layer", "1", "-f", "json"
+        ).stdout
+    )
+    for r in as_json["recommendations"]:
+        assert r["track_id"] in rec.stdout and f"{r['similarity']:.4g}" in rec.stdout
+    bench = mess("benchmark", "similarity", "-d", "syn", "--layers", "0", "-k", "3")
+    assert_fits_80(bench.stdout.split("\n", 1)[1])
+    for number in ("cosine", "euclidean", "center"):
+        assert number in bench.stdout
+
+
+def test_probe_table_pages_layers_as_rows_at_80_columns(tmp_path, tiny_ckpt, at_80_columns):
+    lib = tmp_path / "lib"
+    for i in range(6):
+        write_audio(lib / f"t{i}.wav", 6.0, freq=200 + 70 * i, seed=i)
+    r = mess("extract", lib, "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    r = mess("probe", "-d", "p", "--folds", "3", "--bootstrap", "20", "--no-save")
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    assert "(1/2)" in out and "layer" in out  # paged, layers as rows
+    for name in ("spectral_centroid", "chroma_entropy", "zero_crossing_rate"):
+        assert name in out  # whole in the summary table

@@ -102,6 +102,12 @@ def bench_similarity_command(
     if fmt == common.Format.json:
         print_json(report)
         return
+
+    # short headers (the JSON has the full names): mean similarity, fraction of pairs above
+    # 0.9, hubness skew, most k-occurrences of one track, aspect fidelity (mean over aspects)
+    def g3(v):  # three significant digits: the table fits 80 columns
+        return None if v is None else f"{v:.3g}"
+
     rows = []
     for r in report["results"]:
         fid = r["aspect_fidelity"]
@@ -109,15 +115,15 @@ def bench_similarity_command(
             {
                 "layer": r["layer"],
                 "metric": r["metric"],
-                "normalize": r["normalize"],
-                "mean_sim": r["mean_similarity"],
-                "frac>0.9": r["frac_above_0_9"],
-                "hub_skew": r["hub_skewness"],
-                "max_hub": r["max_hub_occurrence"],
-                "P@k": r.get("precision_at_k"),
-                "MAP": r.get("map"),
-                "MRR": r.get("mrr"),
-                "fidelity(mean)": (sum(fid.values()) / len(fid)) if fid else None,
+                "norm": r["normalize"],
+                "mean": g3(r["mean_similarity"]),
+                ">0.9": g3(r["frac_above_0_9"]),
+                "skew": g3(r["hub_skewness"]),
+                "hub": r["max_hub_occurrence"],
+                "P@k": g3(r.get("precision_at_k")),
+                "MAP": g3(r.get("map")),
+                "MRR": g3(r.get("mrr")),
+                "fid": g3((sum(fid.values()) / len(fid)) if fid else None),
             }
         )
     common.render_rows(

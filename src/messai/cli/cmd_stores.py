@@ -14,6 +14,7 @@ from messai.cli.common import (
     app,
     render_rows,
     settings_from,
+    short_path,
 )
 
 
@@ -56,20 +57,21 @@ def datasets_command(
         s["hours"] = round(s["hours"], 4)
         s["size_mb"] = round(s.pop("size_bytes") / 1e6, 3)
         rows.append(s)
-    columns = (
-        None
-        if fmt != Format.table
-        else [
-            "dataset",
-            "model",
-            "n_tracks",
-            "n_failed",
-            "n_segments",
-            "hours",
-            "n_layers",
-            "dim",
-            "store_dtype",
-            "size_mb",
+    columns = None
+    if fmt == Format.table:  # what fits 80 columns: ids whole, shape in one cell
+        columns = ["dataset", "model", "tracks", "segments", "hours", "shape", "MB"]
+        rows = [
+            {
+                "dataset": s["dataset"],
+                "model": short_path(str(s["model"]), 30),
+                "tracks": f"{s['n_tracks']}"
+                + (f" +{s['n_failed']} failed" if s["n_failed"] else ""),
+                "segments": s["n_segments"],
+                "hours": s["hours"],
+                "shape": f"{s['n_layers']}×{s['dim']} {s['store_dtype']}",
+                "MB": s["size_mb"],
+            }
+            for s in rows
         ]
-    )
-    render_rows(rows, fmt, columns=columns, title=f"stores under {settings.stores_dir}")
+    title = f"stores under {short_path(str(settings.stores_dir), 60)}"
+    render_rows(rows, fmt, columns=columns, title=title)

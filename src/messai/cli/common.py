@@ -263,15 +263,76 @@ def print_tsv(
 def print_table(
     rows: list[dict[str, Any]], columns: list[str] | None = None, *, title: str | None = None
 ) -> None:
+    from rich import box
     from rich.table import Table
 
     columns = columns or _columns(rows)
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for c in columns:
-        table.add_column(c, overflow="fold")
-    for r in rows:
-        table.add_row(*["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
+    if rows:  # a column empty on every row only takes width
+        columns = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
+    cells = [["" if r.get(c) is None else _cell(r.get(c)) for c in columns] for r in rows]
+    table = Table(
+        title=title,
+        show_lines=False,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,  # no vertical rules: 80 columns hold more
+        pad_edge=False,
+        padding=(0, 1, 0, 0),  # with the box's blank rule: two spaces between columns
+        show_edge=False,
+    )
+    for i, c in enumerate(columns):
+        values = [row[i] for row in cells]
+        if _atomic(c, values):  # numbers and ids are never cut or broken mid-word
+            width = max((len(v) for v in values), default=1)
+            table.add_column(_header(c), min_width=width, overflow="fold")
+        else:
+            table.add_column(_header(c), overflow="fold")
+    for row in cells:
+        table.add_row(*row)
     out_console().print(table)
+
+
+#: columns that hold identifiers: printed whole, on one line
+ID_COLUMNS = {"track_id", "dataset", "model", "query", "aspect", "target", "layer", "rank"}
+
+
+def _atomic(column: str, values: list[str]) -> bool:
+    """Numbers, ids and short words: worth a column as wide as their longest value."""
+    if column in ID_COLUMNS:
+        return True
+    return all(_is_number(v) or (len(v) <= 12 and " " not in v) for v in values)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text in ("", "—", "-")
+    return True
+
+
+#: short table headers for long JSON keys (tables only; JSON and TSV keep the keys)
+SHORT_HEADERS = {"duration_seconds": "seconds", "store_dtype": "dtype", "size_mb": "MB"}
+
+
+def _header(name: str) -> str:
+    """A short header: ``n_tracks`` → ``tracks``, ``label_work`` → ``work``."""
+    name = SHORT_HEADERS.get(name, name)
+    for prefix in ("n_", "label_"):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
+def short_path(text: str, width: int = 36) -> str:
+    """A path or id for a table cell: the home folder as ``~``, the middle elided when it is
+    longer than ``width`` (both ends stay: the root and the name)."""
+    home = str(Path.home())
+    if text.startswith(home + os.sep):
+        text = "~" + text[len(home) :]
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
 
 
 def render_rows(
