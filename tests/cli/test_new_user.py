@@ -394,3 +394,27 @@ def test_probe_table_pages_layers_as_rows_at_80_columns(tmp_path, tiny_ckpt, at_
     assert "(1/2)" in out and "layer" in out  # paged, layers as rows
     for name in ("spectral_centroid", "chroma_entropy", "zero_crossing_rate"):
         assert name in out  # whole in the summary table
+
+
+def test_tsv_without_header_for_scripts(isolated_env):
+    make_store(isolated_env, "syn", n_tracks=6)
+    with_header = mess("tracks", "-d", "syn", "-f", "tsv").stdout.splitlines()
+    without = mess("tracks", "-d", "syn", "-f", "tsv", "--no-header").stdout.splitlines()
+    assert without == with_header[1:] and with_header[0].startswith("track_id\t")
+    for args in (
+        ["datasets"],
+        ["aspects", "-d", "syn"],
+        ["recommend", "-d", "syn", "--track", "c0/track 000", "--layer", "1"],
+    ):
+        full = mess(*args, "-f", "tsv").stdout.splitlines()
+        bare = mess(*args, "-f", "tsv", "--no-header").stdout.splitlines()
+        assert bare == full[1:], args
+
+
+def test_run_summaries_go_to_stderr(tmp_path, tiny_ckpt):
+    lib = tmp_path / "lib"
+    write_audio(lib / "a.wav", 3.0)
+    r = mess("extract", lib, "-d", "s", "--model", tiny_ckpt, "--device", "cpu")
+    assert r.exit_code == 0 and r.stdout == "" and "1 extracted" in r.stderr
+    r = mess("targets", "-d", "s")
+    assert r.exit_code == 0 and r.stdout == "" and "targets computed" in r.stderr

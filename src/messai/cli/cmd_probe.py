@@ -199,6 +199,9 @@ def aspects_command(
     dataset: DatasetOpt,
     model: ModelOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    no_header: Annotated[
+        bool, typer.Option("--no-header", help="TSV without its header line (for scripts).")
+    ] = False,
 ) -> None:
     """Every aspect with its layer, R², control and source: this dataset's probe, or the
     prototype's defaults (layer 0 brightness, 1 timbre, 2 structure) labelled unvalidated."""
@@ -217,7 +220,8 @@ def aspects_command(
         print_json(rows)
         return
     cols = ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"]
-    render_rows(rows, fmt, columns=cols, title=f"aspects · {store.dataset} · {store.model_id}")
+    title = f"aspects · {store.dataset} · {store.model_id}"
+    render_rows(rows, fmt, columns=cols, title=title, header=not no_header)
 
 
 @app.command("targets")

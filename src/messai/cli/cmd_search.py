@@ -15,6 +15,7 @@ from messai.cli.common import (
     Format,
     ListFormat,
     ModelOpt,
+    NoHeaderOpt,
     app,
     error_line,
     notice,
@@ -212,6 +213,7 @@ def recommend_command(
         ListFormat,
         typer.Option("--format", "-f", help="Output format; ids: one track id per line."),
     ] = ListFormat.table,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """The nearest tracks for one aspect (layer from 'mess aspects'), never the query itself.
     stdout carries only results; notices go to stderr."""
@@ -243,7 +245,7 @@ def recommend_command(
         result = rec.recommend_by_audio(
             audio, aspects, k, layer=layer, device=(device.value if device else settings.device)
         )
-        _render(result, fmt)
+        _render(result, fmt, header=not no_header)
         return
     if track != "-":
         result = rec.recommend_by_id(
@@ -251,11 +253,11 @@ def recommend_command(
         )
         _short_notice(result, k)
         _missing_notice(rec, result)
-        _render(result, fmt)
+        _render(result, fmt, header=not no_header)
         return
     rec.plan(aspects, layer)  # a bad --aspect/--layer fails once, before reading any input
     failed = 0
-    header = True
+    header = not no_header
     for line in sys.stdin:
         tid = line.rstrip("\n").rstrip("\r")
         if not tid.strip():

@@ -11,6 +11,7 @@ from messai.cli.common import (
     Format,
     ListFormat,
     ModelOpt,
+    NoHeaderOpt,
     app,
     render_rows,
     settings_from,
@@ -26,8 +27,10 @@ def tracks_command(
         ListFormat,
         typer.Option("--format", "-f", help="Output format; 'ids' prints one track id per line."),
     ] = ListFormat.table,
+    no_header: NoHeaderOpt = False,
 ) -> None:
-    """List the tracks of a store: id, duration, segments, status (failed files too)."""
+    """List the tracks of a store: id, duration, segments, status (ok, missing: the audio file
+    is gone, stale, failed: with the reason)."""
     from messai.features.store import FeatureStore
 
     settings = settings_from()
@@ -40,12 +43,14 @@ def tracks_command(
             ):  # stored tracks, stale ones included (they are searchable)
                 print(r["track_id"])
         return
-    render_rows(rows, Format(fmt.value), title=f"{store.dataset} · {store.model_id}")
+    title = f"{store.dataset} · {store.model_id}"
+    render_rows(rows, Format(fmt.value), title=title, header=not no_header)
 
 
 @app.command("datasets")
 def datasets_command(
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """List the feature stores under the data root (MESS_HOME)."""
     from messai.features.store import FeatureStore
@@ -74,4 +79,4 @@ def datasets_command(
             for s in rows
         ]
     title = f"stores under {short_path(str(settings.stores_dir), 60)}"
-    render_rows(rows, fmt, columns=columns, title=title)
+    render_rows(rows, fmt, columns=columns, title=title, header=not no_header)

@@ -197,6 +197,9 @@ StoresOpt = Annotated[
 ]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+NoHeaderOpt = Annotated[
+    bool, typer.Option("--no-header", help="TSV without its header line (for scripts).")
+]
 
 
 def settings_from(**flags: Any):
@@ -341,11 +344,12 @@ def render_rows(
     *,
     columns: list[str] | None = None,
     title: str | None = None,
+    header: bool = True,
 ) -> None:
     if fmt == Format.json:
         print_json(rows)
     elif fmt == Format.tsv:
-        print_tsv(rows, columns)
+        print_tsv(rows, columns, header=header)
     else:
         print_table(rows, columns, title=title)
 
