@@ -86,7 +86,7 @@ def index_command(
         typer.Option(
             "--verify",
             help="Check the cached indices against their full checksums instead of building "
-            "(loads check files over 64 MiB by a sample only); exit 1 if one is damaged.",
+            "(loads check files over 16 MiB by a sample only); exit 1 if one is damaged.",
         ),
     ] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
