@@ -80,6 +80,7 @@ def isolated_env(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("mess_home")
     monkeypatch.setenv("MESS_HOME", str(home))
     monkeypatch.setenv("MESS_CONFIG", str(home / "config.toml"))
+    (home / "config.toml").write_text("")  # MESS_CONFIG naming a missing file is an error
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     for var in (

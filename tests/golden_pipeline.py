@@ -143,7 +143,7 @@ def main() -> None:
         sys.exit("usage: python -m tests.golden_pipeline record")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MESS_HOME"] = str(Path(tmp) / "home")
-        os.environ["MESS_CONFIG"] = str(Path(tmp) / "home" / "config.toml")
+        os.environ["MESS_CONFIG"] = os.devnull
         os.environ["HF_HUB_OFFLINE"] = "1"
         ckpt = write_checkpoint(Path(tmp) / "ckpt" / "tiny-95m", weights="bin")
         got = run_pipeline(ckpt)

@@ -26,7 +26,7 @@ from messai.errors import ConfigError
 
 APP_NAME = "mess"
 DEFAULT_MODEL = "m-a-p/MERT-v1-95M"
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def default_home() -> Path:
@@ -47,7 +47,7 @@ def config_file_path() -> Path:
 
 def validate_dataset_name(name: str) -> str:
     """Dataset names become folder names: letters, digits, '.', '_', '-'; no leading dot."""
-    if not _DATASET_NAME.match(name or ""):
+    if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name):
         raise ConfigError(
             f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' "
             "(not starting with '.' or '-', at most 128 characters)"
@@ -207,7 +207,9 @@ def __getattr__(name: str) -> Any:
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
+        if os.environ.get("MESS_CONFIG"):
+            raise ConfigError(f"MESS_CONFIG names {path}, which does not exist")
         return {}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -216,7 +218,13 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     for key in data:
         if key not in _ALL_KEYS:
             raise ConfigError(f"{path}: unknown key {key!r} (known keys: {', '.join(_ALL_KEYS)})")
-    for name, entry in (data.get("datasets") or {}).items():
+    datasets = data.get("datasets", {})
+    if not isinstance(datasets, dict):
+        raise ConfigError(
+            f"{path}: 'datasets' must be tables like [datasets.NAME] with path = ..., "
+            f"not {datasets!r}"
+        )
+    for name, entry in datasets.items():
         validate_dataset_name(name)
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: [datasets.{name}] must be a table with 'path'")
@@ -274,7 +282,15 @@ def resolve_settings(overrides: dict[str, Any] | None = None):
         raise ConfigError(
             f"invalid setting {field} (from {sources.get(top, '')}): {err['msg']}"
         ) from None
+    check_home(settings.home, sources.get("home", "default"))
     return settings, sources
+
+
+def check_home(home: Path, source: str) -> None:
+    """The data root must be a folder (or not exist yet): a file there is a ConfigError."""
+    home = Path(home).expanduser()
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"invalid setting home (from {source}): {home} is not a folder")
 
 
 @dataclass(frozen=True)
@@ -301,6 +317,8 @@ def resolve_fields(names: list[str], overrides: dict[str, Any] | None = None) ->
         values[name] = (
             spec.check(name, merged[name], sources[name]) if name in merged else spec.get_default()
         )
+    if "home" in values:
+        check_home(values["home"], sources["home"])
     return FieldValues(values, {n: sources[n] for n in names})
 
 

@@ -37,6 +37,8 @@ class DemoReport:
     probe_summary: list[dict[str, Any]]
     recommendations: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    #: how the probe was run (the same defaults as 'mess probe', except group_by)
+    probe_settings: dict[str, Any] = field(default_factory=dict)
     aspect_benchmark: dict[str, Any] | None = None  # messai.bench.aspects.evaluate_aspects
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,7 +74,8 @@ def run_demo(
     dataset: str | None = None,
     query: str = "piano/bach_bwv846_prelude",
     aspect: str = "spectral_brightness",
-    folds: int = 3,
+    folds: int | None = None,
+    n_bootstrap: int = 1000,
     random_control: bool = True,
     on_step: Callable[[str], None] | None = None,
     listener: ExtractionListener | None = None,
@@ -80,12 +83,14 @@ def run_demo(
     """Run the whole tool on the demo set with ``settings`` (model, device, MESS_HOME ...).
 
     With ``random_control`` the audio is also extracted by a random-weight model of the same
-    architecture, and a layer counts as validated only if it beats that too."""
+    architecture, and a layer counts as validated only if it beats that too (skipped when the
+    model is itself a random checkpoint). The probe uses the settings of 'mess probe' (folds
+    from ``settings.folds``, 1000 bootstrap resamples), so the probe it saves with the demo
+    store is the one 'mess probe' would save; ``report.probe_settings`` says what was used."""
     from messai import datasets
     from messai.analysis.aspects import ASPECTS, aspect_map
     from messai.analysis.discovery import LayerDiscovery
     from messai.features.pipeline import default_dataset_name, extract_dataset
-    from messai.models.mert import resolve_checkpoint
     from messai.search.recommend import LayerBasedRecommender
 
     step = on_step or (lambda s: None)
@@ -101,18 +106,23 @@ def run_demo(
         raise ConfigError(f"--aspect {aspect!r} is unknown; known: {', '.join(ASPECTS)}")
     group_by = "work" if tracks and all(t.labels.get("work") for t in tracks) else "track"
     notes = []
-    if resolve_checkpoint(settings.model, revision=settings.revision).config.get(
-        "mess_random_init"
-    ):
+    folds = folds or settings.folds
+    is_random = bool(_checkpoint_for_demo(settings).config.get("mess_random_init"))
+    if is_random:
         notes.append(
             f"{settings.model} is a random-weight checkpoint: its numbers mean nothing musically"
         )
+        if random_control:
+            notes.append("no random-weight twin built: the model is itself random")
+            random_control = False
     step(f"extracting {folder} with {settings.model}")
     report = extract_dataset(
         folder, dataset=dataset, settings=settings, layout="folder", listener=listener
     )
     if report.failures:
-        notes.append(f"{len(report.failures)} files failed: {report.failures[:3]}")
+        notes.append(
+            f"{len(report.failures)} files failed: {[str(f) for f in report.failures[:3]]}"
+        )
     control = None
     if random_control:
         ckpt = random_control_checkpoint(settings)
@@ -140,7 +150,7 @@ def run_demo(
         group_by=group_by,
         control_store=control,
         min_r2=settings.r2_threshold,
-        n_bootstrap=300,
+        n_bootstrap=n_bootstrap,
     )
     results = discovery.run_full_discovery()
     summary = []
@@ -159,12 +169,10 @@ def run_demo(
                 or res.random_model_r2 is None
                 or not math.isfinite(res.random_model_r2[b])
                 else round(res.random_model_r2[b], 3),
-                "margin_over_median": None
-                if not math.isfinite(res.margin_over_median)
-                else round(res.margin_over_median, 3),
-                "validated": "yes"
-                if b is not None and res.is_validated(b, min_r2=settings.r2_threshold)
-                else "no",
+                "validated": b is not None and res.is_validated(b, min_r2=settings.r2_threshold),
+                "why_not": None
+                if b is None
+                else "; ".join(res.validation_failures(b, min_r2=settings.r2_threshold)) or None,
             }
         )
     mapping = aspect_map(discovery.store, min_r2=settings.r2_threshold)
@@ -191,7 +199,15 @@ def run_demo(
         summary,
         recs,
         notes + bench["notes"],
-        bench,
+        probe_settings={
+            "folds": folds,
+            "n_bootstrap": n_bootstrap,
+            "group_by": group_by,
+            "seed": settings.seed,
+            "min_r2": settings.r2_threshold,
+            "control_store": control,
+        },
+        aspect_benchmark=bench,
     )
 
 
@@ -210,3 +226,20 @@ def _aspect_benchmark(store, control) -> dict[str, Any]:
         labels=[c for c in ("instrument", "work") if c in usable],
         aspects=[a for a in ("spectral_brightness", "timbral_texture", "harmony") if a in have],
     )
+
+
+def _checkpoint_for_demo(settings):
+    """The demo's model; offline without it, the error gives a command to copy."""
+    from messai.errors import ModelError
+    from messai.models.mert import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(settings.model, revision=settings.revision)
+    except ModelError as exc:
+        if Path(str(settings.model)).expanduser().exists():
+            raise
+        raise ModelError(
+            f"{exc}. To try the demo offline with a random-weight model (numbers mean nothing "
+            "musically): mess model random ~/mert-random --preset base && "
+            "mess demo --model ~/mert-random"
+        ) from None

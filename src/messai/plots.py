@@ -29,9 +29,24 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+SELECTIVITY_LABELS = {
+    "random_model": "R² − random-model R²",
+    "permuted": "R² − permuted-target control R²",
+}
+
+
+def selectivity_label(results) -> str:
+    """What the right panel shows: R² minus the baseline the selectivity was computed with."""
+    baselines = {r.selectivity_baseline for r in results.targets.values()}
+    if len(baselines) == 1:
+        return SELECTIVITY_LABELS.get(baselines.pop(), "R² − baseline")
+    return "R² − baseline (random-model R² where probed, else permuted control)"
+
+
 def probe_heatmap(results, path: str | Path, *, title: str = "") -> Path:
     """Heat-map of R² by layer × target: left the probe, right its selectivity (R² minus the
-    control); the best layer of each target is boxed. Format from the extension (png/pdf/svg)."""
+    random-model R² when a random model was probed, else minus the permuted control, and
+    labelled so); the best layer of each target is boxed. Format from the extension (png/pdf/svg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +65,7 @@ def probe_heatmap(results, path: str | Path, *, title: str = "") -> Path:
     )
     for ax, data, label in (
         (axes[0], r2, "R² (out-of-fold)"),
-        (axes[1], sel, "selectivity (R² − control)"),
+        (axes[1], sel, selectivity_label(results)),
     ):
         im = ax.imshow(np.clip(data, -0.2, 1.0), aspect="auto", cmap="viridis", vmin=-0.2, vmax=1.0)
         ax.set_xticks(range(data.shape[1]))

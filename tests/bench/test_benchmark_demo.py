@@ -96,12 +96,40 @@ def test_demo_runs_end_to_end(tiny_ckpt, tmp_path):
     recs = d["recommendations"]["recommendations"]
     assert len(recs) == 5 and all(x["track_id"] != "piano/bach_bwv846_prelude" for x in recs)
     assert {"composer", "work", "instrument"} <= set(recs[0])
+    # the probe ran with 'mess probe' defaults, and says so; reasons for "not validated"
+    assert d["probe_settings"]["folds"] == 5 and d["probe_settings"]["n_bootstrap"] == 1000
+    assert d["probe_settings"]["group_by"] == "work"
+    for row in d["probe_summary"]:
+        assert isinstance(row["validated"], bool) and "margin_over_median" not in row
+        assert row["validated"] or row["why_not"]
+    assert isinstance(d["recommendations"]["validated"], bool)
+    if not d["recommendations"]["validated"]:
+        assert d["recommendations"]["caveat"]
+    table = runner.invoke(
+        app, ["demo", "--model", str(tiny_ckpt), "--device", "cpu", "--no-random-control"]
+    )
+    assert table.exit_code == 0 and "1000 bootstrap resamples" in table.stdout
+
+
+def test_demo_with_a_random_checkpoint_builds_no_twin(tmp_path):
+    ckpt = tmp_path / "rand"
+    assert runner.invoke(app, ["model", "random", str(ckpt), "--preset", "tiny"]).exit_code == 0
+    r = runner.invoke(app, ["demo", "--model", str(ckpt), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "model is itself random" in r.stderr
+    assert {
+        s["dataset"] for s in json.loads(runner.invoke(app, ["datasets", "-f", "json"]).stdout)
+    } == {"demo"}
 
 
 def test_demo_offline_default_model_says_what_to_do():
     r = runner.invoke(app, ["demo", "--device", "cpu"])
     assert r.exit_code == 2
-    assert "not in the Hugging Face cache" in r.output and "--model DIR" in r.output
+    assert "not in the Hugging Face cache" in r.output
+    assert (
+        "mess model random ~/mert-random --preset base && mess demo --model ~/mert-random"
+        in r.output
+    )
 
 
 def test_speed_benchmarks_run_at_small_sizes(tiny_ckpt):

@@ -136,7 +136,10 @@ def test_folder_unlabelled_tracks_kept_with_warning(tmp_path):
     make_folder(tmp_path)
     tracks = folder.scan(tmp_path)
     assert next(t for t in tracks if t.track_id == "loose take").labels == {}
-    assert len(tracks.warnings) == 1 and "1 of 4 tracks have no row" in tracks.warnings[0]
+    skipped, no_row = tracks.warnings
+    assert "1 of 4 tracks have no row" in no_row
+    # files that are not audio are listed, not dropped silently
+    assert skipped.startswith("skipped 2 file(s) that are not audio") and ".mid (1)" in skipped
 
 
 def test_folder_decomposed_unicode_file_names_match_metadata(tmp_path):
@@ -387,7 +390,9 @@ def test_maestro_v2_csv_detected(tmp_path):
 
 def test_demo_folder_scans_with_labels():
     tracks = datasets.scan(DEMO)
-    assert tracks.warnings == []
+    assert tracks.warnings == [
+        "skipped 2 file(s) that are not audio: .md (1), .py (1); first: README.md"
+    ]
     assert len(tracks) >= 12
     for t in tracks:
         assert {"composer", "work", "instrument"} <= set(t.labels), t.track_id

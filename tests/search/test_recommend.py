@@ -298,7 +298,7 @@ def test_recommend_never_imports_torch(store):
     assert json.loads(p.stdout)["recommendations"]
 
 
-def test_audio_query_finds_its_own_track(tmp_path, tiny_ckpt):
+def test_audio_query_excludes_its_own_file_and_finds_a_copy(tmp_path, tiny_ckpt):
     from tests.conftest import write_audio
 
     d = tmp_path / "lib"
@@ -319,6 +319,29 @@ def test_audio_query_finds_its_own_track(tmp_path, tiny_ckpt):
             "lib",
             "--audio",
             str(d / "t3.wav"),
+            "--layer",
+            "2",
+            "-f",
+            "json",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    recs = json.loads(r.stdout)["recommendations"]
+    assert "t3" not in [x["track_id"] for x in recs]  # the query's own file is excluded
+    import soundfile as sf
+
+    samples, rate = sf.read(str(d / "t3.wav"), dtype="int16")
+    sf.write(str(tmp_path / "t3-copy.flac"), samples, rate)  # same audio, other bytes
+    r = runner.invoke(
+        app,
+        [
+            "recommend",
+            "-d",
+            "lib",
+            "--audio",
+            str(tmp_path / "t3-copy.flac"),
             "--layer",
             "2",
             "-f",

@@ -58,6 +58,8 @@ class AspectLayer:
     random_model_r2: float | None = None
     description: str = ""
     stale: bool = False
+    #: why the layer is not validated (None when it is): the tests it fails
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,10 +125,16 @@ def aspect_map_from_probe(
                 else None,
                 description,
                 stale,
+                None if ok else "; ".join(res.validation_failures(layer, min_r2=min_r2)),
             )
         elif aspect in PROTOTYPE_DEFAULTS:
             out[aspect] = AspectLayer(
-                aspect, PROTOTYPE_DEFAULTS[aspect], SOURCE_DEFAULT, False, description=description
+                aspect,
+                PROTOTYPE_DEFAULTS[aspect],
+                SOURCE_DEFAULT,
+                False,
+                description=description,
+                reason="no probe results: the prototype's claim, never tested here",
             )
     return out
 

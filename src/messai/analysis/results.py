@@ -115,6 +115,40 @@ class TargetProbeResult:
             return False
         return r2 >= min_r2 and low > max(baselines) + min_margin
 
+    def validation_failures(
+        self,
+        layer: int,
+        *,
+        min_r2: float = DEFAULT_MIN_R2,
+        min_margin: float = DEFAULT_MIN_MARGIN,
+        against_random_model: bool = True,
+    ) -> list[str]:
+        """Which tests of :meth:`is_validated` ``layer`` fails, as short phrases (empty when
+        it is validated): the R² threshold, the permuted-target control, the random-model
+        control."""
+        r2, low = self.r2[layer], self.r2_ci_low[layer]
+        if not (math.isfinite(r2) and math.isfinite(low)):
+            return ["R² undefined"]
+        out = []
+        if r2 < min_r2:
+            out.append(f"R² {r2:.2f} < threshold {min_r2:g}")
+        control = self.control_r2[layer]
+        random = None
+        if against_random_model and self.random_model_r2 is not None:
+            random = self.random_model_r2[layer]
+        if not math.isfinite(control) and (random is None or not math.isfinite(random)):
+            out.append("no control was run")
+            return out
+        if math.isfinite(control) and not low > control + min_margin:
+            out.append(
+                f"CI low {low:.2f} not above the permuted control {control:.2f} + {min_margin:g}"
+            )
+        if random is not None and math.isfinite(random) and not low > random + min_margin:
+            out.append(
+                f"CI low {low:.2f} not above the random-model R² {random:.2f} + {min_margin:g}"
+            )
+        return out
+
     def validated_layers(self, **kwargs: Any) -> list[int]:
         """Layers on which `is_validated` holds (same keyword arguments), by R², best first.
 

@@ -58,7 +58,8 @@ def group_kfold(groups: Any, n_splits: int, *, seed: int = 0) -> np.ndarray:
     if len(sizes) < n_splits:
         raise MessError(
             f"cannot make {n_splits} group folds from {len(sizes)} groups: "
-            f"need at least as many groups (tracks) as folds"
+            f"need at least as many groups (tracks) as folds; pass --folds {len(sizes)} "
+            "or fewer, or add tracks"
         )
     rng = np.random.default_rng(seed)
     load = np.zeros(n_splits, dtype=np.int64)

@@ -56,7 +56,7 @@ def bench_cold_start(*, n_tracks: int = 1000, runs: int = 7) -> dict[str, Any]:
         home = Path(tmp)
         store = benchmark_store(home, "bench", n_tracks=n_tracks)
         build_layer_index(home, store, 0)
-        env = dict(os.environ, MESS_HOME=str(home), MESS_CONFIG=str(home / "none.toml"))
+        env = dict(os.environ, MESS_HOME=str(home), MESS_CONFIG=os.devnull)
         rec = [
             mess,
             "recommend",

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from messai.cli import app_commands  # noqa: F401  (registers the commands)
-from messai.cli.common import app, error_line
+from messai.cli.common import app, error_line, quiet_closed_stdout
 
 
 def main() -> None:
@@ -20,6 +20,9 @@ def main() -> None:
     except MessError as exc:
         error_line(str(exc))
         sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        quiet_closed_stdout()
+        sys.exit(0)
     except KeyboardInterrupt:
         error_line("interrupted (finished work is kept: run the same command again to resume)")
         sys.exit(130)

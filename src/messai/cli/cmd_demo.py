@@ -67,10 +67,15 @@ def demo_command(
     if json_out:
         common.print_json(report.to_dict())
         return
+    p = report.probe_settings
     common.print_table(
-        report.probe_summary,
+        [{**r, "validated": "yes" if r["validated"] else "no"} for r in report.probe_summary],
+        ["target", "best_layer", "r2", "control_r2", "random_model_r2", "validated", "why_not"],
         title=f"best layer per proxy target ({report.model}); control_r2: targets permuted "
-        "across works; random_model_r2: same probe on an untrained model of the same architecture",
+        "across works; random_model_r2: same probe on an untrained model of the same "
+        f"architecture. Probe: {p['folds']} folds grouped by {p['group_by']}, "
+        f"{p['n_bootstrap']} bootstrap resamples, seed {p['seed']}, min R² {p['min_r2']:g} "
+        "(as 'mess probe')",
     )
     common.print_table(
         report.aspects,
@@ -78,11 +83,13 @@ def demo_command(
         title="aspect → layer",
     )
     r = report.recommendations
-    common.print_table(
-        r["recommendations"],
-        ["rank", "track_id", "similarity", "composer", "work", "instrument"],
-        title=f"tracks like {r['query']['track_id']} in {r['aspect']} (layer {r['layer']})",
-    )
+    rows, cols = r["recommendations"], ["rank", "track_id", "similarity"]
+    title = f"tracks like {r['query']['track_id']} in {r['aspect']} (layer {r['layer']})"
+    if not r.get("validated", True):
+        rows = [{**x, "validated": "no"} for x in rows]  # the caveat next to the results
+        cols.append("validated")
+        title += f"; NOT VALIDATED: {r['caveat']}"
+    common.print_table(rows, [*cols, "composer", "work", "instrument"], title=title)
     if report.aspect_benchmark is not None:
         from messai.bench.aspects import table_rows
 

@@ -27,7 +27,10 @@ from messai.features.listener import ExtractionListener
 def extract_command(
     path: Annotated[
         Optional[Path],
-        typer.Argument(help="Folder of audio (recursive). Optional when --dataset is configured."),
+        typer.Argument(
+            help="Folder of audio (scanned recursively), or one audio file (its folder is the "
+            "dataset). Optional when --dataset is configured in the config file."
+        ),
     ] = None,
     dataset: Annotated[
         Optional[str],
@@ -77,6 +80,14 @@ def extract_command(
     force: Annotated[
         bool, typer.Option("--force", help="Re-extract every track, even up-to-date ones.")
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Retry files that failed before and have not changed (by default they are "
+            "listed as 'failed earlier (unchanged)' and do not change the exit status).",
+        ),
+    ] = False,
     prune: Annotated[
         bool, typer.Option("--prune", help="Drop stored tracks whose audio file no longer exists.")
     ] = False,
@@ -89,7 +100,9 @@ def extract_command(
     ] = False,
 ) -> None:
     """Extract the time-averaged hidden states of every MERT layer, per window, for every audio
-    file under PATH, into the dataset's feature store. Re-running skips up-to-date tracks."""
+    file under PATH, into the dataset's feature store. Re-running skips up-to-date tracks.
+    Ctrl-C (or SIGTERM) stops cleanly: finished tracks are kept; re-run to continue (exit 130).
+    Exit 1 only when a file failed in this run."""
     from messai.features.pipeline import extract_dataset
 
     settings = settings_from(
@@ -108,30 +121,41 @@ def extract_command(
         notice("note: 'mess extract --kind' is deprecated; use --layout (--kind goes in 0.3)")
         layout = layout or kind
     path, dataset, layout = _resolve_path(path, dataset, layout, settings)
+    if model is None:
+        settings = _model_of_existing_store(path, dataset, settings)
     scan_options = {k: v for k, v in (("split", split), ("limit", limit)) if v is not None}
     progress = ExtractProgress(quiet=quiet)
-    try:
-        report = extract_dataset(
-            path,
-            dataset=dataset,
-            settings=settings,
-            layout=layout,
-            force=force,
-            prune=prune,
-            scan_options=scan_options,
-            listener=progress,
-        )
-    finally:
-        progress.stop()
-    for (
-        line
-    ) in report.failures:  # files the scan rejected (those from the run were printed already)
-        if line not in progress.printed:
-            notice(line)
+    with stop_on_signals() as stop:
+        try:
+            report = extract_dataset(
+                path,
+                dataset=dataset,
+                settings=settings,
+                layout=layout,
+                force=force,
+                prune=prune,
+                scan_options=scan_options,
+                listener=progress,
+                retry_failed=retry_failed,
+                stop=stop,
+            )
+        finally:
+            progress.stop()
+    for failure in report.failures:  # files the scan rejected (the run's were printed already)
+        if str(failure) not in progress.printed:
+            notice(str(failure))
+    for failure in report.failed_earlier:
+        notice(f"failed earlier (unchanged; --retry-failed retries): {failure}")
     for line in report.warnings:
         notice(f"note: {line}")
     if json_out:
         print_json(report.to_dict())
+    if report.interrupted:
+        notice(
+            f"interrupted: {report.n_extracted} tracks saved, {report.n_left} left; "
+            "re-run to continue"
+        )
+        raise typer.Exit(130)
     if not quiet or report.failures:
         speed = (
             (
@@ -143,10 +167,65 @@ def extract_command(
         )
         notice(
             f"{report.dataset}: {report.n_extracted} extracted, {report.n_skipped} up to date, "
-            f"{len(report.failures)} failed of {report.n_tracks} tracks; {speed} → {report.store_path}"
+            f"{len(report.failures)} failed"
+            + (f", {len(report.failed_earlier)} failed earlier" if report.failed_earlier else "")
+            + f" of {report.n_tracks} tracks; {speed} → {report.store_path}"
         )
     if report.failures:
         raise typer.Exit(1)
+
+
+def stop_on_signals():
+    """A context giving a threading.Event that SIGINT / SIGTERM set (the run then stops after
+    the window in flight and commits what is finished); a second Ctrl-C interrupts at once."""
+    import contextlib
+    import signal
+    import threading
+
+    @contextlib.contextmanager
+    def handlers():
+        stop = threading.Event()
+
+        def handle(signum, frame):
+            if stop.is_set() and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            stop.set()
+            notice("stopping after the window in flight (Ctrl-C again to abort at once) ...")
+
+        if threading.current_thread() is not threading.main_thread():
+            yield stop
+            return
+        old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield stop
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    return handlers()
+
+
+def _model_of_existing_store(path, dataset, settings):
+    """No --model: when the model setting is the default and the dataset already has exactly
+    one store, extract with that store's model (as every other command does)."""
+    from messai.config import resolve_settings
+    from messai.errors import MessError
+    from messai.features.pipeline import default_dataset_name
+    from messai.features.store import FeatureStore
+
+    if resolve_settings()[1].get("model") != "default":
+        return settings  # configured in the file or MESS_MODEL
+    folder = path.expanduser()
+    name = dataset or default_dataset_name(folder.parent if folder.is_file() else folder.resolve())
+    try:
+        store = FeatureStore.open(name, None, home=settings.home, stores=settings.stores)
+    except MessError:
+        return settings
+    update = {"model": store.model_id}
+    revision = store.model.get("requested_revision")
+    if revision:
+        update["revision"] = revision
+    return settings.model_copy(update=update)
 
 
 def _resolve_path(path, dataset, layout, settings):
@@ -205,6 +284,8 @@ class ExtractProgress(ExtractionListener):
             return
         if plan.skipped:
             notice(f"{len(plan.skipped)} tracks up to date, skipped")
+        if not plan.todo:
+            notice("nothing to do")
         self.n_files = len(plan.todo)
         if plan.todo:
             self.progress.start()

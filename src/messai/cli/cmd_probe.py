@@ -65,7 +65,9 @@ def probe_command(
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Group-bootstrap resamples for the CIs.")
     ] = 1000,
-    fmt: Annotated[ProbeFormat, typer.Option("--format", "-f")] = ProbeFormat.table,
+    fmt: Annotated[
+        ProbeFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = ProbeFormat.table,
     plot: Annotated[
         Optional[Path],
         typer.Option(
@@ -120,54 +122,89 @@ def _status(text: str):
 
 
 def _print_probe_table(results, min_r2: float) -> None:
+    """R² per layer × target with layers as rows, paged into as many target columns as the
+    terminal holds; then one row per target: best layer, controls, validated and why not."""
+    from rich import box
     from rich.table import Table
 
-    from messai.cli.common import out_console
+    from messai.cli.common import out_console, print_table
 
-    table = Table(
-        title=f"out-of-fold R² per layer (n={results.n_samples} windows, {results.n_groups} groups, "
-        f"{results.folds} folds); * best layer, \\[control R²]",
-        header_style="bold",
+    console = out_console()
+    names = list(results.targets)
+    title = (
+        f"out-of-fold R² per layer (n={results.n_samples} windows, {results.n_groups} groups, "
+        f"{results.folds} folds); * best layer"
     )
-    table.add_column("target", no_wrap=True)
-    for layer in range(results.n_layers):
-        table.add_column(str(layer), justify="right")
-    random = results.random_model
-    table.add_column("best \\[control" + (" | random model]" if random else "]"), justify="right")
-    table.add_column("margin", justify="right")
-    table.add_column("validated", justify="center")
+
+    def width(name: str) -> int:  # a long header folds onto a second line: half of it
+        return max(7, (len(name) + 1) // 2) + 2
+
+    pages, page, used = [], [], 7
+    for name in names:
+        if page and used + width(name) > console.width:
+            pages.append(page)
+            page, used = [], 7
+        page.append(name)
+        used += width(name)
+    if page:
+        pages.append(page)
+    for i, page in enumerate(pages):
+        suffix = f" ({i + 1}/{len(pages)})" if len(pages) > 1 else ""
+        table = Table(
+            title=title + suffix,
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            show_edge=False,
+            padding=(0, 1, 0, 0),
+            header_style="bold",
+        )
+        table.add_column("layer", justify="right", no_wrap=True)
+        for name in page:
+            table.add_column(name, justify="right", min_width=6, overflow="fold")
+        for layer in range(results.n_layers):
+            cells = []
+            for name in page:
+                res = results.targets[name]
+                r2 = res.r2[layer]
+                txt = "—" if not math.isfinite(r2) else f"{r2:.2f}"
+                cells.append(f"[bold]{txt}*[/]" if layer == res.best_layer else txt)
+            table.add_row(str(layer), *cells)
+        console.print(table)
+
+    def at(values, best):
+        if best is None or values is None or not math.isfinite(values[best]):
+            return None
+        return f"{values[best]:.2f}"
+
+    rows = []
     for name, res in results.targets.items():
-        cells = []
-        for layer, r2 in enumerate(res.r2):
-            txt = "—" if not math.isfinite(r2) else f"{r2:.2f}"
-            if layer == res.best_layer:
-                txt = f"[bold]{txt}*[/]"
-            cells.append(txt)
         best = res.best_layer
-        ctrl = res.control_r2[best] if best is not None else math.nan
-        rnd = (
-            res.random_model_r2[best]
-            if best is not None and res.random_model_r2 is not None
-            else math.nan
+        why = [] if best is None else res.validation_failures(best, min_r2=min_r2)
+        rows.append(
+            {
+                "target": name,
+                "best": best,
+                "r2": at(res.r2, best),
+                "control": at(res.control_r2, best),
+                "random_model": at(res.random_model_r2, best),
+                "validated": "yes" if best is not None and not why else "no",
+                "why_not": "; ".join(why) if best is not None else "no finite R²",
+            }
         )
-        validated = best is not None and res.is_validated(best, min_r2=min_r2)
-        table.add_row(
-            name,
-            *cells,
-            "—"
-            if best is None
-            else (f"{best} \\[{ctrl:.2f} | {rnd:.2f}]" if random else f"{best} \\[{ctrl:.2f}]"),
-            "—" if not math.isfinite(res.margin_over_median) else f"{res.margin_over_median:+.2f}",
-            "yes" if validated else "no",
-        )
-    out_console().print(table)
+    print_table(
+        rows,
+        title="best layer per target; control: permuted targets; random_model: untrained net",
+    )
 
 
 def aspects_command(  # registered as the 'mess aspects' group's callback (cmd_aspects)
     dataset: DatasetOpt,
     model: ModelOpt = None,
     stores: StoresOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    no_header: Annotated[
+        bool, typer.Option("--no-header", help="TSV without its header line (for scripts).")
+    ] = False,
 ) -> None:
     """Every aspect with its layer, R², control and source: this dataset's probe, or the
     prototype's defaults (layer 0 brightness, 1 timbre, 2 structure) labelled unvalidated."""
@@ -189,7 +226,8 @@ def aspects_command(  # registered as the 'mess aspects' group's callback (cmd_a
     if fmt == Format.json:
         print_json(rows)
         return
-    render_rows(rows, fmt, columns=cols, title=f"aspects · {store.dataset} · {store.model_id}")
+    title = f"aspects · {store.dataset} · {store.model_id}"
+    render_rows(rows, fmt, columns=cols, title=title, header=not no_header)
 
 
 @app.command("targets")
@@ -204,8 +242,8 @@ def targets_command(
 
     settings = settings_from(stores=stores)
     report = recompute_targets(dataset, model, settings=settings)
-    for line in report.failures:
-        notice(line)
+    for failure in report.failures:
+        notice(str(failure))
     if not quiet or report.failures:
         notice(
             f"{dataset}: targets computed for {report.n_extracted} tracks, {len(report.failures)} failed"

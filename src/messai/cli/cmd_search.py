@@ -15,6 +15,7 @@ from messai.cli.common import (
     Format,
     ListFormat,
     ModelOpt,
+    NoHeaderOpt,
     StoresOpt,
     app,
     error_line,
@@ -24,6 +25,7 @@ from messai.cli.common import (
     print_json_line,
     print_table,
     print_tsv,
+    render_rows,
     settings_from,
 )
 
@@ -87,7 +89,15 @@ def index_command(
     nprobe: Annotated[
         Optional[int], typer.Option("--nprobe", help="IVF: lists searched per query.")
     ] = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Check the cached indices against their full checksums instead of building "
+            "(loads check files over 16 MiB by a sample only); exit 1 if one is damaged.",
+        ),
+    ] = False,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Build per-layer FAISS indices of track vectors (mean of each track's windows), cached
     under the data root and keyed by a fingerprint of the store; incremental when tracks were added."""
@@ -120,6 +130,9 @@ def index_command(
     ]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --kind {settings.index_kind}")
+    if verify:
+        _verify_indices(store, parse_layers(layers, store.n_layers), settings, fmt)
+        return
     rows = []
     for layer in parse_layers(layers, store.n_layers):
         out = build_layer_index(
@@ -142,6 +155,27 @@ def index_command(
             ["layer", "action", "n_tracks", "seconds", "path"],
             title=f"{settings.index_kind}/{settings.normalize} indices of {dataset}",
         )
+
+
+def _verify_indices(store, layers: list[int], settings, fmt: Format) -> None:
+    from messai.errors import SearchIndexError
+    from messai.search.cache import index_dir
+    from messai.search.index_io import verify_index_dir
+
+    rows, bad = [], 0
+    for layer in layers:
+        path = index_dir(
+            settings.home, store, layer, normalize=settings.normalize, kind=settings.index_kind
+        )
+        try:
+            verify_index_dir(path)
+            status = "ok"
+        except SearchIndexError as exc:
+            status, bad = f"damaged: {exc}", bad + 1
+        rows.append({"layer": layer, "status": status, "path": str(path)})
+    render_rows(rows, fmt, title=f"verify {settings.index_kind}/{settings.normalize} indices")
+    if bad:
+        raise typer.Exit(1)
 
 
 @app.command("recommend")
@@ -198,7 +232,11 @@ def recommend_command(
     ] = False,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    fmt: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.table,
+    fmt: Annotated[
+        ListFormat,
+        typer.Option("--format", "-f", help="Output format; ids: one track id per line."),
+    ] = ListFormat.table,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """The nearest tracks for one aspect (its fitted space, else its layer from 'mess aspects'),
     never the query itself. stdout carries only results; notices go to stderr."""
@@ -238,7 +276,7 @@ def recommend_command(
         result = rec.recommend_by_audio(
             audio, aspects, k, layer=layer, device=(device.value if device else settings.device)
         )
-        _render(result, fmt)
+        _render(result, fmt, header=not no_header)
         return
     if track != "-":
         result = rec.recommend_by_id(
@@ -249,12 +287,13 @@ def recommend_command(
 
             result = explain_result(rec, result)
         _short_notice(result, k)
-        _render(result, fmt)
+        _missing_notice(rec, result)
+        _render(result, fmt, header=not no_header)
         return
     if rec.space_plan(aspects, layer) is None:  # a bad --aspect/--layer fails once, up front
         rec.plan(aspects, layer)
     failed = 0
-    header = True
+    header = not no_header
     for line in sys.stdin:
         tid = line.rstrip("\n").rstrip("\r")
         if not tid.strip():
@@ -280,6 +319,16 @@ def recommend_command(
             header = False
     if failed:
         raise typer.Exit(1)
+
+
+def _missing_notice(rec, result: RecommendationResult) -> None:
+    ids = [r.track_id for r in result.recommendations]
+    gone = sorted(rec.tracks.missing_sources(rec.store.source_root, ids))
+    if gone:
+        notice(
+            f"note: {len(gone)} recommended track(s) have no audio file any more "
+            f"(missing; first: {gone[0]}); 'mess extract --prune' drops them"
+        )
 
 
 def _short_notice(result: RecommendationResult, k: int) -> None:
@@ -330,6 +379,9 @@ def _render(
     else:
         q = result["query"].get("track_id") or result["query"].get("audio")
         title = f"{q} · {_describe(typed)} · {result['normalize']}"
+        if typed.caveat:
+            title += f" · NOT VALIDATED: {typed.caveat}"
+            recs = [{**r, "validated": "no"} for r in recs]  # the caveat next to each row
         cols = ["rank", "track_id", "similarity"] + (
             ["layer_similarities"] if recs and "layer_similarities" in recs[0] else []
         )

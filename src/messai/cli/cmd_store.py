@@ -60,7 +60,7 @@ def migrate_command(
     dataset: DatasetArg = None,
     model: ModelOpt = None,
     stores: StoresOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Convert a format-1 store (manifest.json + .npz files) to format 2, in place, losslessly.
     Format 2 is written beside it and swapped in when complete; run again if interrupted."""
@@ -94,7 +94,7 @@ def copy_command(
     destination: Annotated[
         str, typer.Argument(help="Where the copy goes: a folder or s3://bucket/prefix/…")
     ],
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Copy a store between any two locations (laptop ↔ s3://…), resumably: run the same
     command again after an interruption. The destination becomes a store only when complete."""
@@ -115,7 +115,7 @@ def compact_command(
         float,
         typer.Option("--retention-days", help="Keep versions younger than this (days).", min=0),
     ] = 7.0,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Merge small fragments and remove store versions older than the retention."""
     from messai.features.store_admin import compact
@@ -135,7 +135,7 @@ def verify_command(
         bool,
         typer.Option("--repair", help="Remove damaged tracks, so 'mess extract' redoes them."),
     ] = False,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Read every track and check it against its record (window count, digest). Exit 1 when
     damaged tracks were found (and not repaired)."""

@@ -11,10 +11,12 @@ from messai.cli.common import (
     Format,
     ListFormat,
     ModelOpt,
+    NoHeaderOpt,
     StoresOpt,
     app,
     render_rows,
     settings_from,
+    short_path,
 )
 
 
@@ -27,8 +29,10 @@ def tracks_command(
         ListFormat,
         typer.Option("--format", "-f", help="Output format; 'ids' prints one track id per line."),
     ] = ListFormat.table,
+    no_header: NoHeaderOpt = False,
 ) -> None:
-    """List the tracks of a store: id, duration, segments, status (failed files too)."""
+    """List the tracks of a store: id, duration, segments, status (ok, missing: the audio file
+    is gone, stale, failed: with the reason)."""
     from messai.features.store import FeatureStore
 
     settings = settings_from(stores=stores)
@@ -41,13 +45,15 @@ def tracks_command(
             ):  # stored tracks, stale ones included (they are searchable)
                 print(r["track_id"])
         return
-    render_rows(rows, Format(fmt.value), title=f"{store.dataset} · {store.model_id}")
+    title = f"{store.dataset} · {store.model_id}"
+    render_rows(rows, Format(fmt.value), title=title, header=not no_header)
 
 
 @app.command("datasets")
 def datasets_command(
     stores: StoresOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """List the feature stores under the stores location (default MESS_HOME/stores)."""
     from messai.features.store import FeatureStore
@@ -60,20 +66,21 @@ def datasets_command(
         size = s.pop("size_bytes")
         s["size_mb"] = None if size is None else round(size / 1e6, 3)  # not listed on s3://
         rows.append(s)
-    columns = (
-        None
-        if fmt != Format.table
-        else [
-            "dataset",
-            "model",
-            "n_tracks",
-            "n_failed",
-            "n_segments",
-            "hours",
-            "n_layers",
-            "dim",
-            "store_dtype",
-            "size_mb",
+    columns = None
+    if fmt == Format.table:  # what fits 80 columns: ids whole, shape in one cell
+        columns = ["dataset", "model", "tracks", "segments", "hours", "shape", "MB"]
+        rows = [
+            {
+                "dataset": s["dataset"],
+                "model": short_path(str(s["model"]), 30),
+                "tracks": f"{s['n_tracks']}"
+                + (f" +{s['n_failed']} failed" if s["n_failed"] else ""),
+                "segments": s["n_segments"],
+                "hours": s["hours"],
+                "shape": f"{s['n_layers']}×{s['dim']} {s['store_dtype']}",
+                "MB": s["size_mb"],
+            }
+            for s in rows
         ]
-    )
-    render_rows(rows, fmt, columns=columns, title=f"stores under {settings.stores_location}")
+    title = f"stores under {short_path(str(settings.stores_location), 60)}"
+    render_rows(rows, fmt, columns=columns, title=title, header=not no_header)

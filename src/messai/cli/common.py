@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from messai.numeric import json_safe
 
@@ -26,7 +26,34 @@ def out_console():
     console = Console(soft_wrap=True)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(soft_wrap=True, width=200)  # piped tables: don't fold cells at 80 columns
+    console.on_broken_pipe = _closed_stdout_exit  # rich would exit with status 1
     return console
+
+
+def _keep_argument_help() -> None:
+    """typer < 0.26 sets an argument's help before click's (>= 8.3) Parameter.__init__ resets
+    it to None, so 'mess extract --help' showed PATH without its text: set it again after."""
+    init = TyperArgument.__init__
+    if getattr(init, "_keeps_help", False):
+        return
+
+    def patched(self, *args, help=None, **kwargs):
+        init(self, *args, help=help, **kwargs)
+        if help and not self.help:
+            self.help = help
+
+    patched._keeps_help = True  # type: ignore[attr-defined]
+    TyperArgument.__init__ = patched  # type: ignore[method-assign]
+    # click >= 8.3 then lists them under "Positional arguments" too; typer has its own section
+    TyperCommand.format_arguments = lambda self, ctx, formatter: None  # type: ignore[method-assign]
+
+
+_keep_argument_help()
+
+
+def _closed_stdout_exit() -> None:
+    quiet_closed_stdout()
+    raise typer.Exit(0)
 
 
 @functools.cache
@@ -43,17 +70,43 @@ def error_line(message: str) -> None:
     sys.stderr.flush()
 
 
+def quiet_closed_stdout() -> None:
+    """stdout's reader went away (``mess tracks -f ids | head -1``): point stdout at the null
+    device so nothing more (not even the final flush) fails; the command ends with status 0."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system error: ``PATH: reason``."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 class _MessGroup(TyperGroup):
-    """Turns a MessError raised by any command into one line on stderr and its exit status."""
+    """Turns a MessError raised by any command into one line on stderr and its exit status;
+    a file-system error into one line too; a closed stdout into a quiet exit 0."""
 
     def invoke(self, ctx):
         from messai.errors import MessError
 
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+            return result
         except MessError as exc:
             error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            quiet_closed_stdout()
+            raise typer.Exit(0) from None
+        except OSError as exc:
+            error_line(os_error_line(exc))
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(
@@ -144,6 +197,9 @@ StoresOpt = Annotated[
 ]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset (feature store) name.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+NoHeaderOpt = Annotated[
+    bool, typer.Option("--no-header", help="TSV without its header line (for scripts).")
+]
 
 
 def settings_from(**flags: Any):
@@ -210,15 +266,76 @@ def print_tsv(
 def print_table(
     rows: list[dict[str, Any]], columns: list[str] | None = None, *, title: str | None = None
 ) -> None:
+    from rich import box
     from rich.table import Table
 
     columns = columns or _columns(rows)
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for c in columns:
-        table.add_column(c, overflow="fold")
-    for r in rows:
-        table.add_row(*["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
+    if rows:  # a column empty on every row only takes width
+        columns = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
+    cells = [["" if r.get(c) is None else _cell(r.get(c)) for c in columns] for r in rows]
+    table = Table(
+        title=title,
+        show_lines=False,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,  # no vertical rules: 80 columns hold more
+        pad_edge=False,
+        padding=(0, 1, 0, 0),  # with the box's blank rule: two spaces between columns
+        show_edge=False,
+    )
+    for i, c in enumerate(columns):
+        values = [row[i] for row in cells]
+        if _atomic(c, values):  # numbers and ids are never cut or broken mid-word
+            width = max((len(v) for v in values), default=1)
+            table.add_column(_header(c), min_width=width, overflow="fold")
+        else:
+            table.add_column(_header(c), overflow="fold")
+    for row in cells:
+        table.add_row(*row)
     out_console().print(table)
+
+
+#: columns that hold identifiers: printed whole, on one line
+ID_COLUMNS = {"track_id", "dataset", "model", "query", "aspect", "target", "layer", "rank"}
+
+
+def _atomic(column: str, values: list[str]) -> bool:
+    """Numbers, ids and short words: worth a column as wide as their longest value."""
+    if column in ID_COLUMNS:
+        return True
+    return all(_is_number(v) or (len(v) <= 12 and " " not in v) for v in values)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text in ("", "—", "-")
+    return True
+
+
+#: short table headers for long JSON keys (tables only; JSON and TSV keep the keys)
+SHORT_HEADERS = {"duration_seconds": "seconds", "store_dtype": "dtype", "size_mb": "MB"}
+
+
+def _header(name: str) -> str:
+    """A short header: ``n_tracks`` → ``tracks``, ``label_work`` → ``work``."""
+    name = SHORT_HEADERS.get(name, name)
+    for prefix in ("n_", "label_"):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
+def short_path(text: str, width: int = 36) -> str:
+    """A path or id for a table cell: the home folder as ``~``, the middle elided when it is
+    longer than ``width`` (both ends stay: the root and the name)."""
+    home = str(Path.home())
+    if text.startswith(home + os.sep):
+        text = "~" + text[len(home) :]
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
 
 
 def render_rows(
@@ -227,11 +344,12 @@ def render_rows(
     *,
     columns: list[str] | None = None,
     title: str | None = None,
+    header: bool = True,
 ) -> None:
     if fmt == Format.json:
         print_json(rows)
     elif fmt == Format.tsv:
-        print_tsv(rows, columns)
+        print_tsv(rows, columns, header=header)
     else:
         print_table(rows, columns, title=title)
 

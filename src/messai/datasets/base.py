@@ -13,7 +13,13 @@ from pathlib import Path
 from messai.errors import DatasetError
 
 #: File extensions mess treats as audio (lower case, without the dot). All decodable by soundfile.
-AUDIO_EXTENSIONS = frozenset({"wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc"})
+#: Read by libsndfile (the fast path) ...
+SNDFILE_EXTENSIONS = frozenset({"wav", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc"})
+#: ... and by FFmpeg through PyAV (iTunes AAC/ALAC, WMA, APE, WavPack, Matroska/WebM audio ...)
+FFMPEG_EXTENSIONS = frozenset(
+    {"m4a", "m4b", "mp4", "aac", "alac", "wma", "ape", "wv", "mka", "webm", "caf", "ac3", "dts"}
+)
+AUDIO_EXTENSIONS = SNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -92,18 +98,41 @@ def check_root(root: Path) -> Path:
     return root
 
 
-def iter_audio_files(root: Path) -> Iterator[Path]:
+def iter_audio_files(root: Path, *, other: list[Path] | None = None) -> Iterator[Path]:
     """Audio files under ``root``, recursively, in a deterministic (sorted) order.
 
     Hidden files and folders (name starting with '.') are skipped, and so is everything below a
     hidden folder. Symbolic links to files are followed; links to folders are not descended.
+    Files that are not audio by their extension are appended to ``other`` when given.
     """
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if not name.startswith(".") and is_audio(path) and path.is_file():
+            if name.startswith(".") or not path.is_file():
+                continue
+            if is_audio(path):
                 yield path
+            elif other is not None:
+                other.append(path)
+
+
+def skipped_files_note(
+    root: Path, files: list[Path], *, ignore: tuple[str, ...] = ()
+) -> str | None:
+    """One summary line for the files a scan skipped as not audio (by extension), or None."""
+    files = [f for f in files if f.name not in ignore]
+    if not files:
+        return None
+    counts: dict[str, int] = {}
+    for f in files:
+        ext = f.suffix.lower() or "(no extension)"
+        counts[ext] = counts.get(ext, 0) + 1
+    kinds = ", ".join(f"{e} ({n})" for e, n in sorted(counts.items(), key=lambda x: -x[1])[:6])
+    return (
+        f"skipped {len(files)} file(s) that are not audio: {kinds}; "
+        f"first: {files[0].relative_to(root).as_posix()}"
+    )
 
 
 @dataclass(frozen=True)

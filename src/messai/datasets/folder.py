@@ -24,6 +24,7 @@ from messai.datasets.base import (
     iter_audio_files,
     normalize_text,
     read_csv,
+    skipped_files_note,
     validate_track_id,
 )
 from messai.errors import DatasetError
@@ -61,7 +62,8 @@ def scan(root: Path) -> TrackList:
     seen: dict[str, Path] = {}
     clashes: dict[str, list[Path]] = {}
     rejected: list[str] = []
-    for path in iter_audio_files(root):
+    other: list[Path] = []
+    for path in iter_audio_files(root, other=other):
         try:
             tid = track_id_for(path, root)
         except DatasetError as exc:
@@ -75,9 +77,13 @@ def scan(root: Path) -> TrackList:
         for path in paths:
             others = ", ".join(p.name for p in paths if p != path)
             rejected.append(
-                f"{path}: same track id {tid!r} as {others}; rename one of them (both skipped)"
+                f"{path}: same track id {tid!r} as {others}; rename all but one "
+                f"({'both' if len(paths) == 2 else f'all {len(paths)}'} skipped)"
             )
     warnings: list[str] = []
+    note = skipped_files_note(root, other, ignore=(METADATA_FILE,))
+    if note:
+        warnings.append(note)
     # rows naming a rejected (clashing) id are fine: the id exists, the track is just skipped
     labels = _read_metadata(
         root / METADATA_FILE, {**{t: ps[0] for t, ps in clashes.items()}, **seen}, warnings

@@ -55,7 +55,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
-        raise AudioError(f"{path}: not a readable audio file ({_short(exc)})") from None
+        return _ffmpeg_info(path, exc)
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioError(
             f"{path}: invalid header (sample rate {info.samplerate}, {info.channels} channels)"
@@ -66,6 +66,17 @@ def audio_info(path: str | Path) -> AudioInfo:
     return AudioInfo(
         path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format)
     )
+
+
+def _ffmpeg_info(path: Path, sf_error: Exception) -> AudioInfo:
+    """libsndfile cannot read ``path`` (AAC/ALAC .m4a, WMA ...): ask FFmpeg (PyAV)."""
+    from messai.features import decode_av
+
+    try:
+        rate, channels, frames, fmt = decode_av.probe(path)
+    except AudioError:
+        raise AudioError(f"{path}: not a readable audio file ({_short(sf_error)})") from None
+    return AudioInfo(path, rate, channels, frames, fmt)
 
 
 def _container_truncation(path: Path, fmt: str, size: int) -> str | None:
@@ -216,37 +227,55 @@ def stream_mono(
 
     Yields float32 blocks ``[n]``. Raises AudioError for unreadable, truncated files and for
     NaN/inf samples (checked per block, before any output containing them is yielded).
+    What libsndfile cannot read (AAC/ALAC .m4a, WMA ...) is decoded through FFmpeg (PyAV).
     """
-    import soundfile as sf
-
     info = audio_info(path)
     resampler = StreamResampler(info.sample_rate, sample_rate, chunk_seconds=block_seconds)
     block_frames = max(1024, int(block_seconds * info.sample_rate))
     read = 0
     try:
-        with sf.SoundFile(str(path)) as f:
-            while True:
-                data = f.read(block_frames, dtype="float32", always_2d=True)
-                if data.shape[0] == 0:
-                    break
-                read += data.shape[0]
-                if not np.isfinite(data).all():
-                    raise AudioError(
-                        f"{path}: contains NaN or infinite samples near {read / info.sample_rate:.1f} s"
-                    )
-                mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-                yield from resampler.push(np.ascontiguousarray(mono, dtype=np.float32))
+        for data in _blocks(path, info, block_frames):
+            if not np.isfinite(data).all():
+                first = read + int(np.argmax(~np.isfinite(data).all(axis=1)))
+                raise AudioError(
+                    f"{path}: contains NaN or infinite samples at {first / info.sample_rate:.2f} s"
+                )
+            read += data.shape[0]
+            mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+            yield from resampler.push(np.ascontiguousarray(mono, dtype=np.float32))
     except AudioError:
         raise
     except Exception as exc:
         raise AudioError(
             f"{path}: decoding failed after {read / info.sample_rate:.1f} s ({_short(exc)})"
         ) from None
-    if info.frames > 0 and read < info.frames:
+    if info.frames > 0 and read < info.frames and not _via_ffmpeg(info):
         raise AudioError(
             f"{path}: truncated: header says {info.frames} frames, only {read} could be read"
         )
     yield from resampler.flush()
+
+
+def _via_ffmpeg(info: AudioInfo) -> bool:
+    """Read through PyAV (its frame count is the container's estimate)."""
+    return info.format.startswith("ffmpeg:")
+
+
+def _blocks(path: str | Path, info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
+    """float32 ``[frames, channels]`` blocks: soundfile, or FFmpeg for what it cannot read."""
+    if _via_ffmpeg(info):
+        from messai.features import decode_av
+
+        yield from decode_av.stream_blocks(path, block_frames=block_frames)
+        return
+    import soundfile as sf
+
+    with sf.SoundFile(str(path)) as f:
+        while True:
+            data = f.read(block_frames, dtype="float32", always_2d=True)
+            if data.shape[0] == 0:
+                return
+            yield data
 
 
 def decode(path: str | Path, sample_rate: int) -> np.ndarray:

@@ -252,6 +252,7 @@ class FeatureExtractor:
             with contextlib.suppress(queue.Empty):
                 while True:
                     q.get_nowait()
+            producer.join(timeout=10.0)  # no decoder thread left running at interpreter exit
 
     @staticmethod
     def _next_item(q: queue.Queue, producer: threading.Thread):

@@ -7,8 +7,10 @@ committed as it completes (see :mod:`messai.features.store`). Progress is report
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +26,49 @@ from messai.features.listener import ExtractionListener
 from messai.features.records import TrackEntry
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A file that could not be extracted: ``str()`` is the one line ``path: reason``."""
+
+    path: str
+    reason: str
+
+    @classmethod
+    def from_line(cls, line: str, path: str | os.PathLike | None = None) -> Failure:
+        """From a ``path: reason`` line (``path`` given when known: names may hold ': ')."""
+        if path is not None and line.startswith(f"{path}: "):
+            return cls(str(path), line[len(f"{path}: ") :])
+        head, sep, tail = line.partition(": ")
+        return cls(head, tail) if sep else cls("", line)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
 @dataclass
 class ExtractionReport:
-    """Summary of one ``extract_dataset`` run."""
+    """Summary of one ``extract_dataset`` run.
+
+    ``failures`` are the files this run could not extract; ``failed_earlier`` those that failed
+    in an earlier run and have not changed since (not retried without ``retry_failed``; they do
+    not make the run a failure). ``interrupted`` is true when a stop was requested: ``n_left``
+    tracks were not done (what was finished is committed)."""
 
     dataset: str
     store_path: str
     n_tracks: int = 0
     n_extracted: int = 0
     n_skipped: int = 0
-    failures: list[str] = field(default_factory=list)  # "path: reason"
+    failures: list[Failure] = field(default_factory=list)
+    failed_earlier: list[Failure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # scan notes (skipped names, no labels)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    interrupted: bool = False
+    n_left: int = 0
 
     @property
     def realtime_factor(self) -> float:
@@ -45,6 +77,8 @@ class ExtractionReport:
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["store_path"] = str(self.store_path)
+        d["failures"] = [f.to_dict() for f in self.failures]
+        d["failed_earlier"] = [f.to_dict() for f in self.failed_earlier]
         d["realtime_factor"] = round(self.realtime_factor, 3)
         return d
 
@@ -56,18 +90,28 @@ class ExtractionPlan:
     tracks: list[TrackInfo]
     todo: list[TrackInfo]
     skipped: list[TrackInfo]
+    failed_earlier: list[tuple[TrackInfo, str]] = field(default_factory=list)  # (track, reason)
 
 
-def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> ExtractionPlan:
+def plan_extraction(
+    store, tracks: list[TrackInfo], *, force: bool, retry_failed: bool = False
+) -> ExtractionPlan:
     """Which tracks need work: new ones, changed ones (size/mtime differ and so does the content
     hash), ones whose stored features are missing, or all with ``force``. Unchanged content
-    with a new mtime is refreshed in the store without model work."""
+    with a new mtime is refreshed in the store without model work. A file whose last extraction
+    failed and that has not been modified since is not retried (``failed_earlier``) unless
+    ``retry_failed`` or ``force``."""
     from messai.features.store import file_content_hash
 
-    todo, skipped = [], []
+    todo, skipped, failed_earlier = [], [], []
     complete = store.window_counts_ok()  # tracks whose stored windows are all there
+    failures = store.failures() if not (force or retry_failed) else {}
     for t in tracks:
         entry = store.get_entry(t.track_id)
+        failure = failures.get(t.track_id)
+        if entry is None and failure is not None and _unchanged_since(t.path, failure.at):
+            failed_earlier.append((t, failure.reason))
+            continue
         if force or entry is None or t.track_id not in complete:
             todo.append(t)
             continue
@@ -83,7 +127,26 @@ def plan_extraction(store, tracks: list[TrackInfo], *, force: bool) -> Extractio
             skipped.append(t)
         else:
             todo.append(t)
-    return ExtractionPlan(tracks, todo, skipped)
+    return ExtractionPlan(tracks, todo, skipped, failed_earlier)
+
+
+def _unchanged_since(path: Path, when: str | None) -> bool:
+    """The file exists and was last modified before ``when`` (an ISO time; a cheap stat)."""
+    if not when:
+        return False
+    try:
+        at = _dt.datetime.fromisoformat(when)
+        mtime = path.stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=_dt.UTC)
+    return mtime < at.timestamp()
+
+
+class StopRequested(Exception):
+    """Raised inside the extraction loop when a stop was asked for (private to this module's
+    loop: ``extract_dataset`` turns it into ``report.interrupted``)."""
 
 
 def store_uri_for(settings, dataset: str, identity: dict[str, Any]) -> str:
@@ -111,13 +174,16 @@ def extract_dataset(
     prune: bool = False,
     scan_options: dict[str, Any] | None = None,
     listener: ExtractionListener | None = None,
+    retry_failed: bool = False,
+    stop: threading.Event | None = None,
 ) -> ExtractionReport:
     """Extract every audio file under ``path`` into the store of ``dataset``.
 
     Parameters
     ----------
     path : path-like
-        The dataset folder (scanned recursively, or by ``layout``).
+        The dataset folder (scanned recursively, or by ``layout``), or one audio file (its
+        folder is the dataset; only that file is extracted).
     dataset : str, optional
         Store name (default: the folder's name).
     settings : Settings, optional
@@ -132,6 +198,12 @@ def extract_dataset(
         Options of the layout's scanner (``split``, ``limit`` for MAESTRO).
     listener : ExtractionListener, optional
         Receives progress.
+    retry_failed : bool
+        Retry files that failed before and have not changed since (by default they are listed
+        in ``failed_earlier`` and skipped).
+    stop : threading.Event, optional
+        When set (e.g. by a signal handler), the run stops after the window in flight: tracks
+        not finished are dropped, everything finished is committed, ``report.interrupted``.
 
     Returns
     -------
@@ -147,13 +219,18 @@ def extract_dataset(
     settings = settings or load_settings()
     listener = listener or ExtractionListener()
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise MessError(f"{root}: not a folder")
+    single = root.resolve() if root.is_file() else None
+    if single is not None:
+        root = root.parent
+    elif not root.is_dir():
+        raise MessError(f"{root}: {'not a folder' if root.exists() else 'does not exist'}")
     root = root.resolve()
     dataset = validate_dataset_name(dataset or default_dataset_name(root))
     layout = layout or datasets.detect_kind(root)
     tracks = datasets.scan(root, kind=layout, **(scan_options or {}))
-    rejected = list(getattr(tracks, "rejected", []))
+    rejected = [Failure.from_line(line) for line in getattr(tracks, "rejected", [])]
+    if single is not None:
+        tracks, rejected = _only_file(tracks, rejected, single)
     if not tracks and not rejected:
         raise MessError(
             f"{root}: no audio files found (looked for {', '.join(sorted(datasets.AUDIO_EXTENSIONS))})"
@@ -196,8 +273,9 @@ def extract_dataset(
             store.set_source(root, layout)
             store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
             _tidy(store, root, tracks, prune=prune, report=report)
-            plan = plan_extraction(store, tracks, force=force)
+            plan = plan_extraction(store, tracks, force=force, retry_failed=retry_failed)
             report.n_skipped = len(plan.skipped)
+            report.failed_earlier = [Failure(str(t.path), r) for t, r in plan.failed_earlier]
             listener.on_plan(plan)
             for t in plan.skipped:  # labels may have changed in metadata.csv
                 store.set_labels(t.track_id, t.labels)
@@ -212,14 +290,42 @@ def extract_dataset(
                     hop_seconds=settings.hop_seconds,
                     min_seconds=settings.min_seconds,
                 )
-                for result in extractor.run(plan.todo, on_window=listener.on_window):
-                    _store_result(store, result, root, settings.store_dtype, report)
-                    listener.on_track(result)
+                done = 0
+
+                def on_window(track, seconds: float) -> None:
+                    listener.on_window(track, seconds)
+                    if stop is not None and stop.is_set():
+                        raise StopRequested  # drops the windows of unfinished tracks
+
+                try:
+                    if stop is not None and stop.is_set():
+                        raise StopRequested
+                    for result in extractor.run(plan.todo, on_window=on_window):
+                        _store_result(store, result, root, settings.store_dtype, report)
+                        listener.on_track(result)
+                        done += 1
+                        if stop is not None and stop.is_set():
+                            raise StopRequested
+                except StopRequested:
+                    report.interrupted = True
+                    report.n_left = len(plan.todo) - done
     except BaseException:
         _remove_if_never_used(store, created=new_store)
         raise
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def _only_file(tracks, rejected: list[Failure], file: Path):
+    """The scan of ``file``'s folder cut down to ``file`` (``mess extract FILE``)."""
+    from messai.datasets.base import is_audio
+
+    mine = [t for t in tracks if t.path.resolve() == file]
+    rejected = [f for f in rejected if f.path and Path(f.path).resolve() == file]
+    if not mine and not rejected:
+        why = "not an audio file" if not is_audio(file) else "not a track of its folder's layout"
+        raise MessError(f"{file}: {why}")
+    return mine, rejected
 
 
 def _remove_if_never_used(store, *, created: bool) -> None:
@@ -274,7 +380,7 @@ def _store_result(store, result: TrackResult, root: Path, store_dtype: str, repo
     tid = result.track.track_id
     source = result.track.path.relative_to(root).as_posix()
     if not result.ok:
-        report.failures.append(result.error)
+        report.failures.append(Failure.from_line(result.error, result.track.path))
         prefix = f"{result.track.path}: "
         reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
         store.mark_failed(tid, source, reason)
@@ -332,7 +438,7 @@ def recompute_targets(dataset: str, model: str | None = None, *, settings=None) 
                 values = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
                 store.replace_targets(entry.track_id, values)
             except (AudioError, StoreError) as exc:
-                report.failures.append(str(exc))
+                report.failures.append(Failure.from_line(str(exc), path))
                 continue
             report.n_extracted += 1
     report.wall_seconds = time.perf_counter() - t0

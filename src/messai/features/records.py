@@ -135,3 +135,11 @@ class TrackFailure:
     @classmethod
     def from_dict(cls, track_id: str, d: dict[str, Any]) -> TrackFailure:
         return cls(track_id, str(d.get("source", "")), str(d.get("reason", "")), d.get("at"))
+
+
+def nfc(track_id: Any) -> Any:
+    """Track ids are NFC (as the scanners make them): an id typed or listed in another Unicode
+    normalisation (macOS file names are NFD) finds the same track."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", track_id) if isinstance(track_id, str) else track_id

@@ -48,6 +48,7 @@ from messai.features.records import (
     STARTS,
     TrackEntry,
     TrackFailure,
+    nfc,
     target_arrays,
 )
 from messai.features.store_arrow import (
@@ -453,16 +454,16 @@ class FeatureStore:
         return len(self.ok_rows())
 
     def __contains__(self, track_id: object) -> bool:
-        row = self._all_rows().get(track_id)  # type: ignore[arg-type]
+        row = self._all_rows().get(nfc(track_id))  # type: ignore[arg-type]
         return row is not None and row["status"] == "ok"
 
     def entry(self, track_id: str) -> TrackEntry:
         """The record of a stored track; TrackNotFoundError (with the closest ids) if absent."""
         self.require_track(track_id)
-        return _entry_of(self._all_rows()[track_id])
+        return _entry_of(self._all_rows()[nfc(track_id)])
 
     def get_entry(self, track_id: str) -> TrackEntry | None:
-        row = self._all_rows().get(track_id)
+        row = self._all_rows().get(nfc(track_id))
         return _entry_of(row) if row is not None and row["status"] == "ok" else None
 
     def iter_entries(self) -> Iterator[TrackEntry]:
@@ -481,7 +482,7 @@ class FeatureStore:
         }
 
     def labels(self, track_id: str) -> dict[str, str]:
-        return json.loads(self._all_rows()[track_id]["labels"] or "{}")
+        return json.loads(self._all_rows()[nfc(track_id)]["labels"] or "{}")
 
     def fingerprint(self, *, probe_inputs: bool = False) -> str:
         """Changes whenever the features change (indices depend on this). With ``probe_inputs``
@@ -519,6 +520,12 @@ class FeatureStore:
     def require_track(self, track_id: str) -> None:
         """TrackNotFoundError naming the three closest ids when ``track_id`` is not stored."""
         if track_id not in self:
+            row = self._all_rows().get(nfc(track_id))
+            if row is not None and row["failure"]:
+                raise TrackNotFoundError(
+                    f"track {track_id!r} of dataset {self.dataset!r} failed to extract: "
+                    f"{row['failure']}"
+                )
             raise TrackNotFoundError(
                 _unknown_track_message(track_id, self.track_ids(), self.dataset)
             )
@@ -569,6 +576,7 @@ class FeatureStore:
         """Arrays of a track as stored (segments in the store dtype), checked against what was
         recorded (window count and digest); a mismatch or damaged data is a StoreError."""
         self.require_track(track_id)
+        track_id = nfc(track_id)
         row = self._all_rows()[track_id]
         if names == (AGGREGATED,):
             table = self._read(
@@ -1212,9 +1220,26 @@ class FeatureStore:
             size_bytes=_size_bytes(self.uri),
         )
 
+    def tracks_with_content(self, path: str | os.PathLike) -> set[str]:
+        """Stored tracks whose audio has the same content hash as the file at ``path``."""
+        digest = file_content_hash(Path(path))
+        return {t for t, r in self.ok_rows().items() if r["content_hash"] == digest}
+
+    def missing_sources(self, track_ids: Iterable[str] | None = None) -> set[str]:
+        """Stored tracks whose audio file is no longer where extraction found it (a cheap stat
+        under the local source root, no hashing; nothing is reported for remote sources)."""
+        root = self.source_root
+        if root is None or "://" in str(root):
+            return set()
+        rows = self.ok_rows()
+        ids = rows if track_ids is None else [nfc(t) for t in track_ids if nfc(t) in rows]
+        return {t for t in ids if rows[t]["source"] and not (root / rows[t]["source"]).exists()}
+
     def track_rows(self) -> list[dict[str, Any]]:
-        """``mess tracks``: one row per stored or failed track."""
+        """``mess tracks``: one row per stored or failed track; ``missing`` when the stored
+        track's audio file is gone (its features stay searchable)."""
         out = []
+        missing = self.missing_sources()
         for t, r in self._all_rows().items():
             if r["status"] == "ok":
                 row = {
@@ -1222,6 +1247,8 @@ class FeatureStore:
                     "duration_seconds": round(float(r["duration_seconds"]), 3),
                     "n_segments": int(r["n_segments"]),
                     "status": "ok"
+                    if not r["failure"] and t not in missing
+                    else "missing"
                     if not r["failure"]
                     else f"stale: kept from an earlier run; last extraction failed: {r['failure']}",
                     "source": r["source"] or "",

@@ -427,7 +427,16 @@ def write_random_checkpoint(
     if weights_format not in ("safetensors", "bin", "both"):
         raise ModelError(f"unknown weights format {weights_format!r}: safetensors, bin or both")
     if like is not None:
-        source = resolve_checkpoint(like, revision=revision)
+        try:
+            source = resolve_checkpoint(like, revision=revision)
+        except ModelError as exc:
+            if Path(str(like)).expanduser().is_dir():
+                raise
+            raise ModelError(
+                f"--like {like}: its config is not in the Hugging Face cache and cannot be fetched "
+                "here; use --preset base (the 95M shape) or --preset large (the 330M shape), "
+                "or --like DIR (a local checkpoint)"
+            ) from exc
         config = dict(source.config)
         preprocessor = dict(source.preprocessor) or _default_preprocessor(source.sample_rate)
     else:
@@ -454,6 +463,10 @@ def write_random_checkpoint(
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     if weights_format in ("bin", "both"):
         torch.save(state, str(out / "pytorch_model.bin"))
+    mode = (out / "config.json").stat().st_mode & 0o777  # what the umask gives a new file
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (out / name).exists():
+            os.chmod(out / name, mode)  # safetensors writes 0600 whatever the umask
     return out
 
 

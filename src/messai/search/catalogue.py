@@ -21,11 +21,19 @@ FILE = "catalogue.json"
 class TrackCatalogue:
     """Track ids and labels of a store at one state; the queries the recommender makes."""
 
-    def __init__(self, dataset: str, state: str, track_ids: list[str], labels: list[dict]):
+    def __init__(
+        self,
+        dataset: str,
+        state: str,
+        track_ids: list[str],
+        labels: list[dict],
+        sources: list[str] | None = None,
+    ):
         self.dataset = dataset
         self.state = state
         self._ids = track_ids
         self._labels = labels
+        self._sources = sources if sources is not None else [""] * len(track_ids)
         self._pos = {t: i for i, t in enumerate(track_ids)}
 
     @classmethod
@@ -38,18 +46,19 @@ class TrackCatalogue:
         path = Path(folder) / FILE
         cached = _read(path)
         if cached is not None and cached.get("state") == state:
-            return cls(store.dataset, state, cached["track_ids"], cached["labels"])
-        ids = store.track_ids()
-        labels = [store.labels(t) for t in ids]
-        try:
-            atomic_write_json(
-                path,
-                {"dataset": store.dataset, "state": state, "track_ids": ids, "labels": labels},
-                indent=None,
+            return cls(
+                store.dataset, state, cached["track_ids"], cached["labels"], cached.get("sources")
             )
+        entries = list(store.iter_entries())
+        ids = [e.track_id for e in entries]
+        labels = [e.labels for e in entries]
+        sources = [e.source for e in entries]
+        record = {"dataset": store.dataset, "state": state, "track_ids": ids}
+        try:
+            atomic_write_json(path, {**record, "labels": labels, "sources": sources}, indent=None)
         except OSError:
             pass  # a read-only cache only costs speed
-        return cls(store.dataset, state, ids, labels)
+        return cls(store.dataset, state, ids, labels, sources)
 
     def track_ids(self) -> list[str]:
         """Stored track ids, sorted."""
@@ -64,6 +73,17 @@ class TrackCatalogue:
     def labels(self, track_id: str) -> dict[str, Any]:
         self.require_track(track_id)
         return dict(self._labels[self._pos[track_id]])
+
+    def missing_sources(self, root: Path | None, track_ids) -> set[str]:
+        """Of ``track_ids``, those whose audio file is gone from ``root`` (a cheap stat each)."""
+        if root is None or "://" in str(root):
+            return set()
+        out = set()
+        for t in track_ids:
+            i = self._pos.get(t)
+            if i is not None and self._sources[i] and not (root / self._sources[i]).exists():
+                out.add(t)
+        return out
 
     def require_track(self, track_id: str) -> None:
         """TrackNotFoundError naming the three closest ids when ``track_id`` is absent."""

@@ -34,6 +34,7 @@ __all__ = [
     "StoredIndex",
     "read_index_dir",
     "save_index",
+    "verify_index_dir",
     "write_index_dir",
 ]
 
@@ -44,6 +45,13 @@ INDEX_FILE = "index.faiss"
 MEAN_FILE = "mean.npy"
 SCALE_FILE = "scale.npy"
 META_FILE = "meta.json"
+
+#: Data files up to this size are checked against their full checksum on every load (SHA-256,
+#: ~1 GB/s with the CPU's SHA instructions: ~17 ms for 16 MiB, a flat index of 5k tracks × 768);
+#: larger ones against a checksum of evenly spaced blocks (1 MiB read), and in full by
+#: ``mess index --verify``.
+FULL_CHECK_BYTES = 16 << 20
+SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 256, 4096
 
 #: meta.json fields and their JSON types
 META_KEYS = {
@@ -131,6 +139,10 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
     sizes = {
         name: (directory / name).stat().st_size for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE)
     }
+    checksums = {
+        name: file_checksum(directory / name) for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE)
+    }
+    samples = {name: file_checksum(directory / name, sample=True) for name in checksums}
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -145,6 +157,8 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
         "meta": index.meta,
         "faiss_version": getattr(faiss, "__version__", "unknown"),
         "files": sizes,
+        "checksums": checksums,
+        "sample_checksums": samples,
         "track_ids": index.track_ids,
     }
     with open(directory / META_FILE, "w", encoding="utf-8") as fh:
@@ -166,6 +180,7 @@ def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
     path = Path(directory)
     record = read_meta(path)
     check_file_sizes(path, record)
+    check_checksums(path, record, full=False)
     mean = _read_stats(path / MEAN_FILE, record["dim"])
     scale = _read_stats(path / SCALE_FILE, record["dim"])
     index = _read_faiss(path / INDEX_FILE)
@@ -216,6 +231,55 @@ def read_meta(path: Path) -> dict[str, Any]:
     if len(set(ids)) != len(ids):
         raise SearchIndexError(f"{meta_path}: duplicate track ids")
     return record
+
+
+def file_checksum(path: Path, *, sample: bool = False) -> str:
+    """SHA-256 of a file, or with ``sample`` of ``SAMPLE_BLOCKS`` evenly spaced blocks (and its
+    size): constant time however large the file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if not sample:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        else:
+            digest.update(size.to_bytes(8, "little"))
+            step = max(SAMPLE_BLOCK_BYTES, size // SAMPLE_BLOCKS)
+            for offset in range(0, size, step):
+                fh.seek(offset)
+                digest.update(fh.read(SAMPLE_BLOCK_BYTES))
+            fh.seek(max(0, size - SAMPLE_BLOCK_BYTES))
+            digest.update(fh.read(SAMPLE_BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def check_checksums(path: Path, record: dict[str, Any], *, full: bool) -> None:
+    """SearchIndexError when a data file's bytes differ from what was written (bit rot, an
+    edited file). Files up to ``FULL_CHECK_BYTES`` are always checked in full; larger ones by
+    their sampled checksum unless ``full``."""
+    sums, samples = record.get("checksums"), record.get("sample_checksums")
+    if not isinstance(sums, dict) or not isinstance(samples, dict):
+        raise SearchIndexError(f"{path}: index written without checksums; rebuild it")
+    for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE):
+        whole = full or record["files"].get(name, 0) <= FULL_CHECK_BYTES
+        expected = (sums if whole else samples).get(name)
+        if file_checksum(path / name, sample=not whole) != expected:
+            raise SearchIndexError(
+                f"{path / name}: checksum mismatch (the file is damaged or was changed); "
+                "rebuild the index with 'mess index --force'"
+            )
+
+
+def verify_index_dir(directory: str | os.PathLike[str]) -> None:
+    """Check every data file of an index directory against its full checksum (and the
+    metadata, sizes and FAISS structure); SearchIndexError naming the file otherwise."""
+    path = Path(directory)
+    record = read_meta(path)
+    check_file_sizes(path, record)
+    check_checksums(path, record, full=True)
+    read_index_dir(path)
 
 
 def check_file_sizes(path: Path, record: dict[str, Any]) -> None:

@@ -70,6 +70,9 @@ class RecommendationResult:
     ----------
     query : dict
         ``{"track_id", "dataset"}`` or ``{"audio", "dataset"}`` (or the caller's own).
+    caveat : str or None
+        Set when a layer searched is not its aspect's validated layer (an unvalidated probe
+        result, the prototype defaults, or ``--layer``): the results carry no evidence.
     aspects, layers, weights : list
         One entry per requested aspect: its name, the layer searched, its weight.
     normalize : str
@@ -85,6 +88,13 @@ class RecommendationResult:
     normalize: str
     recommendations: list[Recommendation]
     spaces: list[dict[str, Any]] | None = None
+    #: why the layers searched are not validated for their aspects (None when they all are)
+    caveat: str | None = None
+
+    @property
+    def validated(self) -> bool:
+        """Whether every layer searched is its aspect's validated layer."""
+        return self.caveat is None
 
     @property
     def fused(self) -> bool:
@@ -103,6 +113,8 @@ class RecommendationResult:
             "normalize": self.normalize,
             # searched in fitted aspect spaces (messai.search.aspect_search); absent for layers
             **({} if self.spaces is None else {"space": self.spaces[0] if single else self.spaces}),
+            "validated": self.validated,
+            "caveat": self.caveat,
             "recommendations": [r.to_dict() for r in self.recommendations],
         }
 
@@ -160,6 +172,7 @@ class LayerBasedRecommender:
         self._indices: dict[int, Any] = {}
         self._aspects = None
         self._tracks = None
+        self._noticed: set[str] = set()
 
     @property
     def tracks(self):
@@ -189,6 +202,29 @@ class LayerBasedRecommender:
     def get_available_aspects(self) -> dict[str, dict[str, Any]]:
         """Aspect → its layer and evidence (``AspectLayer.to_dict()``), for aspects with a layer."""
         return {a: e.to_dict() for a, e in self.aspect_map().items() if e.layer is not None}
+
+    def caveat(self, parts: list[tuple[str, int, float]], layer: int | None) -> str | None:
+        """Why the layers of ``parts`` are not validated for their aspects (None when they
+        are); the first use of an unvalidated aspect mapping also goes to ``on_notice``."""
+        if layer is not None:
+            entry = self.aspect_map().get(parts[0][0])
+            if entry is not None and entry.validated and entry.layer == layer:
+                return None
+            return f"layer {layer} given with --layer: not validated for {parts[0][0]}"
+        notes = []
+        for name, lay, _ in parts:
+            entry = self.aspect_map()[name]
+            if entry.validated:
+                continue
+            why = entry.reason or entry.source
+            notes.append(f"{name} → layer {lay} is not validated ({why})")
+            if name not in self._noticed:
+                self._noticed.add(name)
+                self.on_notice(
+                    f"note: {name} → layer {lay} is not validated ({why}); "
+                    "these results carry no evidence"
+                )
+        return "; ".join(notes) or None
 
     def layer_for(self, aspect: str) -> int:
         from messai.analysis.aspects import resolve_aspect
@@ -322,6 +358,9 @@ class LayerBasedRecommender:
         exclude_same : sequence of str
             Label names: tracks sharing the query's value of any of them are left out.
         """
+        from messai.features.records import nfc
+
+        reference_track = nfc(reference_track)
         self.tracks.require_track(reference_track)
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
@@ -360,8 +399,9 @@ class LayerBasedRecommender:
         layer: int | None = None,
         device: str = "auto",
     ) -> RecommendationResult:
-        """Recommend for an audio file outside the store: it is extracted with the store's model,
-        revision and window settings (this loads torch), then :meth:`recommend_by_vector`."""
+        """Recommend for an audio file: it is extracted with the store's model, revision and
+        window settings (this loads torch), then :meth:`recommend_by_vector`. A stored track with
+        the same content (the file itself, or a copy) is never among the results."""
         from messai.features.extractor import FeatureExtractor
 
         s, m = self.store.settings, self.store.model
@@ -393,11 +433,13 @@ class LayerBasedRecommender:
                 "an --audio query must be extracted by the same model: re-extract the store, or restore the checkpoint"
             )
         aggregated = fx.extract(path)["aggregated"]  # [n_layers, dim]
+        same = self.store.tracks_with_content(path)  # the query's own track, as with --track
         return self.recommend_by_vector(
             aggregated,
             aspect,
-            n_recommendations,
+            min(n_recommendations, max(1, len(self.tracks) - len(same))),
             layer=layer,
+            exclude_ids=same,
             query={"audio": str(path), "dataset": self.store.dataset},
         )
 
@@ -458,7 +500,7 @@ class LayerBasedRecommender:
             sims, pos = index.search_normalized(
                 qn, n_recommendations, exclude=[index.positions_of(excluded)]
             )
-            keep = pos[0] >= 0
+            keep = (pos[0] >= 0) & np.isfinite(sims[0])  # never a NaN/inf similarity
             ids = [index.track_ids[p] for p in pos[0][keep]]
             sims, per_layer = sims[0][keep], None
         else:
@@ -471,6 +513,11 @@ class LayerBasedRecommender:
                 normalized=normalized,
             )
             sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
+            finite = np.isfinite(np.asarray(sims, dtype=np.float64))
+            if not finite.all():
+                sims = [v for v, f in zip(sims, finite) if f]
+                ids = [t for t, f in zip(ids, finite) if f]
+                per_layer = [p for p, f in zip(per_layer, finite) if f]
         recs = [
             Recommendation(
                 rank,
@@ -488,4 +535,5 @@ class LayerBasedRecommender:
             [p[2] for p in parts],
             self.normalize,
             recs,
+            self.caveat(parts, layer),
         )
