@@ -44,6 +44,14 @@ def test_extract_index_recommend_and_copy_back_on_s3(s3_stores, tmp_path, tiny_c
     # a re-run does no model work
     r = mess("extract", lib, "-d", "cloud", "--model", tiny_ckpt, "--stores", s3_stores)
     assert "0 extracted, 6 up to date" in r.output
+    # probe results and targets live with the store, on S3 too
+    r = mess("probe", "-d", "cloud", "--stores", s3_stores, "--folds", "3", "-f", "json")
+    assert r.exit_code == 0, r.output
+    assert FeatureStore.open("cloud", stores=s3_stores).read_side_file("probe.json")
+    r = mess("aspects", "-d", "cloud", "--stores", s3_stores, "-f", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["source"].startswith("probe")
+    r = mess("targets", "-d", "cloud", "--stores", s3_stores, "-q")
+    assert r.exit_code == 0, r.output
     assert mess("index", "-d", "cloud", "--stores", s3_stores, "--layers", "0").exit_code == 0
     r = mess(
         "recommend",

@@ -190,6 +190,7 @@ class FeatureStore:
         self._writing = False
         self._last_commit = time.monotonic()
         self._rows: dict[str, dict[str, Any]] | None = None  # track id -> row (no vectors)
+        self._rows_version = -1  # the tracks table's version those rows were read at
 
     # ---------------------------------------------------------------- finding stores
     @classmethod
@@ -437,7 +438,12 @@ class FeatureStore:
     def _all_rows(self) -> dict[str, dict[str, Any]]:
         """Every track row without its vectors, by id (read once per store object)."""
         if self._rows is None:
-            table = self._read(TRACKS_TABLE, columns=list(self._META_COLUMNS))
+            ds = self._tracks()
+            try:
+                table = ds.to_table(columns=list(self._META_COLUMNS))
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise storage_error(self.uri, exc) from None
+            self._rows_version = int(ds.version)
             self._rows = {r["track_id"]: r for r in table.to_pylist()}
         return self._rows
 
@@ -575,6 +581,17 @@ class FeatureStore:
     ) -> dict[str, np.ndarray]:
         """Arrays of a track as stored (segments in the store dtype), checked against what was
         recorded (window count and digest); a mismatch or damaged data is a StoreError."""
+        try:
+            return self._read_arrays(track_id, names)
+        except StoreError:
+            if self._rows is None or self._rows_version == self.version:
+                raise
+            self._rows = None  # another process changed the store since this object read it
+            return self._read_arrays(track_id, names)
+
+    def _read_arrays(
+        self, track_id: str, names: tuple[str, ...] | None = None
+    ) -> dict[str, np.ndarray]:
         self.require_track(track_id)
         track_id = nfc(track_id)
         row = self._all_rows()[track_id]
