@@ -134,7 +134,8 @@ def bench_scale(
         t0 = time.perf_counter()
         outcome = build_layer_index(home, opened, 0, force=True)
         row["index_build_s"] = time.perf_counter() - t0
-        env = dict(os.environ, MESS_HOME=str(home), MESS_CONFIG=str(home / "none.toml"))
+        (home / "config.toml").write_text("")  # no user config: defaults only
+        env = dict(os.environ, MESS_HOME=str(home), MESS_CONFIG=str(home / "config.toml"))
         env.pop("MESS_STORES", None)
         rec = [mess, "recommend", "-d", "scale", "--track", ids[7], "--layer", "0", "-f", "json"]
         imports = [sys.executable, "-c", "import numpy, faiss, typer, rich"]

@@ -28,6 +28,7 @@ class TrackCatalogue:
         track_ids: list[str],
         labels: list[dict],
         sources: list[str] | None = None,
+        failures: dict[str, str] | None = None,
     ):
         self.dataset = dataset
         self.state = state
@@ -35,6 +36,7 @@ class TrackCatalogue:
         self._labels = labels
         self._sources = sources if sources is not None else [""] * len(track_ids)
         self._pos = {t: i for i, t in enumerate(track_ids)}
+        self._failures = failures or {}
 
     @classmethod
     def for_store(cls, folder: Path, store) -> TrackCatalogue:
@@ -47,18 +49,27 @@ class TrackCatalogue:
         cached = _read(path)
         if cached is not None and cached.get("state") == state:
             return cls(
-                store.dataset, state, cached["track_ids"], cached["labels"], cached.get("sources")
+                store.dataset,
+                state,
+                cached["track_ids"],
+                cached["labels"],
+                cached.get("sources"),
+                cached.get("failures"),
             )
         entries = list(store.iter_entries())
         ids = [e.track_id for e in entries]
         labels = [e.labels for e in entries]
         sources = [e.source for e in entries]
-        record = {"dataset": store.dataset, "state": state, "track_ids": ids}
+        stored = set(ids)
+        failures = {t: f.reason for t, f in store.failures().items() if t not in stored}
+        record = {"dataset": store.dataset, "state": state, "track_ids": ids, "labels": labels}
         try:
-            atomic_write_json(path, {**record, "labels": labels, "sources": sources}, indent=None)
+            atomic_write_json(
+                path, {**record, "sources": sources, "failures": failures}, indent=None
+            )
         except OSError:
             pass  # a read-only cache only costs speed
-        return cls(store.dataset, state, ids, labels, sources)
+        return cls(store.dataset, state, ids, labels, sources, failures)
 
     def track_ids(self) -> list[str]:
         """Stored track ids, sorted."""
@@ -90,6 +101,11 @@ class TrackCatalogue:
         if track_id not in self._pos:
             import difflib
 
+            if track_id in self._failures:
+                raise TrackNotFoundError(
+                    f"track {track_id!r} of dataset {self.dataset!r} failed to extract: "
+                    f"{self._failures[track_id]}"
+                )
             close = difflib.get_close_matches(track_id, self._ids, n=3, cutoff=0.0)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise TrackNotFoundError(
