@@ -191,13 +191,14 @@ def test_bad_input_is_reported_and_skipped(tmp_path, tiny_ckpt):
     assert failed == {"empty", "text", "fake", "short", "nan", "trunc"}
 
 
-def test_second_writer_gets_a_clear_message(music_dir, tiny_ckpt):
+def test_second_writer_waits_then_gets_a_clear_message(music_dir, tiny_ckpt, monkeypatch):
     assert (
         mess(
             "extract", music_dir, "--dataset", "x", "--model", tiny_ckpt, "--device", "cpu", "-q"
         ).exit_code
         == 0
     )
+    monkeypatch.setattr(FeatureStore, "LOCK_WAIT_SECONDS", 1.0)  # the default waits 10 minutes
     store = FeatureStore.open("x")
     with store.writer():
         r = runner.invoke(
@@ -214,7 +215,9 @@ def test_second_writer_gets_a_clear_message(music_dir, tiny_ckpt):
             ],
         )
     assert r.exit_code == 2
-    assert "another mess process" in r.output
+    assert "waiting for another mess process" in r.output  # told while it waited
+    assert r.output.strip().splitlines()[-1].startswith("error: ")
+    assert "another mess process" in r.output.strip().splitlines()[-1]
     assert FeatureStore.open("x").track_ids() == ["a", "sub/b"]
 
 

@@ -9,6 +9,7 @@ import typer
 from messai.cli.common import (
     Format,
     ModelOpt,
+    NoHeaderOpt,
     StoresOpt,
     app,
     notice,
@@ -32,7 +33,8 @@ def aspects_callback(
     ] = None,
     model: ModelOpt = None,
     stores: StoresOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    no_header: NoHeaderOpt = False,
 ) -> None:
     """Every aspect with its layer, R², control and source (this dataset's probe, or the
     prototype's defaults labelled unvalidated), and every fitted aspect space with its evidence.
@@ -45,7 +47,7 @@ def aspects_callback(
         raise ConfigError("give --dataset NAME (or a subcommand: mess aspects fit --help)")
     from messai.cli.cmd_probe import aspects_command
 
-    aspects_command(dataset, model, stores=stores, fmt=fmt)
+    aspects_command(dataset, model, stores=stores, fmt=fmt, no_header=no_header)
 
 
 def add_space_rows(store, rows: list[dict[str, Any]]) -> list[str]:

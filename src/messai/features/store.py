@@ -1000,13 +1000,11 @@ class FeatureStore:
         self._rows = None
 
     def _commit(self, p: _Pending) -> None:
-        import lance
-        import pyarrow as pa
-
         self._renew_state(
             features=bool(p.puts or p.removes), inputs=bool(p.label_updates or p.failures)
         )
-        rows = self._all_rows()
+        touched = {*p.puts, *p.removes, *p.failures, *p.stat_updates, *p.label_updates}
+        rows = self._rows_of(touched)  # only the batch's rows: a commit costs O(batch), not O(N)
         old_eids = [
             rows[t]["extraction_id"]
             for t in [*p.puts, *p.removes]
@@ -1017,7 +1015,10 @@ class FeatureStore:
             win = self._windows_table({t: (eid[t], arrays) for t, (_, arrays) in p.puts.items()})
             self._write(WINDOWS_TABLE, win, mode="append")
             trk = self._tracks_rows([(e, arrays, eid[e.track_id]) for e, arrays in p.puts.values()])
-            self._merge(trk)
+            if any(t in rows for t in p.puts):
+                self._merge(trk)
+            else:  # all new: a plain append (a merge would scan every track id)
+                self._write(TRACKS_TABLE, trk, mode="append")
         new_failed = [
             f for t, f in p.failures.items() if t not in rows or rows[t]["status"] == "failed"
         ]
@@ -1043,20 +1044,30 @@ class FeatureStore:
             self._delete(TRACKS_TABLE, _in_list("track_id", sorted(p.removes)))
         if old_eids:
             self._delete(WINDOWS_TABLE, _in_list("extraction_id", sorted(set(old_eids))))
-        del lance, pa
+
+    def _rows_of(self, track_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The current rows (without vectors) of ``track_ids`` that exist."""
+        ids = sorted(set(track_ids))
+        if not ids:
+            return {}
+        if self._rows is not None:
+            return {t: self._rows[t] for t in ids if t in self._rows}
+        table = self._read(
+            TRACKS_TABLE, columns=list(self._META_COLUMNS), filter=_in_list("track_id", ids)
+        )
+        return {r["track_id"]: r for r in table.to_pylist()}
 
     def _update_rows(self, updates: dict[str, dict[str, Any]]) -> None:
         """Update some columns of existing rows (one merge of the changed rows)."""
         import pyarrow as pa
 
-        rows = self._all_rows()
-        table = self._read(TRACKS_TABLE, columns=None, filter=_in_list("track_id", sorted(updates)))  # type: ignore[arg-type]
+        schema = self._tracks().schema
+        table = self._read(TRACKS_TABLE, columns=schema.names, filter=_in_list("track_id", updates))
         d = table.to_pydict()
         for i, t in enumerate(d["track_id"]):
             for k, v in updates[t].items():
                 d[k][i] = v
-        self._merge(pa.table(d, schema=self._tracks().schema))
-        del rows
+        self._merge(pa.table(d, schema=schema))
 
     def _retrying(self, operation: Callable[[], Any]) -> Any:
         """Run a Lance commit; a conflict with a concurrent writer's commit is retried on the

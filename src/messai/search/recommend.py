@@ -535,5 +535,5 @@ class LayerBasedRecommender:
             [p[2] for p in parts],
             self.normalize,
             recs,
-            self.caveat(parts, layer),
+            caveat=self.caveat(parts, layer),
         )
