@@ -18,7 +18,13 @@ import numpy as np
 
 from messai.errors import SearchIndexError
 from messai.files import fsync_dir, fsync_file, swap_dir_into_place
-from messai.search.backend import FAISS_TYPES, KINDS, apply_search_params, load_faiss
+from messai.search.backend import (
+    FAISS_TYPES,
+    KINDS,
+    REFINED_KINDS,
+    apply_search_params,
+    load_faiss,
+)
 from messai.search.normalise import NORMALIZE_MODES, Normalizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +50,8 @@ INDEX_FILE = "index.faiss"
 MEAN_FILE = "mean.npy"
 SCALE_FILE = "scale.npy"
 META_FILE = "meta.json"
+#: memory-bounded kinds: the normalised float32 vectors [n, dim], memory-mapped for re-ranking
+VECTORS_FILE = "vectors.npy"
 
 #: meta.json fields and their JSON types
 META_KEYS = {
@@ -77,6 +85,8 @@ class StoredIndex:
         Fitted normaliser (mean/scale [dim]).
     kind, params, fingerprint, meta
         As recorded in ``meta.json``.
+    vectors : np.ndarray or None
+        Memory-bounded kinds: a read-only memory map of ``vectors.npy`` [n, dim] float32.
     """
 
     faiss_index: Any
@@ -86,6 +96,7 @@ class StoredIndex:
     params: dict[str, Any]
     fingerprint: str
     meta: dict[str, Any]
+    vectors: np.ndarray | None = None
 
 
 def save_index(index: LayerIndex, directory: str | os.PathLike[str]) -> Path:
@@ -128,9 +139,11 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
             np.save(fh, np.asarray(array, dtype=np.float64), allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
-    sizes = {
-        name: (directory / name).stat().st_size for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE)
-    }
+    names = [INDEX_FILE, MEAN_FILE, SCALE_FILE]
+    if index.kind in REFINED_KINDS:
+        _write_vectors(directory / VECTORS_FILE, index.refine_vectors, index.dim)
+        names.append(VECTORS_FILE)
+    sizes = {name: (directory / name).stat().st_size for name in names}
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -154,6 +167,21 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
     fsync_dir(directory)
 
 
+def _write_vectors(path: Path, chunks: list[np.ndarray], dim: int) -> None:
+    """Stream the vector chunks into one ``.npy`` file (never all in memory at once)."""
+    n = sum(len(c) for c in chunks)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
+    start = 0
+    for chunk in chunks:
+        for i in range(0, len(chunk), 65536):
+            block = np.asarray(chunk[i : i + 65536], dtype=np.float32)
+            out[start : start + len(block)] = block
+            start += len(block)
+    out.flush()
+    del out
+    fsync_file(path)
+
+
 def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
     """Read and validate an index directory written by :func:`save_index`.
 
@@ -175,6 +203,9 @@ def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
     )
     params = dict(record["params"])
     apply_search_params(index, record["kind"], params)
+    vectors = None
+    if record["kind"] in REFINED_KINDS:
+        vectors = _read_vectors(path / VECTORS_FILE, record["n"], record["dim"])
     return StoredIndex(
         index,
         record["track_ids"],
@@ -183,7 +214,20 @@ def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
         params=params,
         fingerprint=record["fingerprint"],
         meta=record["meta"],
+        vectors=vectors,
     )
+
+
+def _read_vectors(path: Path, n: int, dim: int) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SearchIndexError(f"{path}: unreadable re-ranking vectors ({exc})") from None
+    if array.shape != (n, dim) or array.dtype != np.float32:
+        raise SearchIndexError(
+            f"{path}: expected [{n}, {dim}] float32, got {array.dtype} {array.shape}"
+        )
+    return array
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -220,7 +264,10 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def check_file_sizes(path: Path, record: dict[str, Any]) -> None:
     """Raise SearchIndexError if a data file is missing or its size differs from ``record``."""
-    for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE):
+    names = [INDEX_FILE, MEAN_FILE, SCALE_FILE]
+    if record["kind"] in REFINED_KINDS:
+        names.append(VECTORS_FILE)
+    for name in names:
         expected = record["files"].get(name)
         try:
             actual = (path / name).stat().st_size
