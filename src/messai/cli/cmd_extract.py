@@ -127,6 +127,8 @@ def extract_command(
             notice(line)
     for line in report.warnings:
         notice(f"note: {line}")
+    if prune and any(w.startswith("pruned ") for w in report.warnings):
+        _prune_indices(settings.home, report.store_path)
     if json_out:
         print_json(report.to_dict())
     if not quiet or report.failures:
@@ -144,6 +146,15 @@ def extract_command(
         )
     if report.failures:
         raise typer.Exit(1)
+
+
+def _prune_indices(home, store_path) -> None:
+    """Pruned tracks leave every cached index of the store too (tombstones or a rebuild)."""
+    from messai.features.store import FeatureStore
+    from messai.search.updates import update_cached_indices
+
+    for row in update_cached_indices(home, FeatureStore.at(store_path)):
+        notice(f"note: layer {row['layer']} index {row['action']} ({row['n_tracks']} tracks)")
 
 
 def _resolve_path(path, dataset, layout, settings):

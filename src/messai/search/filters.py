@@ -31,7 +31,7 @@ import numpy as np
 
 from messai.errors import ConfigError
 
-__all__ = ["Where", "parse_where"]
+__all__ = ["Where", "limit_per_label", "parse_where"]
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -288,3 +288,22 @@ def parse_where(text: str) -> Where:
     if not text or not text.strip():
         raise ConfigError("--where: empty filter")
     return Where(text, _Parser(text).parse())
+
+
+def limit_per_label(labels: Sequence[Mapping[str, Any] | None], label: str, n: int) -> list[int]:
+    """Indices of ranked results keeping at most ``n`` per value of ``label`` (``--max-per``),
+    in rank order; results without the label are each their own group."""
+    if n < 1:
+        raise ConfigError(f"--max-per needs N of at least 1, got {n}")
+    counts: dict[str, int] = {}
+    keep = []
+    for i, d in enumerate(labels):
+        value = None if d is None else d.get(label)
+        if value is None:
+            keep.append(i)
+            continue
+        value = str(value)
+        if counts.get(value, 0) < n:
+            counts[value] = counts.get(value, 0) + 1
+            keep.append(i)
+    return keep

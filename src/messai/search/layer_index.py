@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +389,29 @@ class LayerIndex:
             self.vectors_at(np.array([position])),
             k,
             exclude=[{position} | self.positions_of(exclude_ids)],
+            allow=allow,
+        )
+        keep = positions[0] >= 0
+        return sims[0][keep], [self._track_ids[p] for p in positions[0][keep]]
+
+    def nearest(
+        self,
+        qn: np.ndarray,
+        k: int,
+        *,
+        exclude_ids: Iterable[str] = (),
+        scope: Callable[[Sequence[str]], np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Top-``k`` (similarities [k'], track ids) of one normalised query ``qn`` [dim].
+
+        ``scope`` maps this index's track ids to a bool mask of the allowed ones (a filter);
+        ``exclude_ids`` are never returned.
+        """
+        allow = None if scope is None else np.asarray(scope(self._track_ids), dtype=bool)
+        sims, positions = self.search_normalized(
+            np.asarray(qn, dtype=np.float32)[None, :],
+            k,
+            exclude=[self.positions_of(exclude_ids)],
             allow=allow,
         )
         keep = positions[0] >= 0

@@ -137,6 +137,7 @@ class LayerBasedRecommender:
         normalize: str = "center",
         kind: str = "flat",
         on_notice: Callable[[str], None] | None = None,
+        backend: str = "faiss",
     ):
         from messai.features.store import FeatureStore
 
@@ -146,7 +147,10 @@ class LayerBasedRecommender:
             home = load_settings().home
         self.home = Path(home)
         self.store = FeatureStore.open(dataset, model, home=self.home)
-        self.normalize, self.kind = normalize, kind
+        if backend not in ("faiss", "lancedb"):
+            raise ConfigError(f"unknown backend {backend!r}; choose faiss or lancedb")
+        self.normalize, self.kind, self.backend = normalize, kind, backend
+        self._label_cache: dict[str, dict[str, Any]] | None = None
         self.on_notice = on_notice or (lambda m: log.warning("%s", m))
         self._indices: dict[int, Any] = {}
         self._aspects = None
@@ -181,6 +185,13 @@ class LayerBasedRecommender:
                 raise ConfigError(
                     f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}"
                 )
+            if self.backend == "lancedb":
+                from messai.search.lancedb_backend import LanceDBLayer
+
+                self._indices[layer] = LanceDBLayer.open(
+                    self.store, layer, normalize=self.normalize, on_notice=self.on_notice
+                )
+                return self._indices[layer]
             self._indices[layer] = load_layer_index(
                 self.home,
                 self.store,
@@ -222,6 +233,36 @@ class LayerBasedRecommender:
             parts.append((name, layer if layer is not None else self.layer_for(name), weight))
         return parts
 
+    # ------------------------------------------------------------------ filters
+    def labels_by_id(self) -> dict[str, dict[str, Any]]:
+        """Every stored track's labels (read once)."""
+        if self._label_cache is None:
+            self._label_cache = {t: self.store.labels(t) for t in self.store.track_ids()}
+        return self._label_cache
+
+    def _scope(self, where: str | None) -> Callable[[Sequence[str]], np.ndarray] | None:
+        """A ``--where`` filter as a function: track ids → bool mask (unknown ids: False)."""
+        if where is None:
+            return None
+        from messai.search.filters import parse_where
+
+        parsed = parse_where(where)
+        labels = self.labels_by_id()
+        parsed.check_columns({k for d in labels.values() for k in d})
+        return lambda ids: parsed.mask([labels.get(t) for t in ids])
+
+    def _check_max_per(self, max_per: tuple[str, int] | None) -> None:
+        if max_per is None:
+            return
+        label, n = max_per
+        known = {k for d in self.labels_by_id().values() for k in d}
+        if label not in known:
+            raise ConfigError(
+                f"--max-per: unknown label {label!r} (labels here: {', '.join(sorted(known)) or 'none'})"
+            )
+        if n < 1:
+            raise ConfigError(f"--max-per needs N of at least 1, got {n}")
+
     def _exclusions(self, track_id: str, exclude_same: Sequence[str]) -> set[str]:
         out: set[str] = set()
         labels = self.store.labels(track_id)
@@ -246,12 +287,20 @@ class LayerBasedRecommender:
         *,
         layer: int | None = None,
         exclude_same: Sequence[str] = (),
+        where: str | None = None,
+        max_per: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
         """:meth:`recommend_by_id` as the documented JSON dict (``RecommendationResult.to_dict``):
         ``query``, ``aspect``, ``layer``, ``normalize``, ``recommendations`` (rank, track_id,
         similarity, labels...)."""
         return self.recommend_by_id(
-            reference_track, aspect, n_recommendations, layer=layer, exclude_same=exclude_same
+            reference_track,
+            aspect,
+            n_recommendations,
+            layer=layer,
+            exclude_same=exclude_same,
+            where=where,
+            max_per=max_per,
         ).to_dict()
 
     def recommend_audio(
@@ -276,6 +325,8 @@ class LayerBasedRecommender:
         *,
         layer: int | None = None,
         exclude_same: Sequence[str] = (),
+        where: str | None = None,
+        max_per: tuple[str, int] | None = None,
     ) -> RecommendationResult:
         """The ``n_recommendations`` nearest tracks to the stored ``reference_track``.
 
@@ -291,6 +342,8 @@ class LayerBasedRecommender:
             Overrides the layer of a single aspect.
         exclude_same : sequence of str
             Label names: tracks sharing the query's value of any of them are left out.
+        where, max_per
+            As in :meth:`recommend_by_vector`.
         """
         self.store.require_track(reference_track)
         if n_recommendations < 1:
@@ -307,6 +360,8 @@ class LayerBasedRecommender:
             exclude_ids=excluded | {reference_track},
             normalized=True,
             query={"track_id": reference_track, "dataset": self.store.dataset},
+            where=where,
+            max_per=max_per,
         )
 
     def recommend_by_audio(
@@ -317,6 +372,8 @@ class LayerBasedRecommender:
         *,
         layer: int | None = None,
         device: str = "auto",
+        where: str | None = None,
+        max_per: tuple[str, int] | None = None,
     ) -> RecommendationResult:
         """Recommend for an audio file outside the store: it is extracted with the store's model,
         revision and window settings (this loads torch), then :meth:`recommend_by_vector`."""
@@ -356,6 +413,8 @@ class LayerBasedRecommender:
             n_recommendations,
             layer=layer,
             query={"audio": str(path), "dataset": self.store.dataset},
+            where=where,
+            max_per=max_per,
         )
 
     def recommend_by_vector(
@@ -368,6 +427,8 @@ class LayerBasedRecommender:
         exclude_ids: Iterable[str] = (),
         normalized: bool = False,
         query: dict[str, Any] | None = None,
+        where: str | None = None,
+        max_per: tuple[str, int] | None = None,
     ) -> RecommendationResult:
         """The ``n_recommendations`` nearest tracks to query vectors, one per layer searched.
 
@@ -389,31 +450,34 @@ class LayerBasedRecommender:
             by default they are raw and normalised like the corpus.
         query : dict, optional
             Echoed as ``query`` in the result (default ``{"dataset": ...}``).
+        where : str, optional
+            A filter over the track labels (``"composer = 'Bach' AND year >= 1900"``; grammar in
+            :mod:`messai.search.filters`), applied inside the search: k come back when k match.
+        max_per : (str, int), optional
+            ``(label, n)``: at most n results per value of that label (diversity).
         """
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
         parts = self.plan(aspect, layer)
         excluded = set(exclude_ids)
-        if len(parts) == 1:
-            index = self.index(parts[0][1])
-            qn = np.asarray(vectors[parts[0][1]])
-            qn = qn[None] if normalized else index.transform(qn)
-            sims, pos = index.search_normalized(
-                qn, n_recommendations, exclude=[index.positions_of(excluded)]
-            )
-            keep = pos[0] >= 0
-            ids = [index.track_ids[p] for p in pos[0][keep]]
-            sims, per_layer = sims[0][keep], None
-        else:
-            from messai.search.fusion import fuse
+        scope = self._scope(where)
+        self._check_max_per(max_per)
+        total = len(self.store)
+        want = n_recommendations if max_per is None else min(total, 4 * n_recommendations)
+        while True:
+            sims, ids, per_layer = self._search(parts, vectors, want, excluded, scope, normalized)
+            if max_per is None:
+                break
+            labels = self.labels_by_id()
+            from messai.search.filters import limit_per_label
 
-            res = fuse(
-                [(w, self.index(lay), np.asarray(vectors[lay])) for _, lay, w in parts],
-                n_recommendations,
-                exclude_ids=excluded,
-                normalized=normalized,
-            )
-            sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
+            keep = limit_per_label([labels.get(t) for t in ids], *max_per)
+            if len(keep) >= n_recommendations or len(ids) < want or want >= total:
+                keep = keep[:n_recommendations]
+                sims, ids = sims[keep], [ids[i] for i in keep]
+                per_layer = None if per_layer is None else per_layer[keep]
+                break
+            want = min(total, 4 * want)
         recs = [
             Recommendation(
                 rank,
@@ -432,3 +496,26 @@ class LayerBasedRecommender:
             self.normalize,
             recs,
         )
+
+    def _search(self, parts, vectors, k: int, excluded: set[str], scope, normalized: bool):
+        """(similarities [k'], ids, per-layer similarities [k', parts] or None) of one query."""
+        if len(parts) == 1:
+            index = self.index(parts[0][1])
+            qn = np.asarray(vectors[parts[0][1]])
+            qn = qn if normalized else index.transform(qn)[0]
+            sims, ids = index.nearest(qn, k, exclude_ids=excluded, scope=scope)
+            return sims, ids, None
+        if self.backend != "faiss":
+            raise ConfigError(
+                "fusing several aspects needs the faiss backend (--backend lancedb searches one aspect)"
+            )
+        from messai.search.fusion import fuse
+
+        res = fuse(
+            [(w, self.index(lay), np.asarray(vectors[lay])) for _, lay, w in parts],
+            k,
+            exclude_ids=excluded,
+            normalized=normalized,
+            scope=scope,
+        )
+        return res.similarities, res.track_ids, res.layer_similarities
