@@ -10,8 +10,9 @@ reader of a shared store normalises alike.
 Queries always read the live table: tracks added since the index was built are scanned (LanceDB
 searches unindexed rows exhaustively), removed tracks are gone, so results are never stale; the
 index only gets slower until it is rebuilt. The normalised cosine (centre / z-score / L2) is not
-a LanceDB metric, but its numerator is linear in the raw vector, so LanceDB ranks raw vectors by
-the dot product with ``q̂ / scale`` and ``refine`` × k of those candidates (at least 200) are
+a LanceDB metric, so the index is an L2 one on the raw column and is queried with the raw-space
+point ``mean + scale · r · q̂`` (r: the median length of a normalised corpus row); its L2
+neighbours are nearly the cosine neighbours, and ``refine`` × k of them (at least 200) are
 re-ranked by the exact normalised cosine. ``--where`` filters become a LanceDB pre-filter on
 the matching track ids.
 
@@ -119,25 +120,20 @@ def build_lancedb_index(
         raise SearchIndexError(f"dataset {store.dataset!r} has no tracks to index")
     used = _params(kind, dict(params or {}), len(ids), X.shape[1])
     normalizer = Normalizer(normalize).fit(X)
-    del X
+    # typical length of a normalised-but-not-unit row: the query point's distance from the mean
+    sample = X[:: max(1, len(X) // 10000)]
+    centred = (sample - normalizer.mean_) / normalizer.scale_
+    radius = float(np.median(np.linalg.norm(centred, axis=1)))
+    del X, sample, centred
     table = open_table(store)
     column = layer_column(layer)
     index_type = LANCEDB_KINDS[kind]
     if index_type is not None:
-        options: dict[str, Any] = {"num_partitions": used["nlist"]}
-        if kind == "ivfpq":
-            options["num_sub_vectors"] = used["pq_m"]
-        if kind == "hnsw-sq8":
-            options.update(m=used["M"], ef_construction=used["efConstruction"])
-        table.create_index(
-            metric="dot",
-            vector_column_name=column,
-            index_type=index_type,
-            replace=True,
-            **options,
-        )
+        table.create_index(column, config=_index_config(kind, used), replace=True)
     if not any(i.columns == ["track_id"] for i in table.list_indices()):
-        table.create_scalar_index("track_id", replace=True)
+        from lancedb.index import BTree
+
+        table.create_index("track_id", config=BTree(), replace=True)
     state = {
         "format": "mess-lancedb-layer",
         "layer": layer,
@@ -146,6 +142,7 @@ def build_lancedb_index(
         "params": used,
         "fingerprint": store.fingerprint(),
         "n_fit": normalizer.n_fit_,
+        "radius": radius,
         "min_scale": normalizer.min_scale,
         "mean": np.asarray(normalizer.mean_, dtype=np.float64).tolist(),
         "scale": np.asarray(normalizer.scale_, dtype=np.float64).tolist(),
@@ -161,6 +158,21 @@ def build_lancedb_index(
         "index_type": index_type or "none (exact scan)",
         "params": used,
     }
+
+
+def _index_config(kind: str, used: dict[str, Any]):
+    from lancedb.index import HnswSq, IvfFlat, IvfPq
+
+    if kind == "ivfpq":
+        return IvfPq(distance_type="l2", num_partitions=used["nlist"], num_sub_vectors=used["pq_m"])
+    if kind == "hnsw-sq8":
+        return HnswSq(
+            distance_type="l2",
+            num_partitions=used["nlist"],
+            m=used["M"],
+            ef_construction=used["efConstruction"],
+        )
+    return IvfFlat(distance_type="l2", num_partitions=used["nlist"])
 
 
 class LanceDBLayer:
@@ -268,18 +280,21 @@ class LanceDBLayer:
         if self.kind == "flat":
             rows = self.table.search().where(where).select(["track_id", self.column]).to_arrow()
         else:
-            w = np.asarray(qn, dtype=np.float64) / np.asarray(self.state["scale"])
+            # the raw-space point at the corpus' typical distance from the mean in the query's
+            # direction: its L2 neighbours are (nearly) the normalised-cosine neighbours
+            scale, mean = np.asarray(self.state["scale"]), np.asarray(self.state["mean"])
+            point = mean + scale * self.state["radius"] * np.asarray(qn, dtype=np.float64)
             want = max(MIN_CANDIDATES, self.params["refine"] * k)
             query = (
-                self.table.search(w.astype(np.float32), vector_column_name=self.column)
-                .distance_type("dot")
+                self.table.search(point.astype(np.float32), vector_column_name=self.column)
+                .distance_type("l2")
                 .where(where, prefilter=True)
                 .select(["track_id", self.column])
                 .limit(want)
                 .nprobes(self.params["nprobe"])
             )
             if self.kind == "hnsw-sq8":
-                query = query.ef(self.params["efSearch"])
+                query = query.ef(max(self.params["efSearch"], want))
             rows = query.to_arrow()
         if rows.num_rows == 0:
             return np.zeros(0, np.float32), []

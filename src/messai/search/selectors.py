@@ -73,7 +73,7 @@ def masked_topk(
     selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
     # probe wider in proportion to how selective the filter is: as many matches reached as
     # an unfiltered search would reach
-    widen = int(min(64, max(1, 0.5 * len(mask) / n_match)))
+    widen = int(min(64, np.ceil(len(mask) / n_match)))
     while True:
         search_params, exhausted = _search_parameters(index, kind, params, selector, widen)
         q = np.ascontiguousarray(qn[None, :], dtype=np.float32)
