@@ -14,7 +14,8 @@ a LanceDB metric, so the index is an L2 one on the raw column and is queried wit
 point ``mean + scale · r · q̂`` (r: the median length of a normalised corpus row); its L2
 neighbours are nearly the cosine neighbours, and ``refine`` × k of them (at least 200) are
 re-ranked by the exact normalised cosine. ``--where`` filters become a LanceDB pre-filter on
-the matching track ids.
+the matching track ids; when at most ``EXACT_SUBSET_MAX`` (20k) tracks match, those rows are
+read (through the BTREE index on ``track_id``) and scored exactly instead.
 
 ``lancedb`` is an optional extra (``pip install 'messai[lancedb]'``) and is imported only here,
 inside functions: importing it costs ≈ 1.1 s (measured: ``python -X importtime -c 'import
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from messai.errors import ConfigError, SearchIndexError
+from messai.search.selectors import EXACT_SUBSET_MAX
 
 __all__ = ["LANCEDB_KINDS", "LanceDBLayer", "build_lancedb_index"]
 
@@ -85,7 +87,7 @@ def _params(kind: str, params: dict[str, Any], n: int, dim: int) -> dict[str, An
     if kind != "flat":
         nlist = int(params.get("nlist", max(1, min(ivf_nlist(max(n, 1)), n // 256 or 1))))
         used["nlist"] = nlist
-        used["nprobe"] = int(params.get("nprobe", max(8, nlist // 8)))
+        used["nprobe"] = int(params.get("nprobe", max(16, nlist // 4)))
     if kind == "ivfpq":
         used["pq_m"] = int(params.get("pq_m", pq_m_default(dim)))
     if kind == "hnsw-sq8":
@@ -277,7 +279,8 @@ class LanceDBLayer:
                 return np.zeros(0, np.float32), []
             predicate.append(f"track_id IN ({', '.join(map(_sql, allowed))})")
         where = " AND ".join(predicate)
-        if self.kind == "flat":
+        small = scope is not None and len(allowed) <= EXACT_SUBSET_MAX
+        if self.kind == "flat" or small:  # every matching row, scored exactly
             rows = self.table.search().where(where).select(["track_id", self.column]).to_arrow()
         else:
             # the raw-space point at the corpus' typical distance from the mean in the query's
@@ -289,7 +292,7 @@ class LanceDBLayer:
                 self.table.search(point.astype(np.float32), vector_column_name=self.column)
                 .distance_type("l2")
                 .where(where, prefilter=True)
-                .select(["track_id", self.column])
+                .select(["track_id", self.column, "_distance"])
                 .limit(want)
                 .nprobes(self.params["nprobe"])
             )
