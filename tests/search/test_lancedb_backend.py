@@ -138,3 +138,86 @@ def test_default_path_never_imports_lancedb(tmp_path):
     code = "import messai.cli, messai.search.recommend, sys; print('lancedb' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.fixture()
+def s3_stores(monkeypatch):
+    """A local S3 server (moto) and MESS_STORES pointing at a bucket on it."""
+    import socket
+
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "MESS_STORES": "s3://mess/stores",
+    }.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="mess")
+    yield "s3://mess/stores"
+    server.stop()
+
+
+def test_store_on_s3(s3_stores, tmp_path):
+    from messai.bench.synthetic import clustered, synthetic_identity, synthetic_settings
+    from messai.features.records import TrackEntry, track_arrays
+    from messai.features.store import FeatureStore
+
+    store = FeatureStore.create(
+        f"{s3_stores}/syn/synthetic--model",
+        dataset="syn",
+        model=synthetic_identity("model", n_layers=1, dim=16) | {"config_hash": "syn"},
+        settings=synthetic_settings("float32"),
+    )
+    X = clustered(300, 16, n_clusters=5)
+    with store.writer():
+        for i in range(300):
+            arrays = track_arrays(
+                X[i][None, None], np.zeros(1), np.full(1, 120000), {}, store_dtype="float32"
+            )
+            entry = TrackEntry(
+                track_id=f"t{i:03d}",
+                source=f"t{i:03d}.wav",
+                size=1,
+                mtime_ns=1,
+                content_hash=f"h{i}",
+                duration_seconds=5.0,
+                n_segments=1,
+                targets=(),
+                labels={"g": f"g{i % 3}"},
+            )
+            store.put(entry, arrays)
+    r = runner.invoke(
+        app,
+        [
+            "index",
+            "-d",
+            "syn",
+            "--layers",
+            "0",
+            "--backend",
+            "lancedb",
+            "--kind",
+            "ivf",
+            "-f",
+            "json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["path"].startswith("s3://mess/stores/syn/")
+    args = ["recommend", "-d", "syn", "-t", "t000", "--layer", "0", "-k", "5", "-f", "json"]
+    r = runner.invoke(app, [*args, "--backend", "lancedb", "--where", "g = 'g1'"])
+    assert r.exit_code == 0, r.output
+    got = [x["track_id"] for x in json.loads(r.stdout)["recommendations"]]
+    store = FeatureStore.at(store.uri)
+    allowed = {t for t in store.track_ids() if store.labels(t)["g"] == "g1"}
+    assert got == brute_force(store, "t000", 0, 5, allowed)
