@@ -16,6 +16,7 @@ def test_serving_benchmark_small(tmp_path):
         lancedb_kinds=("flat",),
         n_queries=20,
         workdir=tmp_path,
+        cold_start=False,
     )
     flat, sq8 = report["faiss"]
     assert flat["kind"] == "flat" and flat["n_tracks"] == 2970  # 1 % held back to append

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "bench_cold_start_backends",
     "bench_faiss_kinds",
     "bench_lancedb",
     "bench_serving",
@@ -255,9 +256,11 @@ def bench_serving(
     k: int = 10,
     workdir: Path | None = None,
     seed: int = 0,
+    cold_start: bool = True,
 ) -> dict[str, Any]:
     """FAISS kinds and (when ``lancedb_kinds`` and the extra is installed) the LanceDB backend on
-    ``n_tracks`` × ``dim`` synthetic vectors; memory also extrapolated linearly to 1M tracks."""
+    ``n_tracks`` × ``dim`` synthetic vectors; memory also extrapolated linearly to 1M tracks.
+    With ``cold_start``, also :func:`bench_cold_start_backends` (1,000 tracks)."""
     X = low_rank(n_tracks, dim, seed=seed)
     faiss_rows = bench_faiss_kinds(
         X, kinds=kinds, n_queries=n_queries, k=k, workdir=workdir, seed=seed
@@ -282,4 +285,67 @@ def bench_serving(
             result["lancedb"] = bench_lancedb(
                 store, kinds=lancedb_kinds, n_queries=min(n_queries, 50), k=k, seed=seed
             )
+        if cold_start:
+            result["cold_start"] = bench_cold_start_backends(dim=dim, workdir=workdir)
     return result
+
+
+def bench_cold_start_backends(
+    *, n_tracks: int = 1000, dim: int = 768, runs: int = 5, workdir: Path | None = None
+) -> dict[str, Any]:
+    """Median wall time of a cold ``mess recommend --layer 0 --format json`` process with each
+    backend on an ``n_tracks`` one-layer store (flat indices), interleaved with the baseline
+    ``python -c "import numpy, faiss, typer, rich"``."""
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    from messai.search.cache import build_layer_index
+    from messai.search.lancedb_backend import build_lancedb_index
+
+    def timed(command: list[str], env: dict[str, str]) -> float:
+        t = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True)
+        return time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        home = Path(tmp)
+        store = synthetic_tracks_store(home, low_rank(n_tracks, dim))
+        build_layer_index(home, store, 0)
+        build_lancedb_index(store, 0, kind="flat")
+        env = dict(os.environ, MESS_HOME=str(home), MESS_CONFIG=str(home / "none.toml"))
+        mess = [sys.executable, "-m", "messai"]
+        rec = [
+            *mess,
+            "recommend",
+            "-d",
+            store.dataset,
+            "-t",
+            "t0000007",
+            "--layer",
+            "0",
+            "-f",
+            "json",
+        ]
+        commands = {
+            "baseline_imports": [sys.executable, "-c", "import numpy, faiss, typer, rich"],
+            "faiss": rec,
+            "lancedb": [*rec, "--backend", "lancedb"],
+        }
+        for command in commands.values():
+            timed(command, env)  # warm the page cache
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, command in commands.items():
+                times[name].append(timed(command, env))
+    medians = {name: round(statistics.median(t), 3) for name, t in times.items()}
+    base = medians["baseline_imports"]
+    return {
+        "n_tracks": n_tracks,
+        "runs": runs,
+        "median_s": medians,
+        "ratio_to_imports": {
+            k: round(v / base, 2) for k, v in medians.items() if k != "baseline_imports"
+        },
+    }

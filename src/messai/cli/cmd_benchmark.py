@@ -190,6 +190,13 @@ def bench_serving_command(
         typer.Option("--lancedb-kinds", help="LanceDB kinds, comma-separated ('' to skip)."),
     ] = "ivfpq",
     queries: Annotated[int, typer.Option("--queries", min=10, help="Queries per case.")] = 200,
+    cold_start: Annotated[
+        bool,
+        typer.Option(
+            "--cold-start/--no-cold-start",
+            help="Also time a cold 'mess recommend' with each backend (1,000 tracks).",
+        ),
+    ] = True,
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Also write the JSON to this file.")
     ] = None,
@@ -208,6 +215,7 @@ def bench_serving_command(
         kinds=tuple(k for k in kinds.split(",") if k),
         lancedb_kinds=tuple(k for k in lancedb_kinds.split(",") if k),
         n_queries=queries,
+        cold_start=cold_start,
     )
     report = {"benchmark": "serving", **report}
     print_json(report)
