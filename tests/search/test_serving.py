@@ -240,3 +240,24 @@ def test_cli_remove_and_index_memory(tmp_path, monkeypatch):
     assert out["indices"][0]["action"] == "updated" and out["indices"][0]["n_removed"] == 2
     r = runner.invoke(app, ["remove", "-d", "syn", "--track", "c0/track 000"])
     assert r.exit_code != 0
+
+
+def test_extract_prune_updates_cached_indices(tmp_path, tiny_ckpt):
+    from tests.conftest import write_audio
+
+    lib = tmp_path / "lib"
+    for i, freq in enumerate((300, 500, 700, 900)):
+        write_audio(lib / f"t{i}.wav", 6.0, 24000, freq=freq)
+    extract = ["extract", str(lib), "-d", "p", "--model", tiny_ckpt, "--device", "cpu", "-q"]
+    assert runner.invoke(app, extract).exit_code == 0
+    r = runner.invoke(app, ["index", "-d", "p", "--layers", "1", "--kind", "hnsw"])
+    assert r.exit_code == 0, r.output
+    (lib / "t2.wav").unlink()
+    r = runner.invoke(app, [*extract, "--prune"])
+    # 1 of 4 removed is past the tombstone threshold: rebuilt (a larger store takes tombstones)
+    assert r.exit_code == 0 and "layer 1 index built (3 tracks)" in r.output, r.output
+    r = runner.invoke(
+        app, ["recommend", "-d", "p", "-t", "t0", "--layer", "1", "--kind", "hnsw", "-f", "ids"]
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(r.stdout.split()) == ["t1", "t3"]
