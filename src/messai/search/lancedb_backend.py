@@ -201,6 +201,7 @@ class LanceDBLayer:
         )
         self.column = layer_column(layer)
         self.table = open_table(store)
+        self._ids: list[str] | None = None
 
     @classmethod
     def open(
@@ -273,7 +274,11 @@ class LanceDBLayer:
         if excluded:
             predicate.append(f"track_id NOT IN ({', '.join(map(_sql, excluded))})")
         if scope is not None:
-            ids = candidates if candidates is not None else self.store.track_ids()
+            if candidates is None:
+                if self._ids is None:
+                    self._ids = self.store.track_ids()
+                candidates = self._ids
+            ids = candidates
             allowed = [t for t, ok in zip(ids, scope(ids)) if ok]
             if not allowed:
                 return np.zeros(0, np.float32), []

@@ -249,7 +249,16 @@ class LayerBasedRecommender:
         parsed = parse_where(where)
         labels = self.labels_by_id()
         parsed.check_columns({k for d in labels.values() for k in d})
-        return lambda ids: parsed.mask([labels.get(t) for t in ids])
+        masks: dict[int, tuple[Sequence[str], np.ndarray]] = {}
+
+        def scope(ids: Sequence[str]) -> np.ndarray:
+            # one evaluation per id list (an index's track_ids): batches of queries reuse it
+            hit = masks.get(id(ids))
+            if hit is None or hit[0] is not ids:
+                hit = masks[id(ids)] = (ids, parsed.mask([labels.get(t) for t in ids]))
+            return hit[1]
+
+        return scope
 
     def _check_max_per(self, max_per: tuple[str, int] | None) -> None:
         if max_per is None:
