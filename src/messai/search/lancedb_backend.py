@@ -12,7 +12,7 @@ searches unindexed rows exhaustively), removed tracks are gone, so results are n
 index only gets slower until it is rebuilt. The normalised cosine (centre / z-score / L2) is not
 a LanceDB metric, so the index is an L2 one on the raw column and is queried with the raw-space
 point ``mean + scale · r · q̂`` (r: the median length of a normalised corpus row); its L2
-neighbours are nearly the cosine neighbours, and ``refine`` × k of them (at least 200) are
+neighbours are nearly the cosine neighbours, and ``refine`` × k of them (default 30 × k, at least 200) are
 re-ranked by the exact normalised cosine. ``--where`` filters become a LanceDB pre-filter on
 the matching track ids; when at most ``EXACT_SUBSET_MAX`` (20k) tracks match, those rows are
 read (through the BTREE index on ``track_id``) and scored exactly instead.
@@ -38,7 +38,7 @@ __all__ = ["LANCEDB_KINDS", "LanceDBLayer", "build_lancedb_index"]
 #: mess kind → LanceDB index type (None: no index, exhaustive exact scan)
 LANCEDB_KINDS = {"flat": None, "ivf": "IVF_FLAT", "ivfpq": "IVF_PQ", "hnsw-sq8": "IVF_HNSW_SQ"}
 MIN_CANDIDATES = 200
-DEFAULT_REFINE = 20
+DEFAULT_REFINE = 30
 PARAM_NAMES = {"nlist", "nprobe", "pq_m", "refine", "M", "efConstruction", "efSearch"}
 
 
@@ -87,7 +87,7 @@ def _params(kind: str, params: dict[str, Any], n: int, dim: int) -> dict[str, An
     if kind != "flat":
         nlist = int(params.get("nlist", max(1, min(ivf_nlist(max(n, 1)), n // 256 or 1))))
         used["nlist"] = nlist
-        used["nprobe"] = int(params.get("nprobe", max(16, nlist // 4)))
+        used["nprobe"] = int(params.get("nprobe", max(16, nlist // 2)))
     if kind == "ivfpq":
         used["pq_m"] = int(params.get("pq_m", pq_m_default(dim)))
     if kind == "hnsw-sq8":

@@ -35,7 +35,11 @@ def exact_topk(
     step = 8192  # bounded copies of the gathered rows
     for start in range(0, len(positions), step):
         block = positions[start : start + step]
-        sims[start : start + len(block)] = vectors_at(block) @ qn
+        rows = vectors_at(block)
+        # einsum for small blocks: threaded BLAS on a small shared CPU wakes idle threads erratically
+        sims[start : start + len(block)] = (
+            np.einsum("ij,j->i", rows, qn) if len(block) <= 2048 else rows @ qn
+        )
     order = np.lexsort((positions, -sims))[:k]
     return sims[order], positions[order].astype(np.int64)
 
