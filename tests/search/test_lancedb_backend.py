@@ -38,7 +38,7 @@ def test_where_equals_brute_force(tmp_path, kind):
     for where in FILTERS:
         allowed = None
         if where is not None:
-            allowed = {t for t in store.track_ids() if rec._scope(where)([t])[0]}
+            allowed = {t for t in store.track_ids() if rec.where_scope(where)([t])[0]}
         recalls = []
         for q in QUERIES:
             result = rec.recommend_by_id(q, layer=0, n_recommendations=10, where=where)

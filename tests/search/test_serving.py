@@ -42,7 +42,7 @@ def _recall(home, store, kind, where, *, k=10):
     rec = LayerBasedRecommender("syn", home=home, kind=kind)
     allowed = None
     if where is not None:
-        allowed = {t for t in store.track_ids() if rec._scope(where)([t])[0]}
+        allowed = {t for t in store.track_ids() if rec.where_scope(where)([t])[0]}
     recalls = []
     for q in QUERIES:
         got = [

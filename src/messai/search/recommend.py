@@ -151,6 +151,7 @@ class LayerBasedRecommender:
             raise ConfigError(f"unknown backend {backend!r}; choose faiss or lancedb")
         self.normalize, self.kind, self.backend = normalize, kind, backend
         self._label_cache: dict[str, dict[str, Any]] | None = None
+        self._scopes: dict[str, Callable[[Sequence[str]], np.ndarray]] = {}
         self.on_notice = on_notice or (lambda m: log.warning("%s", m))
         self._indices: dict[int, Any] = {}
         self._aspects = None
@@ -240,10 +241,16 @@ class LayerBasedRecommender:
             self._label_cache = {t: self.store.labels(t) for t in self.store.track_ids()}
         return self._label_cache
 
-    def _scope(self, where: str | None) -> Callable[[Sequence[str]], np.ndarray] | None:
-        """A ``--where`` filter as a function: track ids → bool mask (unknown ids: False)."""
+    def where_scope(self, where: str | None) -> Callable[[Sequence[str]], np.ndarray] | None:
+        """A ``--where`` filter as a function: track ids → bool mask (unknown ids: False);
+        parsed and checked against the store's labels once per filter text."""
         if where is None:
             return None
+        if where not in self._scopes:
+            self._scopes[where] = self._new_scope(where)
+        return self._scopes[where]
+
+    def _new_scope(self, where: str) -> Callable[[Sequence[str]], np.ndarray]:
         from messai.search.filters import parse_where
 
         parsed = parse_where(where)
@@ -469,7 +476,7 @@ class LayerBasedRecommender:
             raise ConfigError("the number of recommendations must be at least 1")
         parts = self.plan(aspect, layer)
         excluded = set(exclude_ids)
-        scope = self._scope(where)
+        scope = self.where_scope(where)
         self._check_max_per(max_per)
         total = len(self.store)
         want = n_recommendations if max_per is None else min(total, 4 * n_recommendations)
