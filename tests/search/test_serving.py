@@ -187,12 +187,22 @@ def test_appending_after_removal_keeps_tombstones(tmp_path):
     store = labelled_store(tmp_path)
     build_layer_index(tmp_path, store, 0, kind="hnsw-sq8")
     remove_tracks(tmp_path, store, ["c0/track 000"])
+    folder = (
+        load_layer_index(tmp_path, store, 0, kind="hnsw-sq8").meta
+        and build_layer_index(tmp_path, store, 0, kind="hnsw-sq8").path
+    )
+    inode = (folder / "vectors.npy").stat().st_ino
     extra = labelled_store(tmp_path / "other", n_tracks=8)  # 8 new tracks with new ids
     with store.writer():
         for t in extra.track_ids():
             store.put(extra.entry(t).with_changes(track_id=f"new/{t}"), extra.read_arrays(t))
     out = build_layer_index(tmp_path, store, 0, kind="hnsw-sq8")
     assert out.action == "appended" and out.n_tracks == 807 and out.n_removed == 1
+    # the 800 earlier rows are hard-linked, not rewritten; the 8 new ones have their own file
+    assert (folder / "vectors.npy").stat().st_ino == inode
+    assert np.load(folder / "vectors-1.npy").shape == (8, 16)
+    index = load_layer_index(tmp_path, store, 0, kind="hnsw-sq8")
+    assert [len(c) for c in index.refine_vectors] == [800, 8]
     rec = LayerBasedRecommender("syn", home=tmp_path, kind="hnsw-sq8")
     got = rec.recommend_by_id("new/c0/track 000", layer=0, n_recommendations=5, where="year > 0")
     assert len(got.recommendations) == 5

@@ -50,8 +50,11 @@ INDEX_FILE = "index.faiss"
 MEAN_FILE = "mean.npy"
 SCALE_FILE = "scale.npy"
 META_FILE = "meta.json"
-#: memory-bounded kinds: the normalised float32 vectors [n, dim], memory-mapped for re-ranking
+#: memory-bounded kinds: the normalised float32 vectors [n, dim], memory-mapped for re-ranking;
+#: rows appended later live in ``vectors-1.npy``, ``vectors-2.npy`` … (earlier files are hard-
+#: linked from the index being replaced, never rewritten, so an append costs only the new rows)
 VECTORS_FILE = "vectors.npy"
+MAX_VECTOR_FILES = 16
 
 #: meta.json fields and their JSON types
 META_KEYS = {
@@ -85,8 +88,8 @@ class StoredIndex:
         Fitted normaliser (mean/scale [dim]).
     kind, params, fingerprint, meta
         As recorded in ``meta.json``.
-    vectors : np.ndarray or None
-        Memory-bounded kinds: a read-only memory map of ``vectors.npy`` [n, dim] float32.
+    vectors : list of np.ndarray or None
+        Memory-bounded kinds: read-only memory maps of the vector files, [n, dim] float32 in all.
     """
 
     faiss_index: Any
@@ -96,7 +99,7 @@ class StoredIndex:
     params: dict[str, Any]
     fingerprint: str
     meta: dict[str, Any]
-    vectors: np.ndarray | None = None
+    vectors: list[np.ndarray] | None = None
 
 
 def save_index(index: LayerIndex, directory: str | os.PathLike[str]) -> Path:
@@ -141,8 +144,7 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
             os.fsync(fh.fileno())
     names = [INDEX_FILE, MEAN_FILE, SCALE_FILE]
     if index.kind in REFINED_KINDS:
-        _write_vectors(directory / VECTORS_FILE, index.refine_vectors, index.dim)
-        names.append(VECTORS_FILE)
+        names += _write_vector_files(directory, index.refine_vectors, index.dim)
     sizes = {name: (directory / name).stat().st_size for name in names}
     record = {
         "format": FORMAT,
@@ -165,6 +167,33 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     fsync_dir(directory)
+
+
+def _vector_file(i: int) -> str:
+    return VECTORS_FILE if i == 0 else f"vectors-{i}.npy"
+
+
+def _write_vector_files(directory: Path, chunks: list[np.ndarray], dim: int) -> list[str]:
+    """One file per chunk: a memory-mapped chunk is hard-linked (its file is never modified),
+    others written; past :data:`MAX_VECTOR_FILES` chunks everything is merged into one."""
+    if len(chunks) > MAX_VECTOR_FILES:
+        _write_vectors(directory / VECTORS_FILE, chunks, dim)
+        return [VECTORS_FILE]
+    names = []
+    for i, chunk in enumerate(chunks):
+        name = _vector_file(i)
+        source = getattr(chunk, "filename", None)
+        linked = False
+        if isinstance(chunk, np.memmap) and source:
+            try:
+                os.link(source, directory / name)
+                linked = True
+            except OSError:  # another file system, or links unsupported: copy
+                linked = False
+        if not linked:
+            _write_vectors(directory / name, [chunk], dim)
+        names.append(name)
+    return names
 
 
 def _write_vectors(path: Path, chunks: list[np.ndarray], dim: int) -> None:
@@ -205,7 +234,9 @@ def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
     apply_search_params(index, record["kind"], params)
     vectors = None
     if record["kind"] in REFINED_KINDS:
-        vectors = _read_vectors(path / VECTORS_FILE, record["n"], record["dim"])
+        vectors = [_read_vectors(path / name, record["dim"]) for name in _vector_names(record)]
+        if sum(len(v) for v in vectors) != record["n"]:
+            raise SearchIndexError(f"{path}: re-ranking vectors do not hold {record['n']} rows")
     return StoredIndex(
         index,
         record["track_ids"],
@@ -218,14 +249,22 @@ def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
     )
 
 
-def _read_vectors(path: Path, n: int, dim: int) -> np.ndarray:
+def _vector_names(record: dict[str, Any]) -> list[str]:
+    names, i = [], 0
+    while _vector_file(i) in record["files"]:
+        names.append(_vector_file(i))
+        i += 1
+    return names or [VECTORS_FILE]
+
+
+def _read_vectors(path: Path, dim: int) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise SearchIndexError(f"{path}: unreadable re-ranking vectors ({exc})") from None
-    if array.shape != (n, dim) or array.dtype != np.float32:
+    if array.ndim != 2 or array.shape[1] != dim or array.dtype != np.float32:
         raise SearchIndexError(
-            f"{path}: expected [{n}, {dim}] float32, got {array.dtype} {array.shape}"
+            f"{path}: expected [rows, {dim}] float32, got {array.dtype} {array.shape}"
         )
     return array
 
@@ -266,7 +305,7 @@ def check_file_sizes(path: Path, record: dict[str, Any]) -> None:
     """Raise SearchIndexError if a data file is missing or its size differs from ``record``."""
     names = [INDEX_FILE, MEAN_FILE, SCALE_FILE]
     if record["kind"] in REFINED_KINDS:
-        names.append(VECTORS_FILE)
+        names += _vector_names(record)
     for name in names:
         expected = record["files"].get(name)
         try:

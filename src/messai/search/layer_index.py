@@ -178,9 +178,9 @@ class LayerIndex:
         The caller's fingerprint of the vectors' source.
     meta : dict, optional
         JSON-serialisable extras; ``meta["tombstones"]`` lists removed positions.
-    vectors : np.ndarray, optional
-        Memory-bounded kinds only: the [n, dim] float32 normalised vectors (usually a
-        read-only memory map) that candidates are re-ranked against.
+    vectors : np.ndarray or list of np.ndarray, optional
+        Memory-bounded kinds only: the [n, dim] float32 normalised vectors (usually read-only
+        memory maps, in row chunks) that candidates are re-ranked against.
     """
 
     #: a filtered subset of at most this many positions is scanned exactly
@@ -196,12 +196,13 @@ class LayerIndex:
         params: dict[str, Any],
         fingerprint: str = "",
         meta: dict[str, Any] | None = None,
-        vectors: np.ndarray | None = None,
+        vectors: np.ndarray | list[np.ndarray] | None = None,
     ) -> None:
-        if kind in REFINED_KINDS and (vectors is None or len(vectors) != len(track_ids)):
+        chunks = [] if vectors is None else vectors if isinstance(vectors, list) else [vectors]
+        if kind in REFINED_KINDS and sum(len(c) for c in chunks) != len(track_ids):
             raise ConfigError(f"a {kind} index needs its {len(track_ids)} normalised vectors")
         self._index = index
-        self._chunks: list[np.ndarray] = [] if vectors is None else [vectors]
+        self._chunks: list[np.ndarray] = chunks
         self._track_ids = track_ids
         self._positions: dict[str, int] | None = None
         self._storage_view: np.ndarray | None = None
