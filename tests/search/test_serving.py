@@ -187,10 +187,7 @@ def test_appending_after_removal_keeps_tombstones(tmp_path):
     store = labelled_store(tmp_path)
     build_layer_index(tmp_path, store, 0, kind="hnsw-sq8")
     remove_tracks(tmp_path, store, ["c0/track 000"])
-    folder = (
-        load_layer_index(tmp_path, store, 0, kind="hnsw-sq8").meta
-        and build_layer_index(tmp_path, store, 0, kind="hnsw-sq8").path
-    )
+    folder = build_layer_index(tmp_path, store, 0, kind="hnsw-sq8").path  # up to date
     inode = (folder / "vectors.npy").stat().st_ino
     extra = labelled_store(tmp_path / "other", n_tracks=8)  # 8 new tracks with new ids
     with store.writer():
