@@ -149,7 +149,9 @@ FIELDS: dict[str, FieldSpec] = {
     # The library calls this threshold min_r2 (messai.analysis: TargetProbeResult.is_validated,
     # LayerDiscovery, aspect_map; default DEFAULT_MIN_R2); the CLI passes this setting as min_r2.
     "r2_threshold": FieldSpec(float, 0.5, "minimum R² for an aspect to count as validated"),
-    "index_kind": FieldSpec(str, "flat", "FAISS index kind", choices=("flat", "hnsw", "ivf")),
+    "index_kind": FieldSpec(
+        str, "flat", "index kind", choices=("flat", "hnsw", "ivf", "ivfpq", "hnsw-sq8")
+    ),
     "normalize": FieldSpec(
         str, "center", "vector normalisation before cosine", choices=("center", "zscore", "l2")
     ),

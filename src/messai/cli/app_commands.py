@@ -8,6 +8,7 @@ from messai.cli import (  # noqa: F401  (importing registers the commands)
     cmd_extract,
     cmd_model,
     cmd_probe,
+    cmd_remove,
     cmd_search,
     cmd_store,
     cmd_stores,

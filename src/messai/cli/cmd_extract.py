@@ -148,6 +148,8 @@ def extract_command(
         notice(f"failed earlier (unchanged; --retry-failed retries): {failure}")
     for line in report.warnings:
         notice(f"note: {line}")
+    if prune and any(w.startswith("pruned ") for w in report.warnings):
+        _prune_indices(settings.home, report.store_path)
     if json_out:
         print_json(report.to_dict())
     if report.interrupted:
@@ -226,6 +228,15 @@ def _model_of_existing_store(path, dataset, settings):
     if revision:
         update["revision"] = revision
     return settings.model_copy(update=update)
+
+
+def _prune_indices(home, store_path) -> None:
+    """Pruned tracks leave every cached index of the store too (tombstones or a rebuild)."""
+    from messai.features.store import FeatureStore
+    from messai.search.updates import update_cached_indices
+
+    for row in update_cached_indices(home, FeatureStore.at(store_path)):
+        notice(f"note: layer {row['layer']} index {row['action']} ({row['n_tracks']} tracks)")
 
 
 def _resolve_path(path, dataset, layout, settings):

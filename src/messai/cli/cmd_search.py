@@ -37,6 +37,13 @@ class Kind(str, Enum):
     flat = "flat"
     hnsw = "hnsw"
     ivf = "ivf"
+    ivfpq = "ivfpq"
+    hnsw_sq8 = "hnsw-sq8"
+
+
+class Backend(str, Enum):
+    faiss = "faiss"
+    lancedb = "lancedb"
 
 
 class Space(str, Enum):
@@ -55,7 +62,14 @@ KindOpt = Annotated[
     Optional[Kind],
     typer.Option(
         "--kind",
-        help="flat (exact; the default, fine up to ~100k tracks), hnsw or ivf (approximate, for larger stores).",
+        help="flat (exact; the default, fine up to ~100k tracks), hnsw or ivf (approximate, for larger stores), ivfpq or hnsw-sq8 (memory-bounded, exactly re-ranked; for catalogues of millions).",
+    ),
+]
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        "--backend",
+        help="faiss (local cache; fast cold start) or lancedb (indices on the store's own tracks table, local or s3://; needs messai[lancedb]; ≈ 1 s more per start).",
     ),
 ]
 NormOpt = Annotated[
@@ -89,6 +103,17 @@ def index_command(
     nprobe: Annotated[
         Optional[int], typer.Option("--nprobe", help="IVF: lists searched per query.")
     ] = None,
+    pq_m: Annotated[
+        Optional[int], typer.Option("--pq-m", help="IVFPQ: sub-quantisers (bytes per vector).")
+    ] = None,
+    pq_bits: Annotated[
+        Optional[int], typer.Option("--pq-bits", help="IVFPQ: bits per sub-quantiser code (4-12).")
+    ] = None,
+    refine: Annotated[
+        Optional[int],
+        typer.Option("--refine", help="ivfpq/hnsw-sq8: refine × k candidates re-ranked exactly."),
+    ] = None,
+    backend: BackendOpt = Backend.faiss,
     verify: Annotated[
         bool,
         typer.Option(
@@ -100,7 +125,10 @@ def index_command(
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Build per-layer FAISS indices of track vectors (mean of each track's windows), cached
-    under the data root and keyed by a fingerprint of the store; incremental when tracks were added."""
+    under the data root and keyed by a fingerprint of the store; incremental when tracks were added
+    or removed. memory_mb is what a loaded index holds in RAM; mapped_mb (ivfpq, hnsw-sq8) the
+    exact vectors it re-ranks from, memory-mapped from disk. With --backend lancedb the indices are
+    built on the store's own tracks table instead."""
     from messai.errors import ConfigError
     from messai.features.store import FeatureStore
     from messai.search.cache import build_layer_index
@@ -113,6 +141,9 @@ def index_command(
         "efSearch": ef_search,
         "nlist": nlist,
         "nprobe": nprobe,
+        "pq_m": pq_m,
+        "pq_bits": pq_bits,
+        "refine": refine,
     }
     flags = {
         "M": "--hnsw-m",
@@ -120,18 +151,26 @@ def index_command(
         "efSearch": "--ef-search",
         "nlist": "--nlist",
         "nprobe": "--nprobe",
+        "pq_m": "--pq-m",
+        "pq_bits": "--pq-bits",
+        "refine": "--refine",
     }
     params = {k: v for k, v in named.items() if v is not None} or None
-    wrong = [
-        flags[k]
-        for k in params or {}
-        if (k in ("nlist", "nprobe")) != (settings.index_kind == "ivf")
-        or settings.index_kind == "flat"
-    ]
+    takes = {
+        "flat": set(),
+        "hnsw": {"M", "efConstruction", "efSearch"},
+        "ivf": {"nlist", "nprobe"},
+        "ivfpq": {"nlist", "nprobe", "pq_m", "pq_bits", "refine"},
+        "hnsw-sq8": {"M", "efConstruction", "efSearch", "refine"},
+    }[settings.index_kind]
+    wrong = [flags[k] for k in params or {} if k not in takes]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --kind {settings.index_kind}")
     if verify:
         _verify_indices(store, parse_layers(layers, store.n_layers), settings, fmt)
+        return
+    if backend == Backend.lancedb:
+        _index_lancedb(store, layers, settings, params, fmt)
         return
     rows = []
     for layer in parse_layers(layers, store.n_layers):
@@ -152,7 +191,16 @@ def index_command(
     else:
         print_table(
             rows,
-            ["layer", "action", "n_tracks", "seconds", "path"],
+            [
+                "layer",
+                "action",
+                "n_tracks",
+                "n_removed",
+                "memory_mb",
+                "mapped_mb",
+                "seconds",
+                "path",
+            ],
             title=f"{settings.index_kind}/{settings.normalize} indices of {dataset}",
         )
 
@@ -176,6 +224,27 @@ def _verify_indices(store, layers: list[int], settings, fmt: Format) -> None:
     render_rows(rows, fmt, title=f"verify {settings.index_kind}/{settings.normalize} indices")
     if bad:
         raise typer.Exit(1)
+
+
+def _index_lancedb(store, layers: str, settings, params, fmt: Format) -> None:
+    from messai.search.lancedb_backend import build_lancedb_index
+
+    rows = [
+        build_lancedb_index(
+            store, layer, kind=settings.index_kind, normalize=settings.normalize, params=params
+        )
+        for layer in parse_layers(layers, store.n_layers)
+    ]
+    if fmt == Format.json:
+        print_json(rows)
+    elif fmt == Format.tsv:
+        print_tsv(rows)
+    else:
+        print_table(
+            rows,
+            ["layer", "action", "n_tracks", "index_type", "seconds", "path"],
+            title=f"lancedb {settings.index_kind}/{settings.normalize} indices of {store.dataset}",
+        )
 
 
 @app.command("recommend")
@@ -210,6 +279,22 @@ def recommend_command(
             "--exclude-same", help="Drop tracks sharing this label with the query (e.g. work)."
         ),
     ] = None,
+    where: Annotated[
+        Optional[str],
+        typer.Option(
+            "--where",
+            help="Only tracks whose labels match, e.g. \"composer = 'Bach' AND year >= 1900\" (=, !=, <, <=, >, >=, IN, AND, OR, NOT, parentheses); applied inside the search.",
+        ),
+    ] = None,
+    max_per: Annotated[
+        Optional[tuple[str, int]],
+        typer.Option(
+            "--max-per",
+            metavar="LABEL N",
+            help="At most N results per value of LABEL (e.g. --max-per composer 2).",
+        ),
+    ] = None,
+    backend: BackendOpt = Backend.faiss,
     audio: Annotated[
         Optional[Path],
         typer.Option(
@@ -265,7 +350,9 @@ def recommend_command(
         kind=settings.index_kind,
         on_notice=notice,
         space=space.value,
+        backend=backend.value,
     )
+    scoping = {"where": where, "max_per": max_per if max_per and max_per[0] else None}
     if audio is not None:
         if explain:
             raise ConfigError("--explain needs --track: an --audio query has no stored targets")
@@ -274,13 +361,18 @@ def recommend_command(
                 "--exclude-same needs --track: an --audio query has no labels to compare"
             )
         result = rec.recommend_by_audio(
-            audio, aspects, k, layer=layer, device=(device.value if device else settings.device)
+            audio,
+            aspects,
+            k,
+            layer=layer,
+            device=(device.value if device else settings.device),
+            **scoping,
         )
         _render(result, fmt, header=not no_header)
         return
     if track != "-":
         result = rec.recommend_by_id(
-            track, aspects, k, layer=layer, exclude_same=exclude_same or ()
+            track, aspects, k, layer=layer, exclude_same=exclude_same or (), **scoping
         )
         if explain:
             from messai.search.explain import explain_result
@@ -302,7 +394,7 @@ def recommend_command(
             tid = tid.strip()  # stray spaces from a hand-made list
         try:
             result = rec.recommend_by_id(
-                tid, aspects, k, layer=layer, exclude_same=exclude_same or ()
+                tid, aspects, k, layer=layer, exclude_same=exclude_same or (), **scoping
             )
             if explain:
                 from messai.search.explain import explain_result
@@ -335,7 +427,7 @@ def _short_notice(result: RecommendationResult, k: int) -> None:
     n = len(result.recommendations)
     if n < k:
         notice(
-            f"note: only {n} track(s) could be returned (the store's size, minus the query and exclusions)"
+            f"note: only {n} track(s) could be returned (the tracks that match, minus the query and exclusions)"
         )
 
 

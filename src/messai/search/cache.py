@@ -3,8 +3,10 @@
 ``$MESS_HOME/indices/<dataset>/<model-slug>/layer<NN>-<normalize>-<kind>/`` holds one
 ``LayerIndex``. Each records the store fingerprint it was built from; an index whose fingerprint
 differs from the store's is *stale* and never used silently: a flat one is rebuilt (cheap, exact),
-others raise with the command to run. Re-indexing after tracks were added appends them when the
-old tracks are unchanged and the additions are few (FAISS ``add``); otherwise it rebuilds.
+others raise with the command to run. Re-indexing after tracks were added or removed updates
+the index in place when the other tracks are unchanged and the changes are few: additions are
+appended (FAISS ``add``), removals become tombstones (never returned; dropped by the rebuild that
+happens once they pass :data:`TOMBSTONE_MAX_FRACTION`); otherwise it rebuilds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from messai.errors import ConfigError, SearchIndexError
 
 #: Append instead of rebuilding when the new tracks are at most this fraction of the indexed ones.
 INCREMENTAL_MAX_FRACTION = 0.1
+#: Rebuild instead of adding tombstones once removed tracks would pass this fraction of the index.
+TOMBSTONE_MAX_FRACTION = 0.1
 
 
 def store_cache_dir(home: Path, store) -> Path:
@@ -81,6 +85,9 @@ def stale_command(
         "efSearch": "--ef-search",
         "nlist": "--nlist",
         "nprobe": "--nprobe",
+        "pq_m": "--pq-m",
+        "pq_bits": "--pq-bits",
+        "refine": "--refine",
     }
     extra = "".join(f" {flags[k]} {v}" for k, v in (params or {}).items() if k in flags)
     from shlex import quote
@@ -95,9 +102,12 @@ def stale_command(
 class IndexOutcome:
     layer: int
     path: Path
-    action: str  # "built", "appended", "up to date"
+    action: str  # "built", "appended", "updated" (tracks removed), "up to date"
     n_tracks: int
     seconds: float = 0.0
+    memory_bytes: int = 0  # the FAISS structure, held in RAM when loaded
+    mapped_bytes: int = 0  # ivfpq/hnsw-sq8 re-ranking vectors: on disk, paged in on demand
+    n_removed: int = 0  # tombstones until the next rebuild
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,7 +116,30 @@ class IndexOutcome:
             "action": self.action,
             "n_tracks": self.n_tracks,
             "seconds": round(self.seconds, 4),
+            "memory_mb": round(self.memory_bytes / 2**20, 2),
+            "mapped_mb": round(self.mapped_bytes / 2**20, 2),
+            "n_removed": self.n_removed,
         }
+
+
+def _outcome(layer: int, path: Path, action: str, index) -> IndexOutcome:
+    from messai.search.index_io import INDEX_FILE, VECTORS_FILE
+
+    def size(name: str) -> int:
+        try:
+            return (path / name).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    return IndexOutcome(
+        layer,
+        path,
+        action,
+        len(index),
+        memory_bytes=size(INDEX_FILE),
+        mapped_bytes=size(VECTORS_FILE),
+        n_removed=index.n_removed,
+    )
 
 
 def build_layer_index(
@@ -159,7 +192,7 @@ def _build_locked(
         old = None
     fp = index_fingerprint(store, layer, normalize=normalize, kind=kind, params=params)
     if old is not None and old.fingerprint == fp:
-        return IndexOutcome(layer, path, "up to date", len(old))
+        return _outcome(layer, path, "up to date", old)
     versions = _versions(store, ids)
     meta = {
         "dataset": store.dataset,
@@ -177,19 +210,25 @@ def _build_locked(
     ):
         before = old.meta.get("versions", {})
         new_ids = [t for t in ids if t not in before]
-        unchanged = set(before) <= set(ids) and all(versions[t] == v for t, v in before.items())
-        if unchanged and new_ids and len(new_ids) <= INCREMENTAL_MAX_FRACTION * len(before):
-            _, vecs = layer_vectors(store, layer, new_ids)
-            old.add(vecs, new_ids, fingerprint=fp)
+        gone = [t for t in before if t not in versions]
+        unchanged = all(versions[t] == v for t, v in before.items() if t in versions)
+        back = set(new_ids) & set(old.track_ids)  # removed earlier, stored again: rebuild
+        few = len(new_ids) <= INCREMENTAL_MAX_FRACTION * len(before)
+        few_removed = old.n_removed + len(gone) <= TOMBSTONE_MAX_FRACTION * old.n_total
+        if unchanged and not back and (new_ids or gone) and few and few_removed:
+            old.remove(gone, fingerprint=fp)
+            if new_ids:
+                _, vecs = layer_vectors(store, layer, new_ids)
+                old.add(vecs, new_ids, fingerprint=fp)
             old.meta.update(meta)
             _save(old, path)
-            return IndexOutcome(layer, path, "appended", len(old))
+            return _outcome(layer, path, "updated" if gone else "appended", old)
     _, vecs = layer_vectors(store, layer, ids)
     index = build_index(
         vecs, ids, kind=kind, normalize=normalize, params=params, fingerprint=fp, meta=meta
     )
     _save(index, path)
-    return IndexOutcome(layer, path, "built", len(index))
+    return _outcome(layer, path, "built", index)
 
 
 def _save(index, path: Path) -> None:
@@ -197,6 +236,22 @@ def _save(index, path: Path) -> None:
         index.save(path)
     except OSError as exc:
         raise SearchIndexError(f"{path}: cannot write the index ({exc.strerror or exc})") from None
+
+
+def cached_indices(home: Path, store) -> list[tuple[int, str, str]]:
+    """``(layer, normalize, kind)`` of every index of ``store`` in the cache."""
+    from messai.search.backend import KINDS
+    from messai.search.normalise import NORMALIZE_MODES
+
+    folder = index_dir(home, store, 0, normalize="center", kind="flat").parent
+    out = []
+    for path in sorted(folder.glob("layer*")) if folder.is_dir() else []:
+        layer, _, rest = path.name[len("layer") :].partition("-")
+        normalize, _, kind = rest.partition("-")
+        known = layer.isdigit() and normalize in NORMALIZE_MODES and kind in KINDS
+        if known and (path / "meta.json").is_file():
+            out.append((int(layer), normalize, kind))
+    return out
 
 
 def load_layer_index(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ def fuse(
     exclude_ids: Iterable[str] = (),
     n_candidates: int | None = None,
     normalized: bool = False,
+    scope: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> FusionResult:
     """Weighted fusion of per-layer similarities over the union of per-layer candidates.
 
@@ -80,6 +81,9 @@ def fuse(
     normalized : bool
         Query vectors are already normalised by their index (``index.transform`` or
         ``index.vector_of``); by default they are raw and normalised here.
+    scope : callable, optional
+        Maps an index's track ids to a bool mask of those that may be returned (a filter),
+        applied inside each part's search.
 
     Returns
     -------
@@ -98,7 +102,10 @@ def fuse(
     candidates: dict[str, None] = {}
     for (_, index, _), qn in zip(parts, queries):
         exclude = index.positions_of(excluded)
-        _, positions = index.search_normalized(qn[None, :], per_part, exclude=[exclude])
+        allow = None if scope is None else np.asarray(scope(index.track_ids), dtype=bool)
+        _, positions = index.search_normalized(
+            qn[None, :], per_part, exclude=[exclude], allow=allow
+        )
         for p in positions[0][positions[0] >= 0]:
             candidates.setdefault(index.track_ids[p], None)
     ids = list(candidates)

@@ -18,7 +18,13 @@ import numpy as np
 
 from messai.errors import SearchIndexError
 from messai.files import fsync_dir, fsync_file, swap_dir_into_place
-from messai.search.backend import FAISS_TYPES, KINDS, apply_search_params, load_faiss
+from messai.search.backend import (
+    FAISS_TYPES,
+    KINDS,
+    REFINED_KINDS,
+    apply_search_params,
+    load_faiss,
+)
 from messai.search.normalise import NORMALIZE_MODES, Normalizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +51,11 @@ INDEX_FILE = "index.faiss"
 MEAN_FILE = "mean.npy"
 SCALE_FILE = "scale.npy"
 META_FILE = "meta.json"
+#: memory-bounded kinds: the normalised float32 vectors [n, dim], memory-mapped for re-ranking;
+#: rows appended later live in ``vectors-1.npy``, ``vectors-2.npy`` … (earlier files are hard-
+#: linked from the index being replaced, never rewritten, so an append costs only the new rows)
+VECTORS_FILE = "vectors.npy"
+MAX_VECTOR_FILES = 16
 
 #: Data files up to this size are checked against their full checksum on every load (SHA-256,
 #: ~1 GB/s with the CPU's SHA instructions: ~17 ms for 16 MiB, a flat index of 5k tracks × 768);
@@ -85,6 +96,8 @@ class StoredIndex:
         Fitted normaliser (mean/scale [dim]).
     kind, params, fingerprint, meta
         As recorded in ``meta.json``.
+    vectors : list of np.ndarray or None
+        Memory-bounded kinds: read-only memory maps of the vector files, [n, dim] float32 in all.
     """
 
     faiss_index: Any
@@ -94,6 +107,7 @@ class StoredIndex:
     params: dict[str, Any]
     fingerprint: str
     meta: dict[str, Any]
+    vectors: list[np.ndarray] | None = None
 
 
 def save_index(index: LayerIndex, directory: str | os.PathLike[str]) -> Path:
@@ -136,13 +150,15 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
             np.save(fh, np.asarray(array, dtype=np.float64), allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
-    sizes = {
-        name: (directory / name).stat().st_size for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE)
-    }
-    checksums = {
-        name: file_checksum(directory / name) for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE)
-    }
-    samples = {name: file_checksum(directory / name, sample=True) for name in checksums}
+    names = [INDEX_FILE, MEAN_FILE, SCALE_FILE]
+    if index.kind in REFINED_KINDS:
+        names += _write_vector_files(directory, index.refine_vectors, index.dim)
+    sizes = {name: (directory / name).stat().st_size for name in names}
+    # checksums of the core files; the exact-vector files are memory-mapped (their sizes are
+    # checked; hashing them at every load would read them whole)
+    core = (INDEX_FILE, MEAN_FILE, SCALE_FILE)
+    checksums = {name: file_checksum(directory / name) for name in core}
+    samples = {name: file_checksum(directory / name, sample=True) for name in core}
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -168,6 +184,48 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
     fsync_dir(directory)
 
 
+def _vector_file(i: int) -> str:
+    return VECTORS_FILE if i == 0 else f"vectors-{i}.npy"
+
+
+def _write_vector_files(directory: Path, chunks: list[np.ndarray], dim: int) -> list[str]:
+    """One file per chunk: a memory-mapped chunk is hard-linked (its file is never modified),
+    others written; past :data:`MAX_VECTOR_FILES` chunks everything is merged into one."""
+    if len(chunks) > MAX_VECTOR_FILES:
+        _write_vectors(directory / VECTORS_FILE, chunks, dim)
+        return [VECTORS_FILE]
+    names = []
+    for i, chunk in enumerate(chunks):
+        name = _vector_file(i)
+        source = getattr(chunk, "filename", None)
+        linked = False
+        if isinstance(chunk, np.memmap) and source:
+            try:
+                os.link(source, directory / name)
+                linked = True
+            except OSError:  # another file system, or links unsupported: copy
+                linked = False
+        if not linked:
+            _write_vectors(directory / name, [chunk], dim)
+        names.append(name)
+    return names
+
+
+def _write_vectors(path: Path, chunks: list[np.ndarray], dim: int) -> None:
+    """Stream the vector chunks into one ``.npy`` file (never all in memory at once)."""
+    n = sum(len(c) for c in chunks)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
+    start = 0
+    for chunk in chunks:
+        for i in range(0, len(chunk), 65536):
+            block = np.asarray(chunk[i : i + 65536], dtype=np.float32)
+            out[start : start + len(block)] = block
+            start += len(block)
+    out.flush()
+    del out
+    fsync_file(path)
+
+
 def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
     """Read and validate an index directory written by :func:`save_index`.
 
@@ -190,6 +248,11 @@ def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
     )
     params = dict(record["params"])
     apply_search_params(index, record["kind"], params)
+    vectors = None
+    if record["kind"] in REFINED_KINDS:
+        vectors = [_read_vectors(path / name, record["dim"]) for name in _vector_names(record)]
+        if sum(len(v) for v in vectors) != record["n"]:
+            raise SearchIndexError(f"{path}: re-ranking vectors do not hold {record['n']} rows")
     return StoredIndex(
         index,
         record["track_ids"],
@@ -198,7 +261,28 @@ def read_index_dir(directory: str | os.PathLike[str]) -> StoredIndex:
         params=params,
         fingerprint=record["fingerprint"],
         meta=record["meta"],
+        vectors=vectors,
     )
+
+
+def _vector_names(record: dict[str, Any]) -> list[str]:
+    names, i = [], 0
+    while _vector_file(i) in record["files"]:
+        names.append(_vector_file(i))
+        i += 1
+    return names or [VECTORS_FILE]
+
+
+def _read_vectors(path: Path, dim: int) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SearchIndexError(f"{path}: unreadable re-ranking vectors ({exc})") from None
+    if array.ndim != 2 or array.shape[1] != dim or array.dtype != np.float32:
+        raise SearchIndexError(
+            f"{path}: expected [rows, {dim}] float32, got {array.dtype} {array.shape}"
+        )
+    return array
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -284,7 +368,10 @@ def verify_index_dir(directory: str | os.PathLike[str]) -> None:
 
 def check_file_sizes(path: Path, record: dict[str, Any]) -> None:
     """Raise SearchIndexError if a data file is missing or its size differs from ``record``."""
-    for name in (INDEX_FILE, MEAN_FILE, SCALE_FILE):
+    names = [INDEX_FILE, MEAN_FILE, SCALE_FILE]
+    if record["kind"] in REFINED_KINDS:
+        names += _vector_names(record)
+    for name in names:
         expected = record["files"].get(name)
         try:
             actual = (path / name).stat().st_size

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 from messai.errors import ConfigError, TrackNotFoundError
 from messai.search.backend import (
     KINDS,
+    REFINED_KINDS,
     apply_search_params,
     filtered_topk,
     flat_storage,
@@ -38,6 +39,7 @@ from messai.search.fusion import FusionResult, fuse
 from messai.search.index_io import FORMAT_VERSION, read_index_dir, save_index
 from messai.search.normalise import NORMALIZE_MODES, Normalizer
 from messai.search.reranker import Float16Reranker
+from messai.search.selectors import EXACT_SUBSET_MAX, exact_topk, masked_topk, rescore
 
 __all__ = [
     "FORMAT_VERSION",
@@ -73,12 +75,14 @@ def build_index(
     track_ids : sequence of str
         n unique track ids, row order.
     kind : str
-        ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"``.
+        ``"flat"`` (exact), ``"hnsw"``, ``"ivf"``, or the memory-bounded ``"ivfpq"`` and
+        ``"hnsw-sq8"`` (compressed codes searched, candidates re-ranked exactly).
     normalize : str
         ``"center"`` (default), ``"zscore"`` or ``"l2"``.
     params : dict, optional
-        hnsw: ``M``, ``efConstruction``, ``efSearch``; ivf: ``nlist``, ``nprobe``. Defaults are
-        filled in and the values actually used are recorded in :attr:`LayerIndex.params`.
+        hnsw: ``M``, ``efConstruction``, ``efSearch``; ivf: ``nlist``, ``nprobe``; ivfpq: those of
+        ivf and ``pq_m``, ``pq_bits``, ``refine``; hnsw-sq8: those of hnsw and ``refine``
+        (``refine`` × k candidates are re-ranked exactly). Defaults, chosen from n, are filled in and the values actually used are recorded in :attr:`LayerIndex.params`.
     fingerprint : str
         The caller's fingerprint of what the vectors came from; stored, exposed, not checked.
     meta : dict, optional
@@ -101,12 +105,19 @@ def build_index(
     X = _check_vectors(vectors, dim=None)
     ids = _check_ids(track_ids, expected=X.shape[0])
     meta = _check_meta(meta)
-    used = resolve_params(kind, dict(params or {}), n=X.shape[0])
+    used = resolve_params(kind, dict(params or {}), n=X.shape[0], dim=X.shape[1])
     normalizer = Normalizer(normalize).fit(X)
     Xn = normalizer.transform(X)
     index = new_faiss_index(kind, Xn, used)
     return LayerIndex(
-        index, ids, normalizer, kind=kind, params=used, fingerprint=fingerprint, meta=meta
+        index,
+        ids,
+        normalizer,
+        kind=kind,
+        params=used,
+        fingerprint=fingerprint,
+        meta=meta,
+        vectors=Xn if kind in REFINED_KINDS else None,
     )
 
 
@@ -166,8 +177,14 @@ class LayerIndex:
     fingerprint : str
         The caller's fingerprint of the vectors' source.
     meta : dict, optional
-        JSON-serialisable extras.
+        JSON-serialisable extras; ``meta["tombstones"]`` lists removed positions.
+    vectors : np.ndarray or list of np.ndarray, optional
+        Memory-bounded kinds only: the [n, dim] float32 normalised vectors (usually read-only
+        memory maps, in row chunks) that candidates are re-ranked against.
     """
+
+    #: a filtered subset of at most this many positions is scanned exactly
+    exact_subset_max: int = EXACT_SUBSET_MAX
 
     def __init__(
         self,
@@ -179,8 +196,13 @@ class LayerIndex:
         params: dict[str, Any],
         fingerprint: str = "",
         meta: dict[str, Any] | None = None,
+        vectors: np.ndarray | list[np.ndarray] | None = None,
     ) -> None:
+        chunks = [] if vectors is None else vectors if isinstance(vectors, list) else [vectors]
+        if kind in REFINED_KINDS and sum(len(c) for c in chunks) != len(track_ids):
+            raise ConfigError(f"a {kind} index needs its {len(track_ids)} normalised vectors")
         self._index = index
+        self._chunks: list[np.ndarray] = chunks
         self._track_ids = track_ids
         self._positions: dict[str, int] | None = None
         self._storage_view: np.ndarray | None = None
@@ -191,6 +213,8 @@ class LayerIndex:
         self._params = dict(params)
         self.fingerprint = fingerprint
         self.meta = dict(meta or {})
+        self._removed = np.zeros(len(track_ids), dtype=bool)
+        self._removed[np.asarray(self.meta.get("tombstones", []), dtype=np.int64)] = True
 
     # ---- facts -----------------------------------------------------------------------------
 
@@ -207,7 +231,7 @@ class LayerIndex:
     @property
     def params(self) -> dict[str, Any]:
         """FAISS parameters used: hnsw ``M``, ``efConstruction``, ``efSearch``; ivf ``nlist``,
-        ``nprobe``; flat none."""
+        ``nprobe``; ivfpq also ``pq_m``, ``pq_bits``, ``refine``; hnsw-sq8 also ``refine``."""
         return dict(self._params)
 
     @property
@@ -216,8 +240,19 @@ class LayerIndex:
 
     @property
     def n_total(self) -> int:
-        """Number of vectors in the index."""
+        """Number of vectors in the index (removed ones included until a rebuild)."""
         return int(self._index.ntotal)
+
+    @property
+    def n_removed(self) -> int:
+        """Number of removed (tombstoned) positions: never returned, dropped by a rebuild."""
+        return int(self._removed.sum())
+
+    @property
+    def refine_vectors(self) -> list[np.ndarray]:
+        """Memory-bounded kinds: the normalised vectors in position order, as chunks (a memory
+        map, then anything added since loading); empty for other kinds."""
+        return list(self._chunks)
 
     @property
     def n_fit(self) -> int:
@@ -230,7 +265,8 @@ class LayerIndex:
         return self._index
 
     def __len__(self) -> int:
-        return self.n_total
+        """Number of tracks that can be returned (vectors minus removed ones)."""
+        return self.n_total - self.n_removed
 
     def __repr__(self) -> str:
         return (
@@ -239,15 +275,15 @@ class LayerIndex:
         )
 
     def position(self, track_id: str) -> int:
-        """Row of ``track_id``; raises TrackNotFoundError if it is not indexed."""
+        """Row of ``track_id``; raises TrackNotFoundError if it is not indexed (or removed)."""
         if self._positions is None:
             self._positions = {t: i for i, t in enumerate(self._track_ids)}
-        try:
-            return self._positions[track_id]
-        except KeyError:
+        position = self._positions.get(track_id)
+        if position is None or self._removed[position]:
             raise TrackNotFoundError(
-                f"track {track_id!r} is not in this index ({self.n_total} tracks)"
-            ) from None
+                f"track {track_id!r} is not in this index ({len(self)} tracks)"
+            )
+        return position
 
     def __contains__(self, track_id: object) -> bool:
         try:
@@ -264,6 +300,8 @@ class LayerIndex:
 
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
         """Normalised vectors at ``positions`` [c] int → [c, dim] float32 (a copy)."""
+        if self._chunks:
+            return self._refined_rows(np.asarray(positions, dtype=np.int64))
         view = self._view()
         if view is not None:
             return view[positions]
@@ -271,6 +309,8 @@ class LayerIndex:
 
     def normalized_vectors(self) -> np.ndarray:
         """All normalised vectors [n, dim] float32, in position order (a copy)."""
+        if self._chunks:
+            return np.concatenate([np.asarray(c, dtype=np.float32) for c in self._chunks])
         view = self._view()
         if view is not None:
             return view.copy()
@@ -283,6 +323,20 @@ class LayerIndex:
     def positions_of(self, track_ids: Iterable[str]) -> set[int]:
         """Positions of those of ``track_ids`` that are indexed (others are ignored)."""
         return {self.position(t) for t in track_ids if t in self}
+
+    def _refined_rows(self, positions: np.ndarray) -> np.ndarray:
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        start = 0
+        for chunk in self._chunks:
+            inside = (positions >= start) & (positions < start + len(chunk))
+            if inside.any():
+                rows = positions[inside] - start
+                order = np.argsort(rows)  # sorted reads of a memory map are friendlier
+                picked = np.empty((len(rows), self.dim), dtype=np.float32)
+                picked[order] = chunk[rows[order]]
+                out[inside] = picked
+            start += len(chunk)
+        return out
 
     def _view(self) -> np.ndarray | None:
         """Zero-copy [n, dim] view of FAISS' flat storage (flat, hnsw); None for ivf."""
@@ -298,6 +352,7 @@ class LayerIndex:
         k: int,
         *,
         exclude: Sequence[set[int]] | None = None,
+        allow: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` neighbours of raw (unnormalised) queries.
 
@@ -306,6 +361,7 @@ class LayerIndex:
         queries: [m, dim] (or [dim], treated as m = 1) raw vectors of this layer.
         k: neighbours per query.
         exclude: optional m sets of positions that must not be returned for that query.
+        allow: optional [n_total] bool mask of the positions that may be returned (a filter).
 
         Returns
         -------
@@ -314,7 +370,7 @@ class LayerIndex:
         position -1 and similarity -inf.
         """
         Qn = self.transform(queries)
-        return self.search_normalized(Qn, k, exclude=exclude)
+        return self.search_normalized(Qn, k, exclude=exclude, allow=allow)
 
     def search_track(
         self,
@@ -322,6 +378,7 @@ class LayerIndex:
         k: int,
         *,
         exclude_ids: Iterable[str] = (),
+        allow: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[str]]:
         """Top-``k`` neighbours of an indexed track, never the track itself.
 
@@ -333,6 +390,30 @@ class LayerIndex:
             self.vectors_at(np.array([position])),
             k,
             exclude=[{position} | self.positions_of(exclude_ids)],
+            allow=allow,
+        )
+        keep = positions[0] >= 0
+        return sims[0][keep], [self._track_ids[p] for p in positions[0][keep]]
+
+    def nearest(
+        self,
+        qn: np.ndarray,
+        k: int,
+        *,
+        exclude_ids: Iterable[str] = (),
+        scope: Callable[[Sequence[str]], np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Top-``k`` (similarities [k'], track ids) of one normalised query ``qn`` [dim].
+
+        ``scope`` maps this index's track ids to a bool mask of the allowed ones (a filter);
+        ``exclude_ids`` are never returned.
+        """
+        allow = None if scope is None else np.asarray(scope(self._track_ids), dtype=bool)
+        sims, positions = self.search_normalized(
+            np.asarray(qn, dtype=np.float32)[None, :],
+            k,
+            exclude=[self.positions_of(exclude_ids)],
+            allow=allow,
         )
         keep = positions[0] >= 0
         return sims[0][keep], [self._track_ids[p] for p in positions[0][keep]]
@@ -348,13 +429,21 @@ class LayerIndex:
         return Q
 
     def search_normalized(
-        self, Qn: np.ndarray, k: int, *, exclude: Sequence[set[int]] | None = None
+        self,
+        Qn: np.ndarray,
+        k: int,
+        *,
+        exclude: Sequence[set[int]] | None = None,
+        allow: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` neighbours of already-normalised queries ``Qn`` [m, dim].
 
         Like :meth:`search`, for queries from :meth:`transform` or :meth:`vector_of`. Large
         flat indices answer a few queries with the exact float16 two-stage search of
         :class:`Float16Reranker` (from the second such search on), others with FAISS.
+        Memory-bounded kinds re-rank ``refine`` × k candidates exactly. With an ``allow``
+        mask (or removed tracks) a subset of at most ``EXACT_SUBSET_MAX`` positions is scanned
+        exactly, a larger one searched by FAISS with a bitmap selector and re-ranked exactly.
 
         Returns
         -------
@@ -365,13 +454,54 @@ class LayerIndex:
         if exclude is not None and len(exclude) != len(Qn):
             raise ConfigError(f"{len(exclude)} exclusion sets for {len(Qn)} queries")
         Qn = np.ascontiguousarray(Qn, dtype=np.float32)
-        if self._use_reranker(len(Qn)):
+        if allow is not None and len(allow) != self.n_total:
+            raise ConfigError(f"allow mask of {len(allow)} for an index of {self.n_total}")
+        if allow is not None or self.n_removed or self.kind in REFINED_KINDS:
+            sims, positions = self._subset_search(Qn, k, exclude, allow)
+        elif self._use_reranker(len(Qn)):
             if self._reranker is None:
                 self._reranker = Float16Reranker(self._view())
             sims, positions = self._reranker.topk(Qn, k, exclude)
         else:
             sims, positions = filtered_topk(self._index, Qn, k, exclude)
         np.clip(sims, -1.0, 1.0, out=sims, where=positions >= 0)
+        return sims, positions
+
+    def _subset_search(
+        self,
+        Qn: np.ndarray,
+        k: int,
+        exclude: Sequence[set[int]] | None,
+        allow: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Searches with a filter, removed tracks, or re-ranking (see :meth:`search_normalized`)."""
+        sims = np.full((len(Qn), k), -np.inf, dtype=np.float32)
+        positions = np.full((len(Qn), k), -1, dtype=np.int64)
+        refine = int(self._params.get("refine", 1))
+        live = None
+        if allow is not None or self.n_removed:
+            live = ~self._removed if allow is None else (np.asarray(allow, bool) & ~self._removed)
+        for q in range(len(Qn)):
+            excluded = exclude[q] if exclude is not None else set()
+            if live is None:  # a memory-bounded kind, nothing filtered
+                want = min(self.n_total, refine * (k + len(excluded)))
+                _, found = filtered_topk(self._index, Qn[q : q + 1], want, [excluded])
+                s, p = rescore(self.vectors_at, Qn[q], k, found[0])
+            else:
+                mask = live
+                if excluded:
+                    mask = live.copy()
+                    mask[np.fromiter(excluded, dtype=np.int64, count=len(excluded))] = False
+                n_match = int(mask.sum())
+                if n_match <= self.exact_subset_max:
+                    s, p = exact_topk(self.vectors_at, Qn[q], k, np.flatnonzero(mask))
+                else:
+                    found = masked_topk(
+                        self._index, self.kind, self._params, Qn[q], refine * k, mask
+                    )
+                    s, p = rescore(self.vectors_at, Qn[q], k, found)
+            sims[q, : len(s)] = s
+            positions[q, : len(p)] = p
         return sims, positions
 
     @property
@@ -403,10 +533,18 @@ class LayerIndex:
         """
         X = _check_vectors(vectors, dim=self.dim)
         ids = _check_ids(track_ids, expected=X.shape[0])
-        clash = [t for t in ids if t in self]
+        if self._positions is None:
+            self._positions = {t: i for i, t in enumerate(self._track_ids)}
+        clash = [t for t in ids if t in self._positions]
         if clash:
-            raise ConfigError(f"track ids already indexed: {clash[:5]}")
-        self._index.add(self.normalizer.transform(X))
+            raise ConfigError(
+                f"track ids already indexed (or removed, until a rebuild): {clash[:5]}"
+            )
+        Xn = self.normalizer.transform(X)
+        self._index.add(Xn)
+        if self._chunks:
+            self._chunks.append(Xn)
+        self._removed = np.concatenate([self._removed, np.zeros(len(ids), dtype=bool)])
         self._track_ids = self._track_ids + ids
         self._positions = None
         self._storage_view = None  # FAISS may have reallocated its storage
@@ -414,14 +552,26 @@ class LayerIndex:
         if fingerprint is not None:
             self.fingerprint = fingerprint
 
+    def remove(self, track_ids: Iterable[str], *, fingerprint: str | None = None) -> int:
+        """Mark indexed tracks as removed (tombstones, kept in ``meta["tombstones"]``): they are
+        never returned again and their vectors are dropped by the next rebuild. Ids that are
+        not indexed are ignored. Returns the number newly removed."""
+        positions = sorted(self.positions_of(track_ids))
+        self._removed[positions] = True
+        self.meta["tombstones"] = np.flatnonzero(self._removed).tolist()
+        self._reranker = None
+        if fingerprint is not None:
+            self.fingerprint = fingerprint
+        return len(positions)
+
     def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Change hnsw ``efSearch`` or ivf ``nprobe`` (recorded in :attr:`params`)."""
         if ef_search is not None:
-            if self.kind != "hnsw":
+            if self.kind not in ("hnsw", "hnsw-sq8"):
                 raise ConfigError("efSearch applies to hnsw indices only")
             self._params["efSearch"] = int(ef_search)
         if nprobe is not None:
-            if self.kind != "ivf":
+            if self.kind not in ("ivf", "ivfpq"):
                 raise ConfigError("nprobe applies to ivf indices only")
             self._params["nprobe"] = max(1, min(int(nprobe), self._params["nlist"]))
         apply_search_params(self._index, self.kind, self._params)
@@ -455,4 +605,5 @@ class LayerIndex:
             params=stored.params,
             fingerprint=stored.fingerprint,
             meta=stored.meta,
+            vectors=stored.vectors,
         )

@@ -157,6 +157,7 @@ class LayerBasedRecommender:
         kind: str = "flat",
         on_notice: Callable[[str], None] | None = None,
         space: str = "auto",
+        backend: str = "faiss",
     ):
         from messai.features.store import FeatureStore
 
@@ -166,8 +167,12 @@ class LayerBasedRecommender:
             home = load_settings().home
         self.home = Path(home)
         self.store = FeatureStore.open(dataset, model, home=self.home, stores=stores)
-        self.normalize, self.kind = normalize, kind
+        if backend not in ("faiss", "lancedb"):
+            raise ConfigError(f"unknown backend {backend!r}; choose faiss or lancedb")
+        self.normalize, self.kind, self.backend = normalize, kind, backend
         self.space = space  # auto | aspect | layer: see messai.search.aspect_search
+        self._label_cache: dict[str, dict[str, Any]] | None = None
+        self._scopes: dict[str, Callable[[Sequence[str]], np.ndarray]] = {}
         self.on_notice = on_notice or (lambda m: log.warning("%s", m))
         self._indices: dict[int, Any] = {}
         self._aspects = None
@@ -247,6 +252,13 @@ class LayerBasedRecommender:
                 raise ConfigError(
                     f"layer {layer} out of range: the store's model has layers 0..{self.store.n_layers - 1}"
                 )
+            if self.backend == "lancedb":
+                from messai.search.lancedb_backend import LanceDBLayer
+
+                self._indices[layer] = LanceDBLayer.open(
+                    self.store, layer, normalize=self.normalize, on_notice=self.on_notice
+                )
+                return self._indices[layer]
             self._indices[layer] = load_layer_index(
                 self.home,
                 self.store,
@@ -288,6 +300,51 @@ class LayerBasedRecommender:
             parts.append((name, layer if layer is not None else self.layer_for(name), weight))
         return parts
 
+    # ------------------------------------------------------------------ filters
+    def labels_by_id(self) -> dict[str, dict[str, Any]]:
+        """Every stored track's labels (read once)."""
+        if self._label_cache is None:
+            self._label_cache = {t: self.tracks.labels(t) for t in self.tracks.track_ids()}
+        return self._label_cache
+
+    def where_scope(self, where: str | None) -> Callable[[Sequence[str]], np.ndarray] | None:
+        """A ``--where`` filter as a function: track ids → bool mask (unknown ids: False);
+        parsed and checked against the store's labels once per filter text."""
+        if where is None:
+            return None
+        if where not in self._scopes:
+            self._scopes[where] = self._new_scope(where)
+        return self._scopes[where]
+
+    def _new_scope(self, where: str) -> Callable[[Sequence[str]], np.ndarray]:
+        from messai.search.filters import parse_where
+
+        parsed = parse_where(where)
+        labels = self.labels_by_id()
+        parsed.check_columns({k for d in labels.values() for k in d})
+        masks: dict[int, tuple[Sequence[str], np.ndarray]] = {}
+
+        def scope(ids: Sequence[str]) -> np.ndarray:
+            # one evaluation per id list (an index's track_ids): batches of queries reuse it
+            hit = masks.get(id(ids))
+            if hit is None or hit[0] is not ids:
+                hit = masks[id(ids)] = (ids, parsed.mask([labels.get(t) for t in ids]))
+            return hit[1]
+
+        return scope
+
+    def _check_max_per(self, max_per: tuple[str, int] | None) -> None:
+        if max_per is None:
+            return
+        label, n = max_per
+        known = {k for d in self.labels_by_id().values() for k in d}
+        if label not in known:
+            raise ConfigError(
+                f"--max-per: unknown label {label!r} (labels here: {', '.join(sorted(known)) or 'none'})"
+            )
+        if n < 1:
+            raise ConfigError(f"--max-per needs N of at least 1, got {n}")
+
     def _exclusions(self, track_id: str, exclude_same: Sequence[str]) -> set[str]:
         out: set[str] = set()
         labels = self.tracks.labels(track_id)
@@ -312,12 +369,20 @@ class LayerBasedRecommender:
         *,
         layer: int | None = None,
         exclude_same: Sequence[str] = (),
+        where: str | None = None,
+        max_per: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
         """:meth:`recommend_by_id` as the documented JSON dict (``RecommendationResult.to_dict``):
         ``query``, ``aspect``, ``layer``, ``normalize``, ``recommendations`` (rank, track_id,
         similarity, labels...)."""
         return self.recommend_by_id(
-            reference_track, aspect, n_recommendations, layer=layer, exclude_same=exclude_same
+            reference_track,
+            aspect,
+            n_recommendations,
+            layer=layer,
+            exclude_same=exclude_same,
+            where=where,
+            max_per=max_per,
         ).to_dict()
 
     def recommend_audio(
@@ -342,6 +407,8 @@ class LayerBasedRecommender:
         *,
         layer: int | None = None,
         exclude_same: Sequence[str] = (),
+        where: str | None = None,
+        max_per: tuple[str, int] | None = None,
     ) -> RecommendationResult:
         """The ``n_recommendations`` nearest tracks to the stored ``reference_track``.
 
@@ -357,6 +424,8 @@ class LayerBasedRecommender:
             Overrides the layer of a single aspect.
         exclude_same : sequence of str
             Label names: tracks sharing the query's value of any of them are left out.
+        where, max_per
+            As in :meth:`recommend_by_vector`.
         """
         from messai.features.records import nfc
 
@@ -388,6 +457,8 @@ class LayerBasedRecommender:
             exclude_ids=excluded | {reference_track},
             normalized=True,
             query={"track_id": reference_track, "dataset": self.store.dataset},
+            where=where,
+            max_per=max_per,
         )
 
     def recommend_by_audio(
@@ -398,6 +469,8 @@ class LayerBasedRecommender:
         *,
         layer: int | None = None,
         device: str = "auto",
+        where: str | None = None,
+        max_per: tuple[str, int] | None = None,
     ) -> RecommendationResult:
         """Recommend for an audio file: it is extracted with the store's model, revision and
         window settings (this loads torch), then :meth:`recommend_by_vector`. A stored track with
@@ -441,6 +514,8 @@ class LayerBasedRecommender:
             layer=layer,
             exclude_ids=same,
             query={"audio": str(path), "dataset": self.store.dataset},
+            where=where,
+            max_per=max_per,
         )
 
     def recommend_by_vector(
@@ -453,6 +528,8 @@ class LayerBasedRecommender:
         exclude_ids: Iterable[str] = (),
         normalized: bool = False,
         query: dict[str, Any] | None = None,
+        where: str | None = None,
+        max_per: tuple[str, int] | None = None,
     ) -> RecommendationResult:
         """The ``n_recommendations`` nearest tracks to query vectors, one per layer searched.
 
@@ -474,6 +551,11 @@ class LayerBasedRecommender:
             by default they are raw and normalised like the corpus.
         query : dict, optional
             Echoed as ``query`` in the result (default ``{"dataset": ...}``).
+        where : str, optional
+            A filter over the track labels (``"composer = 'Bach' AND year >= 1900"``; grammar in
+            :mod:`messai.search.filters`), applied inside the search: k come back when k match.
+        max_per : (str, int), optional
+            ``(label, n)``: at most n results per value of that label (diversity).
         """
         if n_recommendations < 1:
             raise ConfigError("the number of recommendations must be at least 1")
@@ -493,31 +575,24 @@ class LayerBasedRecommender:
             )
         parts = self.plan(aspect, layer)
         excluded = set(exclude_ids)
-        if len(parts) == 1:
-            index = self.index(parts[0][1])
-            qn = np.asarray(vectors[parts[0][1]])
-            qn = qn[None] if normalized else index.transform(qn)
-            sims, pos = index.search_normalized(
-                qn, n_recommendations, exclude=[index.positions_of(excluded)]
-            )
-            keep = (pos[0] >= 0) & np.isfinite(sims[0])  # never a NaN/inf similarity
-            ids = [index.track_ids[p] for p in pos[0][keep]]
-            sims, per_layer = sims[0][keep], None
-        else:
-            from messai.search.fusion import fuse
+        scope = self.where_scope(where)
+        self._check_max_per(max_per)
+        total = len(self.tracks)
+        want = n_recommendations if max_per is None else min(total, 4 * n_recommendations)
+        while True:
+            sims, ids, per_layer = self._search(parts, vectors, want, excluded, scope, normalized)
+            if max_per is None:
+                break
+            labels = self.labels_by_id()
+            from messai.search.filters import limit_per_label
 
-            res = fuse(
-                [(w, self.index(lay), np.asarray(vectors[lay])) for _, lay, w in parts],
-                n_recommendations,
-                exclude_ids=excluded,
-                normalized=normalized,
-            )
-            sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
-            finite = np.isfinite(np.asarray(sims, dtype=np.float64))
-            if not finite.all():
-                sims = [v for v, f in zip(sims, finite) if f]
-                ids = [t for t, f in zip(ids, finite) if f]
-                per_layer = [p for p, f in zip(per_layer, finite) if f]
+            keep = limit_per_label([labels.get(t) for t in ids], *max_per)
+            if len(keep) >= n_recommendations or len(ids) < want or want >= total:
+                keep = keep[:n_recommendations]
+                sims, ids = sims[keep], [ids[i] for i in keep]
+                per_layer = None if per_layer is None else per_layer[keep]
+                break
+            want = min(total, 4 * want)
         recs = [
             Recommendation(
                 rank,
@@ -537,3 +612,35 @@ class LayerBasedRecommender:
             recs,
             caveat=self.caveat(parts, layer),
         )
+
+    def _search(self, parts, vectors, k: int, excluded: set[str], scope, normalized: bool):
+        """(similarities [k'], ids, per-layer similarities [k', parts] or None) of one query."""
+        if len(parts) == 1:
+            index = self.index(parts[0][1])
+            qn = np.asarray(vectors[parts[0][1]])
+            qn = qn if normalized else index.transform(qn)[0]
+            sims, ids = index.nearest(qn, k, exclude_ids=excluded, scope=scope)
+            finite = np.isfinite(np.asarray(sims, dtype=np.float64))  # never NaN/inf
+            if not finite.all():
+                sims, ids = np.asarray(sims)[finite], [t for t, f in zip(ids, finite) if f]
+            return sims, ids, None
+        if self.backend != "faiss":
+            raise ConfigError(
+                "fusing several aspects needs the faiss backend (--backend lancedb searches one aspect)"
+            )
+        from messai.search.fusion import fuse
+
+        res = fuse(
+            [(w, self.index(lay), np.asarray(vectors[lay])) for _, lay, w in parts],
+            k,
+            exclude_ids=excluded,
+            normalized=normalized,
+            scope=scope,
+        )
+        sims, ids, per_layer = res.similarities, res.track_ids, res.layer_similarities
+        finite = np.isfinite(np.asarray(sims, dtype=np.float64))  # never a NaN/inf similarity
+        if not finite.all():
+            sims = np.asarray(sims)[finite]
+            ids = [t for t, f in zip(ids, finite) if f]
+            per_layer = None if per_layer is None else np.asarray(per_layer)[finite]
+        return sims, ids, per_layer
