@@ -218,10 +218,10 @@ class LayerBasedRecommender:
             return f"layer {layer} given with --layer: not validated for {parts[0][0]}"
         notes = []
         for name, lay, _ in parts:
-            entry = self.aspect_map()[name]
-            if entry.validated:
+            entry = self.aspect_map().get(name)
+            if entry is not None and entry.validated:
                 continue
-            why = entry.reason or entry.source
+            why = "no probe evidence" if entry is None else entry.reason or entry.source
             notes.append(f"{name} → layer {lay} is not validated ({why})")
             if name not in self._noticed:
                 self._noticed.add(name)
