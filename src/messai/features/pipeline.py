@@ -207,6 +207,7 @@ def extract_dataset(
                     segment_seconds=settings.segment_seconds,
                     hop_seconds=settings.hop_seconds,
                     min_seconds=settings.min_seconds,
+                    decode_workers=settings.decode_workers,
                 )
                 for result in extractor.run(plan.todo, on_window=listener.on_window):
                     _store_result(store, result, root, settings.store_dtype, report)
