@@ -397,9 +397,9 @@ def pooled_hidden_states(loaded: LoadedMert, windows: torch.Tensor, *, keep_raw:
         else:
             x = windows.to(device=loaded.device, dtype=loaded.dtype)
         out = loaded.model(x, output_hidden_states=True, return_dict=True)
-        states = torch.stack(out.hidden_states, dim=1)  # [B, L, T, D]
-        pooled = states.float().mean(dim=2)
-        raw = states.float().cpu() if keep_raw else None
+        # mean over time per state: no [B, L, T, D] copy (it cost more than the mean itself)
+        pooled = torch.stack([h.float().mean(dim=1) for h in out.hidden_states], dim=1)
+        raw = torch.stack(out.hidden_states, dim=1).float().cpu() if keep_raw else None
     return pooled.cpu(), raw
 
 
