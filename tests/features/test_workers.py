@@ -44,7 +44,10 @@ def _assert_same(a, b, *, exact_segments: bool = True):
             assert np.array_equal(x.starts, y.starts) and np.array_equal(x.lengths, y.lengths)
             assert x.targets.keys() == y.targets.keys()
             for k in x.targets:
-                assert x.targets[k].tobytes() == y.targets[k].tobytes(), k
+                if exact_segments:
+                    assert x.targets[k].tobytes() == y.targets[k].tobytes(), k
+                else:
+                    np.testing.assert_allclose(x.targets[k], y.targets[k], rtol=1e-12, err_msg=k)
             assert x.source == y.source and x.duration_seconds == y.duration_seconds
 
 
@@ -55,9 +58,10 @@ def test_worker_pool_equals_single_thread_bit_for_bit(tmp_path, tiny_ckpt):
     assert isinstance(fx.last_decoder, DecodePool)
     ok = {r.track.track_id: r.ok for r in thread}
     assert ok == {"a": True, "b": True, "bad": False, "c": True, "d": True}
-    # Windows, targets, order, errors: bit for bit. Segments: bit for bit in isolated runs;
-    # under heavy load the thread path once differed in the last bit (the decoding thread
-    # shares this process's torch thread pools with the model), so allow 1e-6 there.
+    # Windows, order, errors: exact. Segments and targets: bit for bit in isolated runs, but
+    # in the full suite the in-process thread path differed in the last bit (segments once;
+    # a float64 target once, by one ulp): it shares this process's BLAS/torch thread pools
+    # with everything else. Pool runs against each other are compared bit for bit below.
     _assert_same(thread, pool, exact_segments=False)
     _, one = _run(tiny_ckpt, tracks, 1, prefetch_windows=2)
     _assert_same(pool, one)  # the model runs alone in this process: exact
