@@ -127,10 +127,21 @@ FIELDS: dict[str, FieldSpec] = {
         str, "auto", "auto prefers MPS, then CUDA, then CPU", choices=("auto", "cpu", "cuda", "mps")
     ),
     "precision": FieldSpec(
-        str, "float32", "compute dtype", choices=("float32", "bfloat16", "float16")
+        str,
+        "float32",
+        "compute precision (int8: dynamic quantisation, CPU only)",
+        choices=("float32", "bfloat16", "float16", "int8"),
     ),
     "batch_size": FieldSpec(
         int, None, "windows per forward (default per device)", optional=True, ge=1, le=4096
+    ),
+    "decode_workers": FieldSpec(
+        int,
+        None,
+        "decode worker processes (0: one thread; default from the cores and the device)",
+        optional=True,
+        ge=0,
+        le=64,
     ),
     "segment_seconds": FieldSpec(float, 5.0, "window length, seconds", gt=0.2, le=120.0),
     "hop_seconds": FieldSpec(float, 5.0, "window hop, seconds", gt=0.0, le=120.0),

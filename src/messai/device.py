@@ -10,7 +10,17 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("float32", "bfloat16", "float16")
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+
+#: What each precision is, as the CLI and the benchmarks label it. int8 and bfloat16 are
+#: approximations of float32; their measured fidelity (per-layer cosine of window vectors,
+#: top-10 overlap of recommendation lists) is in the README and in ``mess benchmark extract``.
+PRECISION_LABELS = {
+    "float32": "exact (reference)",
+    "bfloat16": "approximate: bfloat16 weights and activations",
+    "float16": "approximate: float16 weights and activations (GPU/MPS only)",
+    "int8": "approximate: dynamic int8 quantisation of the linear layers (CPU only)",
+}
 
 
 def _mps_available() -> bool:
@@ -44,7 +54,8 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def select_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """float32 everywhere; bfloat16 everywhere torch supports it; float16 only on GPU/MPS."""
+    """float32 everywhere; bfloat16 everywhere torch supports it; float16 only on GPU/MPS;
+    int8 (dynamic quantisation of the linear layers, computed around float32) on CPU only."""
     import torch
 
     if precision not in PRECISIONS:
@@ -53,9 +64,40 @@ def select_dtype(precision: str, device: torch.device) -> torch.dtype:
         raise DeviceError(
             "--precision float16 needs a GPU or MPS device; on CPU use float32 or bfloat16"
         )
+    if precision == "int8":
+        if device.type != "cpu":
+            raise DeviceError(
+                "--precision int8 (dynamic quantisation) runs on CPU only; on a GPU use float16 "
+                "or bfloat16"
+            )
+        return torch.float32
     return getattr(torch, precision)
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Windows per forward: CPU gains nothing from big batches; GPUs need them."""
-    return {"cpu": 2, "mps": 8, "cuda": 16}.get(device.type, 2)
+#: Rough device memory of one 5-s window in the forward of the 95M shape at 2 bytes per value
+#: (CNN feature maps dominate: 512 channels x 24000 frames after the first conv), with margin.
+_BYTES_PER_WINDOW_SECOND_PER_HIDDEN = 24_000
+
+
+def default_batch_size(
+    device: torch.device,
+    *,
+    window_seconds: float = 5.0,
+    hidden_size: int = 768,
+    dtype_bytes: int = 4,
+) -> int:
+    """Windows per forward: CPU gains nothing from big batches (2); MPS 8; CUDA from the free
+    device memory (half of it, at a conservative estimate per window; 16 if it cannot be read),
+    between 1 and 64."""
+    if device.type != "cuda":
+        return {"cpu": 2, "mps": 8}.get(device.type, 2)
+    import torch
+
+    try:
+        free, _total = torch.cuda.mem_get_info(device)
+    except Exception:  # pragma: no cover - needs CUDA
+        return 16
+    per_window = (
+        _BYTES_PER_WINDOW_SECOND_PER_HIDDEN * window_seconds * hidden_size * dtype_bytes / 2
+    )
+    return int(max(1, min(64, (free // 2) // max(per_window, 1))))

@@ -145,3 +145,54 @@ def test_speed_benchmarks_run_at_small_sizes(tiny_ckpt):
     assert p["n_outputs"] == 41 and p["seconds"] > 0
     c = bench_cold_start(n_tracks=20, runs=1)
     assert c["ratio"] > 0 and c["n_tracks"] == 20
+
+
+def test_extract_benchmark_demo_null_model_and_precisions(tiny_ckpt, isolated_env):
+    """Structure only: real-music mode, the null model, two precisions with fidelity."""
+    r = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "extract",
+            "--demo",
+            "--files",
+            "2",
+            "--repeats",
+            "1",
+            "--model",
+            str(tiny_ckpt),
+            "--device",
+            "cpu",
+            "--precision",
+            "float32,int8",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout[r.stdout.index("{") :])
+    assert out["audio"].startswith("demo") and out["n_files"] == 2
+    assert [run["precision"] for run in out["runs"]] == ["float32", "int8"]
+    fid = out["runs"][1]["fidelity_vs_float32"]
+    assert (
+        len(fid["cosine_min_per_layer"]) == 3 and "approximate" in out["runs"][1]["precision_label"]
+    )
+    assert out["decode_per_worker"]["windows_per_cpu_second"] > 0
+    r = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "extract",
+            "--demo",
+            "--files",
+            "1",
+            "--repeats",
+            "1",
+            "--null-model",
+            "--model",
+            str(tiny_ckpt),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout[r.stdout.index("{") :])
+    assert out["model"].startswith("null") and out["pipeline_cpu_ms_per_window"] > 0

@@ -65,7 +65,7 @@ def test_force_with_new_settings_is_recorded(lib, tiny_ckpt):
 
 
 def test_file_changing_while_read_fails_and_is_redone(lib, tiny_ckpt, monkeypatch):
-    import messai.features.extractor as ex
+    import messai.features.workers as ex  # the decoding code (thread and worker processes)
 
     real = ex.stream_mono
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from messai.cli import common
-from messai.cli.common import DeviceOpt, ModelOpt, PrecisionOpt, app, print_json
+from messai.cli.common import DeviceOpt, ModelOpt, app, print_json
 
 bench_app = typer.Typer(
     help="Measure similarity metrics, retrieval quality and speed.", no_args_is_help=True
@@ -20,16 +20,41 @@ app.add_typer(bench_app, name="benchmark")
 def bench_extract_command(
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    precision: PrecisionOpt = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            "--precision",
+            help="Precision, or several comma-separated (float32,int8,bfloat16): measured side "
+            "by side, each with its fidelity against the first.",
+        ),
+    ] = None,
     batch_size: Annotated[
         Optional[int],
         typer.Option(
             "--batch-size", help="Windows per forward (default: 2 on CPU, 16 on CUDA, 8 on MPS)."
         ),
     ] = None,
+    decode_workers: Annotated[
+        Optional[int],
+        typer.Option("--decode-workers", min=0, help="Decode processes (0: one thread)."),
+    ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option("--demo", help="The bundled demo's real music instead of generated tones."),
+    ] = False,
+    null_model: Annotated[
+        bool,
+        typer.Option(
+            "--null-model",
+            help="A model that returns zeros: the CPU cost of everything but the forward.",
+        ),
+    ] = False,
     files: Annotated[
-        int, typer.Option("--files", min=1, help="Generated 44.1 kHz stereo files.")
-    ] = 4,
+        Optional[int],
+        typer.Option(
+            "--files", min=1, help="Generated 44.1 kHz stereo files (4), or demo files (all)."
+        ),
+    ] = None,
     seconds: Annotated[
         float,
         typer.Option("--seconds", min=1.0, help="Length of each file (at least --min-seconds)."),
@@ -39,20 +64,37 @@ def bench_extract_command(
     ] = 2,
 ) -> None:
     """Extraction throughput: full pipeline (decode, resample, targets, forward, store) vs the
-    bare model forward on the same windows, × real time and their ratio. Without --model it
-    uses a random checkpoint of the MERT-v1-95M shape (weights don't change the cost)."""
+    bare model forward on the same windows (both warmed up): windows/s, × real time, their
+    ratio, CPU ms per window, decode rate per worker, peak memory. Without --model it uses a
+    random checkpoint of the MERT-v1-95M shape (weights don't change the cost)."""
     from messai.bench.extraction import bench_extraction
+    from messai.config import FIELDS
 
-    settings = common.settings_from(device=device, precision=precision, batch_size=batch_size)
-    common.notice("benchmarking extraction (this takes a minute on a CPU) ...")
+    precisions = [p.strip() for p in (precision or "").split(",") if p.strip()]
+    for p in precisions:
+        if p not in FIELDS["precision"].choices:
+            raise typer.BadParameter(
+                f"{p!r}: choose from {', '.join(FIELDS['precision'].choices)}",
+                param_hint="--precision",
+            )
+    settings = common.settings_from(
+        device=device,
+        precision=precisions[0] if precisions else None,
+        batch_size=batch_size,
+        decode_workers=decode_workers,
+    )
+    common.notice("benchmarking extraction (this takes a minute or more on a CPU) ...")
     result = bench_extraction(
         model=model,
         device=settings.device,
-        precision=settings.precision,
+        precisions=precisions or [settings.precision],
         batch_size=settings.batch_size,
-        n_files=files,
+        decode_workers=settings.decode_workers,
+        n_files=files or (None if demo else 4),
         seconds_per_file=seconds,
         repeats=repeats,
+        audio="demo" if demo else "synthetic",
+        null_model=null_model,
     )
     print_json(result)
 

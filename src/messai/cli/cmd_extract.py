@@ -62,6 +62,15 @@ def extract_command(
             "--batch-size", help="Windows per forward (default: 2 on CPU, 16 on CUDA, 8 on MPS)."
         ),
     ] = None,
+    decode_workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--decode-workers",
+            min=0,
+            help="Processes that decode, resample and compute targets (0: one thread) "
+            "[default: from the cores and the device].",
+        ),
+    ] = None,
     segment_seconds: Annotated[
         Optional[float],
         typer.Option("--segment-seconds", help="Window length in seconds [default: 5]."),
@@ -112,6 +121,7 @@ def extract_command(
         device=device,
         precision=precision,
         batch_size=batch_size,
+        decode_workers=decode_workers,
         segment_seconds=segment_seconds,
         hop_seconds=hop_seconds,
         min_seconds=min_seconds,

@@ -185,7 +185,11 @@ DeviceOpt = Annotated[
 ]
 PrecisionOpt = Annotated[
     Optional[PrecisionChoice],
-    typer.Option("--precision", help="Compute dtype (float16 only on GPU/MPS)."),
+    typer.Option(
+        "--precision",
+        help="Compute precision: float16 only on GPU/MPS; int8 (dynamic quantisation) only on "
+        "CPU; bfloat16 and int8 are approximate (fidelity in the README).",
+    ),
 ]
 StoresOpt = Annotated[
     Optional[str],

@@ -1,18 +1,16 @@
 """Extraction: audio → windows → MERT hidden states of every layer, time-averaged per window.
 
 ``FeatureExtractor`` is the in-memory API (files → arrays, one ``TrackResult`` per track); a
-background thread decodes, resamples, windows the next files and computes the proxy targets
-while the model runs on the current batch. :mod:`messai.features.pipeline` runs it over a
+background thread or a pool of worker processes (:mod:`messai.features.workers`) decodes,
+resamples, windows the next files and computes the proxy targets while the model runs on the
+current batch. :mod:`messai.features.pipeline` runs it over a
 dataset into a feature store.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +20,29 @@ import numpy as np
 
 from messai.datasets.base import TrackInfo
 from messai.errors import AudioError, ConfigError, MessError
-from messai.features.decode import (
-    WindowSpec,
-    audio_info,
-    iter_windows,
-    normalize_window,
-    stream_mono,
-)
+
+__all__ = [
+    "FeatureExtractor",
+    "TrackDecoded",
+    "TrackFailed",
+    "TrackResult",
+    "TrackStarted",
+    "WindowDecoded",
+    "check_window",
+    "result_arrays",
+]
+from messai.features.decode import WindowSpec
 from messai.features.records import track_arrays
+from messai.features.workers import (
+    DecodeJob,
+    DecodePool,
+    ThreadDecoder,
+    TrackDecoded,
+    TrackFailed,
+    TrackStarted,
+    WindowDecoded,
+    default_decode_workers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,37 +80,6 @@ class _Track:
     targets: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
-# Messages from the decoding thread to the model loop, in order, per track:
-# TrackStarted, WindowDecoded × n, then TrackDecoded or TrackFailed; finally _END.
-@dataclass(frozen=True)
-class TrackStarted:
-    index: int  # position of the track in the run
-
-
-@dataclass(frozen=True)
-class WindowDecoded:
-    index: int
-    start: int  # samples at the model rate
-    samples: np.ndarray  # the window as the model sees it (normalised if the model asks)
-    targets: dict[str, np.ndarray]  # proxy targets of the raw window
-
-
-@dataclass(frozen=True)
-class TrackDecoded:
-    index: int
-    duration_seconds: float
-    source: tuple[int, int, str]  # (size, mtime_ns, content hash) of the file as read
-
-
-@dataclass(frozen=True)
-class TrackFailed:
-    index: int
-    error: str  # "path: reason"
-
-
-_END = object()
-
-
 def check_window(window: WindowSpec, checkpoint) -> WindowSpec:
     """Refuse windows shorter than the model's receptive field (the CNN cannot compute them)."""
     segment, _, minimum = window.samples(checkpoint.sample_rate)
@@ -131,7 +113,13 @@ class FeatureExtractor:
         min_seconds: float = 1.0,
         compute_targets: bool = True,
         prefetch_windows: int = 32,
+        decode_workers: int | None = None,
+        null_model: bool = False,
     ):
+        """``decode_workers``: worker processes that decode, resample, window and compute the
+        targets (0: one background thread; None: :func:`default_decode_workers` for the device).
+        ``precision="int8"`` quantises the linear layers (CPU). ``null_model`` replaces the
+        forward by zeros of the same shapes (benchmarks: the cost of everything else)."""
         from messai.device import default_batch_size, select_device, select_dtype
         from messai.models.mert import MertCheckpoint, resolve_checkpoint
 
@@ -146,18 +134,38 @@ class FeatureExtractor:
         self.window = check_window(
             WindowSpec(segment_seconds, hop_seconds, min_seconds), self.checkpoint
         )
-        self.batch_size = batch_size or default_batch_size(self.device)
+        self.batch_size = batch_size or default_batch_size(
+            self.device,
+            window_seconds=segment_seconds,
+            hidden_size=self.checkpoint.dim,
+            dtype_bytes=self.dtype.itemsize,
+        )
         self.compute_targets = compute_targets
         self.prefetch_windows = max(prefetch_windows, 2 * self.batch_size)
+        self.decode_workers = (
+            default_decode_workers(self.device.type) if decode_workers is None else decode_workers
+        )
+        if self.decode_workers < 0:
+            raise ConfigError(f"decode_workers must be 0 or more, got {self.decode_workers}")
+        self.null_model = null_model
+        self.last_decoder: ThreadDecoder | DecodePool | None = None  # of the latest run()
         self._loaded = None
 
     @property
     def loaded(self):
         """The model, loaded on first use (a run whose files all fail never loads it)."""
         if self._loaded is None:
-            from messai.models.mert import load_mert
+            from messai.models.mert import load_mert, null_mert
 
-            self._loaded = load_mert(self.checkpoint, device=self.device, dtype=self.dtype)
+            if self.null_model:
+                self._loaded = null_mert(self.checkpoint, device=self.device)
+            else:
+                self._loaded = load_mert(
+                    self.checkpoint,
+                    device=self.device,
+                    dtype=self.dtype,
+                    quantize="int8" if self.precision == "int8" else None,
+                )
         return self._loaded
 
     @property
@@ -196,23 +204,20 @@ class FeatureExtractor:
         on_window: Callable[[TrackInfo, float], None] | None = None,
     ) -> Iterator[TrackResult]:
         """Extract every track, yielding one ``TrackResult`` per track as soon as it is complete
-        (failed tracks too, with ``error`` set). Decoding runs ahead in a background thread.
+        (failed tracks too, with ``error`` set), in the order of ``tracks``. Decoding runs ahead
+        in a background thread or in ``decode_workers`` processes; either way the windows,
+        batches and results are the same, bit for bit.
 
         A failure — unreadable audio, or a model forward that raises — fails that track only."""
         tracks = list(tracks)
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch_windows)
-        stop = threading.Event()
-        producer = threading.Thread(
-            target=self._produce, args=(tracks, q, stop), daemon=True, name="mess-decode"
-        )
-        producer.start()
+        decoder = self._decoder(tracks)
+        if isinstance(decoder, DecodePool):
+            decoder.start()  # workers import and start decoding while the model loads
+        self.last_decoder = decoder
         run = _RunState(tracks)
         segment_len = self.window.samples(self.sample_rate)[0]
         try:
-            while True:
-                item = self._next_item(q, producer)
-                if item is _END:
-                    break
+            for item in decoder.messages():
                 ti = item.index
                 if ti in run.dead:
                     continue  # the rest of a track that already failed
@@ -237,9 +242,9 @@ class FeatureExtractor:
                 elif isinstance(item, TrackDecoded):
                     t = run.state[ti]
                     t.expected, t.duration, t.source = t.windows, item.duration_seconds, item.source
-                    if q.empty() and run.pending:
-                        # the decoder is behind: don't hold finished tracks hostage to a full batch
-                        self._flush(run, keep_raw)
+                    # No early flush of a part-filled batch here: batches depend only on the
+                    # windows, never on timing, so every run (thread or workers) computes the
+                    # same bits (the CPU kernels' rounding depends on the batch size).
                 elif isinstance(item, TrackFailed):
                     run.fail(ti, item.error)
                 yield from run.take_failures()
@@ -248,96 +253,17 @@ class FeatureExtractor:
             yield from run.take_failures()
             yield from self._finished(run.state, keep_raw)
         finally:
-            stop.set()
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    q.get_nowait()
-            producer.join(timeout=10.0)  # no decoder thread left running at interpreter exit
-
-    @staticmethod
-    def _next_item(q: queue.Queue, producer: threading.Thread):
-        while True:
-            try:
-                return q.get(timeout=1.0)
-            except queue.Empty:
-                if not producer.is_alive() and q.empty():
-                    raise MessError(
-                        "the decoding thread stopped unexpectedly; see the log"
-                    ) from None
+            decoder.close()
 
     # ------------------------------------------------------------------ internals
-    def _produce(self, tracks: list[TrackInfo], q: queue.Queue, stop: threading.Event) -> None:
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.2)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        for ti, track in enumerate(tracks):
-            if stop.is_set():
-                return
-            try:
-                decoded = self._decode_track(ti, track, put)
-                if decoded is None or not put(decoded):
-                    return
-            except AudioError as exc:
-                if not put(TrackFailed(ti, str(exc))):
-                    return
-            except MemoryError:
-                if not put(TrackFailed(ti, f"{track.path}: out of memory while decoding")):
-                    return
-            except Exception as exc:  # one bad file never stops a run
-                log.exception("unexpected error decoding %s", track.path)
-                if not put(TrackFailed(ti, f"{track.path}: {type(exc).__name__}: {exc}")):
-                    return
-        put(_END)
-
-    def _decode_track(self, ti: int, track: TrackInfo, put) -> TrackDecoded | None:
-        """Send one track's windows; return what was read (None when stopped). A file that
-        changes while it is read fails."""
-        from messai.features.store import file_content_hash
-
-        path = track.path
-        try:
-            before = path.stat()
-        except OSError as exc:
-            raise AudioError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        info = audio_info(path)
-        if info.duration_seconds < self.window.min_seconds and info.frames > 0:
-            raise AudioError(
-                f"{path}: too short ({info.duration_seconds:.2f} s < --min-seconds {self.window.min_seconds:g})"
-            )
-        digest = file_content_hash(path)
-        if not put(TrackStarted(ti)):
-            return None
-        n_out = 0
-        for start, samples in iter_windows(
-            stream_mono(path, self.sample_rate), self.window, self.sample_rate
-        ):
-            targets = self._targets(samples)
-            model_input = normalize_window(samples) if self.checkpoint.do_normalize else samples
-            if not put(WindowDecoded(ti, start, model_input, targets)):
-                return None
-            n_out += 1
-        if n_out == 0:
-            raise AudioError(
-                f"{path}: too short (no window of at least {self.window.min_seconds:g} s)"
-            )
-        after = path.stat()
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise AudioError(f"{path}: changed while it was being read; run again")
-        return TrackDecoded(ti, info.duration_seconds, (before.st_size, before.st_mtime_ns, digest))
-
-    def _targets(self, samples: np.ndarray) -> dict[str, np.ndarray]:
-        if not self.compute_targets:
-            return {}
-        from messai.features.targets import compute_targets
-
-        values = compute_targets([samples], self.sample_rate)
-        return {k: np.asarray(v)[0] for k, v in values.items()}
+    def _decoder(self, tracks: list[TrackInfo]) -> ThreadDecoder | DecodePool:
+        job = DecodeJob(
+            self.window, self.sample_rate, self.checkpoint.do_normalize, self.compute_targets
+        )
+        if self.decode_workers == 0 or not tracks:
+            return ThreadDecoder(tracks, job, queue_windows=self.prefetch_windows)
+        per_worker = max(2, -(-self.prefetch_windows // self.decode_workers))
+        return DecodePool(tracks, job, n_workers=self.decode_workers, queue_windows=per_worker)
 
     def _flush(self, run: _RunState, keep_raw: bool) -> None:
         if run.pending:

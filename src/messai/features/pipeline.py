@@ -289,6 +289,7 @@ def extract_dataset(
                     segment_seconds=settings.segment_seconds,
                     hop_seconds=settings.hop_seconds,
                     min_seconds=settings.min_seconds,
+                    decode_workers=settings.decode_workers,
                 )
                 done = 0
 
