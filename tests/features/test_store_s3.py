@@ -110,7 +110,9 @@ def test_killed_s3_writer_loses_at_most_a_batch_and_rerun_completes(s3_stores, t
         p.send_signal(signal.SIGKILL)
         p.wait()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "broken.wav" in done.stderr  # only the bad file failed
+    # only the bad file failed (in an earlier run, when one got that far: then it is listed
+    # as failed earlier and does not change the exit status)
+    assert done.returncode in (0, 1) and "broken.wav" in done.stderr, done.stderr
     stores = FeatureStore.list(stores=s3_stores)
     assert len(stores) == 1 and len(stores[0]) == 10
     report = store_admin.verify(stores[0])

@@ -124,7 +124,7 @@ def fit_command(
     ] = "track",
     folds: Annotated[int, typer.Option("--folds", min=2, help="Grouped CV folds.")] = 5,
     model: ModelOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Fit an aspect space (ridge-probe span for targets, shrinkage LDA for a label) on one or more
     layers and save it with the store; 'mess recommend --aspect NAME' then searches it."""

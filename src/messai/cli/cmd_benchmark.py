@@ -210,7 +210,9 @@ def bench_aspects_command(
     ] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours for P@k and overlap.")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split halves.")] = 0,
-    fmt: Annotated[common.Format, typer.Option("--format", "-f")] = common.Format.table,
+    fmt: Annotated[
+        common.Format, typer.Option("--format", "-f", help="Output format.")
+    ] = common.Format.table,
     plot: Annotated[
         Optional[Path], typer.Option("--plot", help="Write a bar chart (.png, .pdf or .svg).")
     ] = None,

@@ -28,7 +28,7 @@ def remove_command(
         ),
     ],
     model: ModelOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Remove tracks from a feature store and from every cached index of it (tombstones where the
     index kind allows, a rebuild otherwise); never returned by 'mess recommend' again. All ids

@@ -109,7 +109,7 @@ def plan_extraction(
     for t in tracks:
         entry = store.get_entry(t.track_id)
         failure = failures.get(t.track_id)
-        if entry is None and failure is not None and _unchanged_since(t.path, failure.at):
+        if entry is None and failure is not None and _unchanged_since_failure(t.path, failure):
             failed_earlier.append((t, failure.reason))
             continue
         if force or entry is None or t.track_id not in complete:
@@ -130,14 +130,21 @@ def plan_extraction(
     return ExtractionPlan(tracks, todo, skipped, failed_earlier)
 
 
-def _unchanged_since(path: Path, when: str | None) -> bool:
-    """The file exists and was last modified before ``when`` (an ISO time; a cheap stat)."""
-    if not when:
+def _unchanged_since_failure(path: Path, failure) -> bool:
+    """The file is as it was when it failed: the same size and mtime (a cheap stat); for a
+    failure recorded without them, last modified before the failure's time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if failure.size is not None and failure.mtime_ns is not None:
+        return (st.st_size, st.st_mtime_ns) == (failure.size, failure.mtime_ns)
+    if not failure.at:
         return False
     try:
-        at = _dt.datetime.fromisoformat(when)
-        mtime = path.stat().st_mtime
-    except (OSError, ValueError):
+        at = _dt.datetime.fromisoformat(failure.at)
+        mtime = st.st_mtime
+    except ValueError:
         return False
     if at.tzinfo is None:
         at = at.replace(tzinfo=_dt.UTC)
@@ -384,7 +391,12 @@ def _store_result(store, result: TrackResult, root: Path, store_dtype: str, repo
         report.failures.append(Failure.from_line(result.error, result.track.path))
         prefix = f"{result.track.path}: "
         reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
-        store.mark_failed(tid, source, reason)
+        try:
+            st = result.track.path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size = mtime = None
+        store.mark_failed(tid, source, reason, size=size, mtime_ns=mtime)
         return
     size, mtime, digest = result.source
     entry = TrackEntry(

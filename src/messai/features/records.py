@@ -128,6 +128,8 @@ class TrackFailure:
     source: str
     reason: str
     at: str | None = None
+    size: int | None = None  # the file as it was when it failed (None: unknown)
+    mtime_ns: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "reason": self.reason, "at": self.at}

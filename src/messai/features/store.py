@@ -481,7 +481,12 @@ class FeatureStore:
         """Track id → its last failed extraction (stored tracks that failed later included)."""
         return {
             t: TrackFailure(
-                t, r["failure_source"] or r["source"] or "", r["failure"], r["failed_at"]
+                t,
+                r["failure_source"] or r["source"] or "",
+                r["failure"],
+                r["failed_at"],
+                r["size"] if r["status"] == "failed" else None,  # stored tracks: the entry's
+                r["mtime_ns"] if r["status"] == "failed" else None,
             )
             for t, r in self._all_rows().items()
             if r["failure"]
@@ -873,8 +878,19 @@ class FeatureStore:
         self._pending.removes.discard(entry.track_id)
         self._maybe_commit()
 
-    def mark_failed(self, track_id: str, source: str, reason: str) -> None:
-        self._pending.failures[track_id] = TrackFailure(track_id, source, reason, now_iso())
+    def mark_failed(
+        self,
+        track_id: str,
+        source: str,
+        reason: str,
+        *,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        """Record a failed extraction (``size``/``mtime_ns``: the file as it was then)."""
+        self._pending.failures[track_id] = TrackFailure(
+            track_id, source, reason, now_iso(), size, mtime_ns
+        )
         self._maybe_commit()
 
     def forget_failure(self, track_id: str) -> None:
@@ -1204,6 +1220,8 @@ class FeatureStore:
         d["status"] = pa.array(["failed"] * len(failures), pa.string())
         d["extraction_id"] = pa.array([""] * len(failures), pa.string())
         d["source"] = pa.array([f.source for f in failures], pa.string())
+        d["size"] = pa.array([f.size for f in failures], pa.int64())
+        d["mtime_ns"] = pa.array([f.mtime_ns for f in failures], pa.int64())
         d["n_segments"] = pa.array([0] * len(failures), pa.int32())
         d["labels"] = pa.array(["{}"] * len(failures), pa.string())
         d["failure"] = pa.array([f.reason for f in failures], pa.string())
