@@ -130,6 +130,14 @@ def plan_extraction(
     return ExtractionPlan(tracks, todo, skipped, failed_earlier)
 
 
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def _unchanged_since_failure(path: Path, failure) -> bool:
     """The file is as it was when it failed: the same size and mtime (a cheap stat); for a
     failure recorded without them, last modified before the failure's time."""
@@ -299,6 +307,7 @@ def extract_dataset(
                     decode_workers=settings.decode_workers,
                 )
                 done = 0
+                attempted = {t.track_id: _stat(t.path) for t in plan.todo}
 
                 def on_window(track, seconds: float) -> None:
                     listener.on_window(track, seconds)
@@ -309,7 +318,14 @@ def extract_dataset(
                     if stop is not None and stop.is_set():
                         raise StopRequested
                     for result in extractor.run(plan.todo, on_window=on_window):
-                        _store_result(store, result, root, settings.store_dtype, report)
+                        _store_result(
+                            store,
+                            result,
+                            root,
+                            settings.store_dtype,
+                            report,
+                            attempted=attempted.get(result.track.track_id),
+                        )
                         listener.on_track(result)
                         done += 1
                         if stop is not None and stop.is_set():
@@ -384,18 +400,24 @@ def _tidy(
         )
 
 
-def _store_result(store, result: TrackResult, root: Path, store_dtype: str, report) -> None:
+def _store_result(
+    store,
+    result: TrackResult,
+    root: Path,
+    store_dtype: str,
+    report,
+    *,
+    attempted: tuple[int, int] | None = None,
+) -> None:
+    """Store one finished track, or record its failure with ``attempted`` — the file's size
+    and mtime when the attempt began (a file that changed meanwhile is then retried)."""
     tid = result.track.track_id
     source = result.track.path.relative_to(root).as_posix()
     if not result.ok:
         report.failures.append(Failure.from_line(result.error, result.track.path))
         prefix = f"{result.track.path}: "
         reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
-        try:
-            st = result.track.path.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size = mtime = None
+        size, mtime = attempted if attempted is not None else (None, None)
         store.mark_failed(tid, source, reason, size=size, mtime_ns=mtime)
         return
     size, mtime, digest = result.source
