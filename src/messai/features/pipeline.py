@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,14 @@ from messai.features.decode import WindowSpec, iter_windows, stream_mono
 from messai.features.extractor import FeatureExtractor, TrackResult, check_window, result_arrays
 from messai.features.listener import ExtractionListener
 from messai.features.records import TrackEntry
+
+
+class ExtractionEngine(Protocol):
+    """What runs the model work of an extraction (see :func:`extract_dataset`'s ``engine``)."""
+
+    def __call__(
+        self, checkpoint, settings, tracks: list[TrackInfo], listener: ExtractionListener
+    ) -> Any: ...
 
 
 @dataclass
@@ -111,6 +119,8 @@ def extract_dataset(
     prune: bool = False,
     scan_options: dict[str, Any] | None = None,
     listener: ExtractionListener | None = None,
+    engine: ExtractionEngine | None = None,
+    source_uri: str | None = None,
 ) -> ExtractionReport:
     """Extract every audio file under ``path`` into the store of ``dataset``.
 
@@ -132,6 +142,15 @@ def extract_dataset(
         Options of the layout's scanner (``split``, ``limit`` for MAESTRO).
     listener : ExtractionListener, optional
         Receives progress.
+    engine : callable, optional
+        ``engine(checkpoint, settings, tracks, listener)`` → iterable of ``TrackResult``, one
+        per track (failed ones with ``error`` set), in any order: what runs the tracks that
+        need work. Default: :func:`local_engine` (this process). The Ray engine
+        (:mod:`messai.features.engines.ray_engine`) plugs in here.
+    source_uri : str, optional
+        Where the audio really lives when ``path`` is a local stand-in for it (an ``s3://``
+        prefix listed into placeholder files): recorded as the store's source, and failures
+        name files under it.
 
     Returns
     -------
@@ -192,7 +211,7 @@ def extract_dataset(
     try:
         with store.writer():
             store.reconcile_build(identity, build, force=force)
-            store.set_source(root, layout)
+            store.set_source(source_uri or root, layout)
             store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
             _tidy(store, root, tracks, prune=prune, report=report)
             plan = plan_extraction(store, tracks, force=force)
@@ -202,23 +221,29 @@ def extract_dataset(
                 store.set_labels(t.track_id, t.labels)
             store.save_manifest()
             if plan.todo:
-                extractor = FeatureExtractor(
-                    checkpoint,
-                    device=settings.device,
-                    precision=settings.precision,
-                    batch_size=settings.batch_size,
-                    segment_seconds=settings.segment_seconds,
-                    hop_seconds=settings.hop_seconds,
-                    min_seconds=settings.min_seconds,
-                )
-                for result in extractor.run(plan.todo, on_window=listener.on_window):
-                    _store_result(store, result, root, settings.store_dtype, report)
+                run = engine or local_engine
+                for result in run(checkpoint, settings, plan.todo, listener):
+                    _store_result(store, result, root, settings.store_dtype, report, source_uri)
                     listener.on_track(result)
     except BaseException:
         _remove_if_never_used(store, created=new_store)
         raise
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def local_engine(checkpoint, settings, tracks: list[TrackInfo], listener: ExtractionListener):
+    """The default engine: :class:`FeatureExtractor` in this process."""
+    extractor = FeatureExtractor(
+        checkpoint,
+        device=settings.device,
+        precision=settings.precision,
+        batch_size=settings.batch_size,
+        segment_seconds=settings.segment_seconds,
+        hop_seconds=settings.hop_seconds,
+        min_seconds=settings.min_seconds,
+    )
+    yield from extractor.run(tracks, on_window=listener.on_window)
 
 
 def _remove_if_never_used(store, *, created: bool) -> None:
@@ -269,12 +294,15 @@ def _tidy(
         )
 
 
-def _store_result(store, result: TrackResult, root: Path, store_dtype: str, report) -> None:
+def _store_result(
+    store, result: TrackResult, root: Path, store_dtype: str, report, source_uri=None
+) -> None:
     tid = result.track.track_id
     source = result.track.path.relative_to(root).as_posix()
     if not result.ok:
         report.failures.append(result.error)
-        prefix = f"{result.track.path}: "
+        shown = f"{source_uri.rstrip('/')}/{source}" if source_uri else result.track.path
+        prefix = f"{shown}: "
         reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
         store.mark_failed(tid, source, reason)
         return
