@@ -283,7 +283,7 @@ def test_recommend_never_imports_torch(store):
     code = (
         "import sys\nsys.argv=['mess','recommend','-d','syn','--track','c0/track 000','-f','json']\n"
         "from messai.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = {'torch','transformers','sklearn','librosa','torchaudio','scipy'} & set(sys.modules)\n"
+        "heavy = {'torch','transformers','sklearn','librosa','torchaudio','scipy','ray'} & set(sys.modules)\n"
         "print('HEAVY', sorted(heavy), file=sys.stderr)"
     )
     p = subprocess.run(

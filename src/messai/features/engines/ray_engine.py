@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 COLUMNS = ("index", "window", "n_windows", "start", "length", "samples", "targets", "duration")
 COLUMNS += ("size", "mtime_ns", "digest", "error")
 MAX_BLOCKS = 10_000  # input blocks; a file per block up to this many files
+#: memory reserved per decode task (it holds one track's windows). Also keeps the decode stage
+#: out of the model actors: Ray Data fuses a task stage into the next actor stage when their
+#: resource requests are equal, which they are on a CPU-only cluster (num_cpus=1 each)
+DECODE_MEMORY = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class RayEngine:
             batch_format="numpy",
             fn_kwargs=dict(window=window, sample_rate=rate, do_normalize=checkpoint.do_normalize),
             num_cpus=1,
+            memory=DECODE_MEMORY,
         )
         ds = ds.map_batches(
             MertWorker,
