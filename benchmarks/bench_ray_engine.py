@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault(
+    "RAY_AUTH_MODE", "disabled"
+)  # a throwaway local cluster: no ~/.ray/auth_token
 
 
 def main() -> None:
