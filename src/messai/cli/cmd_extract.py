@@ -26,10 +26,11 @@ from messai.features.listener import ExtractionListener
 @app.command("extract")
 def extract_command(
     path: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Argument(
             help="Folder of audio (scanned recursively), or one audio file (its folder is the "
-            "dataset). Optional when --dataset is configured in the config file."
+            "dataset); with --engine ray also an s3:// or gs:// prefix. Optional when --dataset "
+            "is configured in the config file."
         ),
     ] = None,
     dataset: Annotated[
@@ -107,11 +108,39 @@ def extract_command(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the run's report as JSON on stdout.")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local: this process; ray: a Ray cluster (needs the ray extra; PATH may be an s3:// or gs:// prefix).",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray-address",
+            help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: RAY_ADDRESS, else a local cluster).",
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers", help="Model workers on Ray (default: GPUs / --gpus-per-worker, or 1)."
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        Optional[float],
+        typer.Option(
+            "--gpus-per-worker",
+            help="GPUs per model worker on Ray (default: 1 if the cluster has GPUs, else 0).",
+        ),
+    ] = None,
 ) -> None:
     """Extract the time-averaged hidden states of every MERT layer, per window, for every audio
     file under PATH, into the dataset's feature store. Re-running skips up-to-date tracks.
     Ctrl-C (or SIGTERM) stops cleanly: finished tracks are kept; re-run to continue (exit 130).
-    Exit 1 only when a file failed in this run."""
+    Exit 1 only when a file failed in this run. With --engine ray the work runs on a Ray
+    cluster and PATH may be an object-storage prefix."""
     from messai.features.pipeline import extract_dataset
 
     settings = settings_from(
@@ -130,25 +159,39 @@ def extract_command(
     if kind is not None:
         notice("note: 'mess extract --kind' is deprecated; use --layout (--kind goes in 0.3)")
         layout = layout or kind
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(
+            f"unknown engine {engine!r}: use local or ray", param_hint="--engine"
+        )
     path, dataset, layout = _resolve_path(path, dataset, layout, settings)
-    if model is None:
+    if "://" not in str(path):  # a local folder or file; object-storage prefixes stay text
+        path = Path(path)
+    if model is None and isinstance(path, Path):
         settings = _model_of_existing_store(path, dataset, settings)
     scan_options = {k: v for k, v in (("split", split), ("limit", limit)) if v is not None}
     progress = ExtractProgress(quiet=quiet)
+    options = dict(
+        dataset=dataset,
+        settings=settings,
+        layout=layout,
+        force=force,
+        prune=prune,
+        scan_options=scan_options,
+        listener=progress,
+        retry_failed=retry_failed,
+    )
     with stop_on_signals() as stop:
         try:
-            report = extract_dataset(
-                path,
-                dataset=dataset,
-                settings=settings,
-                layout=layout,
-                force=force,
-                prune=prune,
-                scan_options=scan_options,
-                listener=progress,
-                retry_failed=retry_failed,
-                stop=stop,
-            )
+            if engine == "ray":
+                from messai.features.engines import require_ray
+
+                require_ray()
+                from messai.features.engines.ray_engine import RayOptions, extract_with_ray
+
+                ray_options = RayOptions(ray_address, workers, gpus_per_worker, batch_size)
+                report = extract_with_ray(path, options=ray_options, stop=stop, **options)
+            else:
+                report = extract_dataset(path, stop=stop, **options)
         finally:
             progress.stop()
     for failure in report.failures:  # files the scan rejected (the run's were printed already)
@@ -327,7 +370,9 @@ class ExtractProgress(ExtractionListener):
                 total += audio_info(t.path).duration_seconds
             except MessError:
                 pass
-        self.total_seconds = max(total, 1e-9)
+        if total <= 0:  # no header readable here (audio on object storage): no total
+            return
+        self.total_seconds = total
         if self.task is not None:
             self.progress.update(
                 self.task,

@@ -63,6 +63,12 @@ def storage_options() -> dict[str, str]:
     return opts
 
 
+def filesystem(location: str) -> tuple[Any, str]:
+    """``(pyarrow FileSystem, path inside it)`` for a local path or an object-storage URI
+    (S3 endpoint and region from the standard AWS variables)."""
+    return _filesystem(location)
+
+
 def _filesystem(location: str) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 

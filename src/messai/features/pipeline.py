@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,6 +46,14 @@ class Failure:
 
     def to_dict(self) -> dict[str, str]:
         return {"path": self.path, "reason": self.reason}
+
+
+class ExtractionEngine(Protocol):
+    """What runs the model work of an extraction (see :func:`extract_dataset`'s ``engine``)."""
+
+    def __call__(
+        self, checkpoint, settings, tracks: list[TrackInfo], listener: ExtractionListener
+    ) -> Any: ...
 
 
 @dataclass
@@ -191,6 +199,8 @@ def extract_dataset(
     listener: ExtractionListener | None = None,
     retry_failed: bool = False,
     stop: threading.Event | None = None,
+    engine: ExtractionEngine | None = None,
+    source_uri: str | None = None,
 ) -> ExtractionReport:
     """Extract every audio file under ``path`` into the store of ``dataset``.
 
@@ -219,6 +229,15 @@ def extract_dataset(
     stop : threading.Event, optional
         When set (e.g. by a signal handler), the run stops after the window in flight: tracks
         not finished are dropped, everything finished is committed, ``report.interrupted``.
+    engine : callable, optional
+        ``engine(checkpoint, settings, tracks, listener)`` → iterable of ``TrackResult``, one
+        per track (failed ones with ``error`` set), in any order: what runs the tracks that
+        need work. Default: :func:`local_engine` (this process). The Ray engine
+        (:mod:`messai.features.engines.ray_engine`) plugs in here.
+    source_uri : str, optional
+        Where the audio really lives when ``path`` is a local stand-in for it (an ``s3://``
+        prefix listed into placeholder files): recorded as the store's source, and failures
+        name files under it.
 
     Returns
     -------
@@ -285,7 +304,7 @@ def extract_dataset(
         store.COMMIT_TRACKS, store.COMMIT_SECONDS = settings.commit_tracks, settings.commit_seconds
         with store.writer(on_wait=listener.on_notice):
             store.reconcile_build(identity, build, force=force)
-            store.set_source(root, layout)
+            store.set_source(source_uri or root, layout)
             store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
             _tidy(store, root, tracks, prune=prune, report=report)
             plan = plan_extraction(store, tracks, force=force, retry_failed=retry_failed)
@@ -296,34 +315,21 @@ def extract_dataset(
                 store.set_labels(t.track_id, t.labels)
             store.save_manifest()
             if plan.todo:
-                extractor = FeatureExtractor(
-                    checkpoint,
-                    device=settings.device,
-                    precision=settings.precision,
-                    batch_size=settings.batch_size,
-                    segment_seconds=settings.segment_seconds,
-                    hop_seconds=settings.hop_seconds,
-                    min_seconds=settings.min_seconds,
-                    decode_workers=settings.decode_workers,
-                )
                 done = 0
                 attempted = {t.track_id: _stat(t.path) for t in plan.todo}
-
-                def on_window(track, seconds: float) -> None:
-                    listener.on_window(track, seconds)
-                    if stop is not None and stop.is_set():
-                        raise StopRequested  # drops the windows of unfinished tracks
-
+                run = engine or local_engine
+                watched = _StopAtWindow(listener, stop)
                 try:
                     if stop is not None and stop.is_set():
                         raise StopRequested
-                    for result in extractor.run(plan.todo, on_window=on_window):
+                    for result in run(checkpoint, settings, plan.todo, watched):
                         _store_result(
                             store,
                             result,
                             root,
                             settings.store_dtype,
                             report,
+                            source_uri,
                             attempted=attempted.get(result.track.track_id),
                         )
                         listener.on_track(result)
@@ -350,6 +356,43 @@ def _only_file(tracks, rejected: list[Failure], file: Path):
         why = "not an audio file" if not is_audio(file) else "not a track of its folder's layout"
         raise MessError(f"{file}: {why}")
     return mine, rejected
+
+
+def local_engine(checkpoint, settings, tracks: list[TrackInfo], listener: ExtractionListener):
+    """The default engine: :class:`FeatureExtractor` in this process."""
+    extractor = FeatureExtractor(
+        checkpoint,
+        device=settings.device,
+        precision=settings.precision,
+        batch_size=settings.batch_size,
+        segment_seconds=settings.segment_seconds,
+        hop_seconds=settings.hop_seconds,
+        min_seconds=settings.min_seconds,
+        decode_workers=settings.decode_workers,
+    )
+    yield from extractor.run(tracks, on_window=listener.on_window)
+
+
+class _StopAtWindow(ExtractionListener):
+    """Passes progress on; after a stop request, the next window ends the run (the windows
+    of unfinished tracks are dropped, everything finished is committed)."""
+
+    def __init__(self, listener: ExtractionListener, stop: threading.Event | None):
+        self.listener, self.stop = listener, stop
+
+    def on_plan(self, plan) -> None:
+        self.listener.on_plan(plan)
+
+    def on_window(self, track, seconds: float) -> None:
+        self.listener.on_window(track, seconds)
+        if self.stop is not None and self.stop.is_set():
+            raise StopRequested
+
+    def on_track(self, result) -> None:
+        self.listener.on_track(result)
+
+    def on_notice(self, text: str) -> None:
+        self.listener.on_notice(text)
 
 
 def _remove_if_never_used(store, *, created: bool) -> None:
@@ -406,6 +449,7 @@ def _store_result(
     root: Path,
     store_dtype: str,
     report,
+    source_uri: str | None = None,
     *,
     attempted: tuple[int, int] | None = None,
 ) -> None:
@@ -414,8 +458,9 @@ def _store_result(
     tid = result.track.track_id
     source = result.track.path.relative_to(root).as_posix()
     if not result.ok:
-        report.failures.append(Failure.from_line(result.error, result.track.path))
-        prefix = f"{result.track.path}: "
+        shown = f"{source_uri.rstrip('/')}/{source}" if source_uri else result.track.path
+        report.failures.append(Failure.from_line(result.error, shown))
+        prefix = f"{shown}: "
         reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
         size, mtime = attempted if attempted is not None else (None, None)
         store.mark_failed(tid, source, reason, size=size, mtime_ns=mtime)
