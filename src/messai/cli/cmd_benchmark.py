@@ -329,6 +329,14 @@ def bench_scale_command(
         Optional[Path],
         typer.Option("--workdir", help="Where the synthetic stores are written (default: /tmp)."),
     ] = None,
+    serving: Annotated[
+        bool,
+        typer.Option(
+            "--serving/--no-serving",
+            help="Also run 'mess benchmark serving' at the largest size: memory, build, p50/p99 "
+            "and recall@10 per index kind and for LanceDB, with and without a 1 % filter.",
+        ),
+    ] = False,
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Also write the JSON to this file.")
     ] = None,
@@ -354,6 +362,11 @@ def bench_scale_command(
         append_tracks=append_tracks,
         workdir=str(workdir) if workdir else None,
     )
+    if serving:
+        from messai.bench.serving import bench_serving
+
+        common.notice(f"serving at {max(sizes)} tracks ...")
+        report["serving"] = bench_serving(n_tracks=max(sizes))
     print_json(report)
     if out is not None:
         from messai.files import atomic_write_bytes
