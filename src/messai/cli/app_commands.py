@@ -1,15 +1,33 @@
-"""Import every command module so each registers itself on the app."""
+"""Which module registers which command: ``mess recommend`` imports (and has Typer build) only
+its own module, so the cold start does not grow with the number of commands."""
 
-from messai.cli import (  # noqa: F401  (importing registers the commands)
-    cmd_aspects,
-    cmd_benchmark,
-    cmd_config,
-    cmd_demo,
-    cmd_extract,
-    cmd_model,
-    cmd_probe,
-    cmd_remove,
-    cmd_search,
-    cmd_store,
-    cmd_stores,
-)
+from __future__ import annotations
+
+import importlib
+
+#: command name → the module that registers it on the app
+COMMAND_MODULES = {
+    "aspects": "cmd_aspects",
+    "benchmark": "cmd_benchmark",
+    "config": "cmd_config",
+    "datasets": "cmd_stores",
+    "demo": "cmd_demo",
+    "extract": "cmd_extract",
+    "index": "cmd_search",
+    "model": "cmd_model",
+    "probe": "cmd_probe",
+    "recommend": "cmd_search",
+    "remove": "cmd_remove",
+    "store": "cmd_store",
+    "targets": "cmd_probe",
+    "tracks": "cmd_stores",
+}
+
+
+def register(command: str | None = None) -> None:
+    """Import the module of ``command`` so it registers itself on the app; every module when
+    ``command`` is None or unknown (help, suggestions for a misspelt command)."""
+    module = COMMAND_MODULES.get(command or "")
+    names = [module] if module else sorted(set(COMMAND_MODULES.values()))
+    for name in names:
+        importlib.import_module(f"messai.cli.{name}")
