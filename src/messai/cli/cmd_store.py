@@ -23,6 +23,7 @@ store_app = typer.Typer(
 )
 app.add_typer(store_app, name="store")
 
+AtOpt = Annotated[Optional[str], typer.Option("--at", help="Store location instead of --dataset.")]
 DatasetArg = Annotated[
     Optional[str], typer.Option("--dataset", "-d", help="Dataset whose store to use.")
 ]
@@ -106,9 +107,7 @@ def copy_command(
 @store_app.command("compact")
 def compact_command(
     dataset: DatasetArg = None,
-    location: Annotated[
-        Optional[str], typer.Option("--at", help="Store location instead of --dataset.")
-    ] = None,
+    location: AtOpt = None,
     model: ModelOpt = None,
     stores: StoresOpt = None,
     retention_days: Annotated[
@@ -126,9 +125,7 @@ def compact_command(
 @store_app.command("verify")
 def verify_command(
     dataset: DatasetArg = None,
-    location: Annotated[
-        Optional[str], typer.Option("--at", help="Store location instead of --dataset.")
-    ] = None,
+    location: AtOpt = None,
     model: ModelOpt = None,
     stores: StoresOpt = None,
     repair: Annotated[

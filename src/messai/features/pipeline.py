@@ -305,7 +305,6 @@ def extract_dataset(
         with store.writer(on_wait=listener.on_notice):
             store.reconcile_build(identity, build, force=force)
             store.set_source(source_uri or root, layout)
-            store.adopt_orphans()  # tracks a killed run wrote but had not yet listed
             _tidy(store, root, tracks, prune=prune, report=report)
             plan = plan_extraction(store, tracks, force=force, retry_failed=retry_failed)
             report.n_skipped = len(plan.skipped)
@@ -313,7 +312,7 @@ def extract_dataset(
             listener.on_plan(plan)
             for t in plan.skipped:  # labels may have changed in metadata.csv
                 store.set_labels(t.track_id, t.labels)
-            store.save_manifest()
+            store.commit()
             if plan.todo:
                 done = 0
                 attempted = {t.track_id: _stat(t.path) for t in plan.todo}

@@ -767,10 +767,6 @@ class FeatureStore:
         out["targets"] = values
         return out
 
-    def has_track_file(self, track_id: str) -> bool:
-        """Whether the track's features are stored (kept for the format-1 API)."""
-        return track_id in self
-
     def window_counts_ok(self) -> set[str]:
         """Ids of stored tracks whose windows are all there (a cheap scan of two columns)."""
         rows = self.ok_rows()
@@ -977,19 +973,6 @@ class FeatureStore:
         self._meta = meta
         self._renew_state(features=True, inputs=True)
         self._refresh()
-
-    def is_empty(self) -> bool:
-        """No track stored and no failure recorded (committed or pending)."""
-        return not self._all_rows() and not self._pending
-
-    def adopt_orphans(self) -> list[str]:
-        """Format 1 adopted track files a killed writer had not listed; format 2 has nothing
-        to adopt (a batch is committed whole or not at all)."""
-        return []
-
-    def save_manifest(self) -> None:
-        """Kept for the format-1 API: commits the pending changes."""
-        self.commit()
 
     def _maybe_commit(self) -> None:
         if not self._writing:
