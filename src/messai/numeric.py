@@ -74,6 +74,7 @@ def single_threaded_blas() -> Iterator[None]:
         return
     with _blas_lock:
         if _blas_users == 0:
+            _take_openblas_control()
             _blas_limiter = controller.limit(limits=1)
         _blas_users += 1
     try:
@@ -82,5 +83,24 @@ def single_threaded_blas() -> Iterator[None]:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0 and _blas_limiter is not None:
+                _take_openblas_control()  # the last user may not be the thread that limited
                 _blas_limiter.restore_original_limits()
                 _blas_limiter = None
+
+
+def _take_openblas_control() -> None:
+    """Let the calling thread set OpenBLAS's (process-wide) thread count.
+
+    threadpoolctl lets only the first thread that ever set a pthreads OpenBLAS's limit change
+    it again; from any other thread the call silently does nothing (threadpoolctl 3.5+). So a
+    limit the main thread once set and restored left the decode thread's proxy targets on two
+    BLAS threads, and their last bits differed from a worker process's (one thread). Every
+    limit in mess goes through :func:`single_threaded_blas`, under its lock, so taking the
+    control over is safe here."""
+    import threadpoolctl
+
+    clear = getattr(
+        getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None
+    )
+    if clear is not None:
+        clear(force=True)
