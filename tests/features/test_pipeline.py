@@ -3,6 +3,7 @@ locking, crash safety."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from messai.cli import app
+from messai.errors import MessError
 from messai.features.store import FeatureStore
 from tests.conftest import tone, write_audio
 from tests.reference_forward import reference_hidden_states
@@ -221,13 +223,13 @@ def test_second_writer_waits_then_gets_a_clear_message(music_dir, tiny_ckpt, mon
     assert FeatureStore.open("x").track_ids() == ["a", "sub/b"]
 
 
-def _mess_proc(*args: str) -> subprocess.Popen:
+def _mess_proc(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "messai", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ),
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -247,14 +249,15 @@ def test_sigkill_mid_run_then_resume_completes(tmp_path, tiny_ckpt):
         "-q",
         "--batch-size",
         "1",
+        env={"MESS_COMMIT_TRACKS": "1"},  # commit every track, so a kill finds some committed
     )
-    manifest = Path(os.environ["MESS_HOME"]) / "stores" / "k"
     deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list(manifest.glob("*/manifest.json"))
-        if found and len(json.loads(found[0].read_text())["tracks"]) >= 2:
-            break
-        time.sleep(0.05)
+    while time.time() < deadline and p.poll() is None:
+        with contextlib.suppress(MessError):  # no store yet
+            if len(FeatureStore.open("k").track_ids()) >= 2:
+                break
+        time.sleep(0.1)
+    assert p.poll() is None, "the extraction finished before it could be killed"
     p.send_signal(signal.SIGKILL)
     p.wait()
     store = FeatureStore.open("k")
