@@ -62,10 +62,12 @@ def _peak_rss_mb() -> dict[str, float]:
 def decode_rate(paths: list[Path], fx) -> dict[str, float]:
     """Windows per CPU second of one core through decode → resample → window → targets →
     normalise (what one decode worker does), and the split between decoding and targets."""
+    from messai.allocator import keep_freed_memory
     from messai.features.decode import iter_windows, normalize_window, stream_mono
     from messai.features.workers import window_targets
     from messai.numeric import single_threaded_blas
 
+    keep_freed_memory()  # as every decoder does
     rate = fx.sample_rate
     n = 0
     t_decode = t_targets = 0.0
@@ -181,6 +183,9 @@ def bench_extraction(
 
         runs = []
         reference_segments = None
+        threads = torch.get_num_threads()
+        if null_model:  # zeros and their mean: torch's second thread would only spin
+            torch.set_num_threads(1)  # against the decoder for a core (measured: 2x the CPU)
         for prec in precisions:
             fx = FeatureExtractor(
                 model,
@@ -197,6 +202,7 @@ def bench_extraction(
             elif not null_model:
                 run["fidelity_vs_" + precisions[0]] = fidelity(reference_segments, segments)
             runs.append(run)
+        torch.set_num_threads(threads)
         decode = decode_rate(paths, fx)
     first = runs[0]
     report = {
@@ -283,20 +289,21 @@ def _bench_one(fx, paths: list[Path], tmp: Path, *, repeats: int) -> dict[str, A
             settings={},
         )
         c0, t0 = _cpu_seconds(), time.perf_counter()
-        for r in fx.run(subset or tracks):
-            if not r.ok:
-                raise RuntimeError(r.error)
-            entry = TrackEntry(
-                track_id=r.track.track_id,
-                source=r.track.path.name,
-                size=r.source[0],
-                mtime_ns=r.source[1],
-                content_hash=r.source[2],
-                duration_seconds=r.duration_seconds,
-                n_segments=len(r.segments),
-            )
-            store.put(entry, result_arrays(r))
-            segments[r.track.track_id] = r.segments
+        with store.writer():  # batched commits, as `mess extract` writes
+            for r in fx.run(subset or tracks):
+                if not r.ok:
+                    raise RuntimeError(r.error)
+                entry = TrackEntry(
+                    track_id=r.track.track_id,
+                    source=r.track.path.name,
+                    size=r.source[0],
+                    mtime_ns=r.source[1],
+                    content_hash=r.source[2],
+                    duration_seconds=r.duration_seconds,
+                    n_segments=len(r.segments),
+                )
+                store.put(entry, result_arrays(r))
+                segments[r.track.track_id] = r.segments
         sync()
         return time.perf_counter() - t0, _cpu_seconds() - c0
 

@@ -114,8 +114,10 @@ def decode_track(
     """Send one track's ``TrackStarted`` and windows through ``put``; return its
     ``TrackDecoded`` (None when ``put`` says stop). Raises AudioError for a bad file, and for
     a file that changes while it is read."""
+    from messai.allocator import keep_freed_memory
     from messai.features.store import file_content_hash
 
+    keep_freed_memory()  # once per process: ~2x cheaper targets (see messai.allocator)
     path = track.path
     try:
         before = path.stat()
