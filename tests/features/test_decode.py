@@ -14,6 +14,7 @@ from messai.features.decode import (
     WindowSpec,
     audio_info,
     decode,
+    downmix,
     iter_windows,
     normalize_window,
     stream_mono,
@@ -78,6 +79,28 @@ def test_iter_windows_matches_window_starts(hop):
     assert [(s, len(w)) for s, w in got] == want
     for s, w in got:
         np.testing.assert_array_equal(w, x[s : s + len(w)])
+
+
+@pytest.mark.parametrize("n", [1, 7, 24000, 120001])
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 300.0])
+def test_normalize_window_is_bit_identical_to_the_formula(n, scale):
+    """The single-pass version must give the bits of (x - mean) / sqrt(var + eps) in float64."""
+    x = (np.random.default_rng(n).standard_normal(n) * scale + 0.3 * scale).astype(np.float32)
+    mean, var = x.mean(dtype=np.float64), x.var(dtype=np.float64)
+    expected = ((x - mean) / np.sqrt(var + 1e-7)).astype(np.float32)
+    assert normalize_window(x).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6, 7])
+def test_downmix_is_the_channel_mean_bit_for_bit(channels):
+    rng = np.random.default_rng(channels)
+    data = rng.standard_normal((50_001, channels)).astype(np.float32)
+    data[::7] = 0.0
+    data[1::11, 0] = -0.0
+    data[2::13] = -0.0  # every channel -0.0: the mean is +0.0
+    data[3::17, :] = np.float32(1e-30) * rng.standard_normal((1, channels)).astype(np.float32)
+    expected = data[:, 0] if channels == 1 else data.mean(axis=1)  # mono passes through as is
+    assert downmix(data).tobytes() == expected.tobytes()
 
 
 def test_normalize_window_and_silence():
