@@ -176,6 +176,7 @@ def test_extract_benchmark_demo_null_model_and_precisions(tiny_ckpt, isolated_en
         len(fid["cosine_min_per_layer"]) == 3 and "approximate" in out["runs"][1]["precision_label"]
     )
     assert out["decode_per_worker"]["windows_per_cpu_second"] > 0
+    assert out["fastest_passing"]["precision"] in ("float32", "int8")
     r = runner.invoke(
         app,
         [
@@ -196,3 +197,30 @@ def test_extract_benchmark_demo_null_model_and_precisions(tiny_ckpt, isolated_en
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout[r.stdout.index("{") :])
     assert out["model"].startswith("null") and out["pipeline_cpu_ms_per_window"] > 0
+
+
+def test_fidelity_and_the_fastest_passing_precision():
+    from messai.bench.extraction import fastest_passing, fidelity
+
+    rng = np.random.default_rng(0)
+    ref = {f"t{i}": rng.standard_normal((3, 2, 16)).astype(np.float32) for i in range(14)}
+    same = fidelity(ref, {k: v.copy() for k, v in ref.items()})
+    assert same["cosine_min"] == pytest.approx(1.0) and same["top10_overlap_min"] == 1.0
+    assert same["passes"]
+    # layer 1 replaced by noise: its cosine and neighbour lists break, layer 0's do not
+    noisy = {k: v.copy() for k, v in ref.items()}
+    for v in noisy.values():
+        v[:, 1] = rng.standard_normal(v[:, 1].shape)
+    f = fidelity(ref, noisy)
+    assert f["cosine_min_per_layer"][0] == pytest.approx(1.0) and f["cosine_min_per_layer"][1] < 0.9
+    assert f["top10_overlap_per_layer"][0] == 1.0 and f["top10_overlap_per_layer"][1] < 0.9
+    assert not f["passes"]
+
+    runs = [
+        {"precision": "float32", "pipeline_x_realtime": 8.0},
+        {"precision": "int8", "pipeline_x_realtime": 16.0, "fidelity_vs_float32": {"passes": True}},
+        {"precision": "x", "pipeline_x_realtime": 30.0, "fidelity_vs_float32": {"passes": False}},
+    ]
+    best = fastest_passing(runs)
+    assert best["precision"] == "int8" and best["speedup_vs_float32"] == 2.0
+    assert fastest_passing(runs[:1] + runs[2:])["precision"] == "float32"
