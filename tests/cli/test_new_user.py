@@ -418,3 +418,19 @@ def test_run_summaries_go_to_stderr(tmp_path, tiny_ckpt):
     assert r.exit_code == 0 and r.stdout == "" and "1 extracted" in r.stderr
     r = mess("targets", "-d", "s")
     assert r.exit_code == 0 and r.stdout == "" and "targets computed" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggestion"),
+    [(["recomend"], "'recommend'"), (["store", "compcat"], "'compact'")],
+)
+def test_a_misspelt_command_is_suggested_once(argv, suggestion):
+    """click 8.2+ and Typer both said "Did you mean …?"; the line had it twice."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "messai", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("Did you mean") == 1 and suggestion in proc.stderr

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from messai.cli.common import (
+    TYPER_SUGGESTS,
     Format,
     ModelOpt,
     NoHeaderOpt,
@@ -19,6 +20,7 @@ from messai.cli.common import (
 )
 
 aspects_app = typer.Typer(
+    suggest_commands=TYPER_SUGGESTS,
     help="The aspect → layer map (from 'mess probe') and fitted aspect spaces; 'mess aspects fit' fits one.",
     invoke_without_command=True,
 )

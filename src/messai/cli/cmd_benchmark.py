@@ -11,7 +11,9 @@ from messai.cli import common
 from messai.cli.common import DeviceOpt, ModelOpt, app, print_json
 
 bench_app = typer.Typer(
-    help="Measure similarity metrics, retrieval quality and speed.", no_args_is_help=True
+    suggest_commands=common.TYPER_SUGGESTS,
+    help="Measure similarity metrics, retrieval quality and speed.",
+    no_args_is_help=True,
 )
 app.add_typer(bench_app, name="benchmark")
 

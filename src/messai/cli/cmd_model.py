@@ -8,9 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from messai.cli.common import RevisionOpt, app, notice
+from messai.cli.common import TYPER_SUGGESTS, RevisionOpt, app, notice
 
-model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Model checkpoints.", no_args_is_help=True, suggest_commands=TYPER_SUGGESTS
+)
 app.add_typer(model_app, name="model")
 
 

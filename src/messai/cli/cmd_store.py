@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from messai.cli.common import (
+    TYPER_SUGGESTS,
     Format,
     ModelOpt,
     StoresOpt,
@@ -18,6 +19,7 @@ from messai.cli.common import (
 )
 
 store_app = typer.Typer(
+    suggest_commands=TYPER_SUGGESTS,
     help="Move and maintain feature stores: migrate format 1, copy, compact, verify.",
     no_args_is_help=True,
 )

@@ -109,8 +109,23 @@ class _MessGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
+def _click_suggests() -> bool:
+    """click 8.2+ says "Did you mean …?" for a misspelt command itself; Typer then adds the
+    same sentence again. Let Typer suggest only where click does not."""
+    try:
+        from click.exceptions import NoSuchCommand
+
+        return "Did you mean" in NoSuchCommand("ab", possibilities=["abc"]).format_message()
+    except Exception:  # older click: no NoSuchCommand, or another signature
+        return False
+
+
+#: whether Typer should add its own suggestion (every ``typer.Typer`` of mess passes this)
+TYPER_SUGGESTS = not _click_suggests()
+
 app = typer.Typer(
     name="mess",
+    suggest_commands=TYPER_SUGGESTS,
     cls=_MessGroup,
     help="mess — music similarity research on MERT: extract every layer, find which layer "
     "encodes which musical aspect, and search tracks by aspect.",
