@@ -188,23 +188,25 @@ def bench_extraction(
         threads = torch.get_num_threads()
         if null_model:  # zeros and their mean: torch's second thread would only spin
             torch.set_num_threads(1)  # against the decoder for a core (measured: 2x the CPU)
-        for prec in precisions:
-            fx = FeatureExtractor(
-                model,
-                device=device,
-                precision=prec,
-                batch_size=batch_size,
-                decode_workers=decode_workers,
-                null_model=null_model,
-            )
-            run = _bench_one(fx, paths, tmp, repeats=repeats)
-            segments = run.pop("_segments")
-            if reference_segments is None:
-                reference_segments = segments
-            elif not null_model:
-                run["fidelity_vs_" + precisions[0]] = fidelity(reference_segments, segments)
-            runs.append(run)
-        torch.set_num_threads(threads)
+        try:
+            for prec in precisions:
+                fx = FeatureExtractor(
+                    model,
+                    device=device,
+                    precision=prec,
+                    batch_size=batch_size,
+                    decode_workers=decode_workers,
+                    null_model=null_model,
+                )
+                run = _bench_one(fx, paths, tmp, repeats=repeats)
+                segments = run.pop("_segments")
+                if reference_segments is None:
+                    reference_segments = segments
+                elif not null_model:
+                    run["fidelity_vs_" + precisions[0]] = fidelity(reference_segments, segments)
+                runs.append(run)
+        finally:
+            torch.set_num_threads(threads)
         decode = decode_rate(paths, fx)
     first = runs[0]
     report = {
