@@ -210,3 +210,17 @@ def test_import_is_light():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("n_fft", "hop"), [(2048, 512), (2048, 384), (1000, 300)])
+def test_frame_sums_equal_the_sum_of_each_frame(n_fft, hop):
+    """RMS and zero crossings sum overlapping frames from per-block sums, for any hop."""
+    from messai.features.targets import _frame_sums
+
+    y = np.random.default_rng(hop).standard_normal((2, 7001)).astype(np.float32)
+    n_frames = 1 + (y.shape[1] - n_fft) // hop
+    direct = np.stack(
+        [y[:, f * hop : f * hop + n_fft].sum(-1, dtype=np.float64) for f in range(n_frames)], 1
+    )
+    got = _frame_sums(y, n_frames, n_fft, hop, dtype=np.float64)
+    np.testing.assert_allclose(got, direct, rtol=1e-12)

@@ -386,11 +386,15 @@ class _Analysis:
         self.hop_length = hop_length
 
     @functools.cached_property
+    def padded(self) -> np.ndarray:
+        """The windows zero-padded by ``n_fft // 2`` on each side (librosa's center=True)."""
+        pad = self.n_fft // 2
+        return np.pad(self.y, ((0, 0), (pad, pad)), mode="constant")
+
+    @functools.cached_property
     def frames(self) -> np.ndarray:
         """Zero-padded (center=True) frames, a strided view ``[batch, n_frames, n_fft]``."""
-        pad = self.n_fft // 2
-        padded = np.pad(self.y, ((0, 0), (pad, pad)), mode="constant")
-        return sliding_window_view(padded, self.n_fft, axis=-1)[:, :: self.hop_length]
+        return sliding_window_view(self.padded, self.n_fft, axis=-1)[:, :: self.hop_length]
 
     @functools.cached_property
     def magnitude(self) -> np.ndarray:
@@ -444,25 +448,12 @@ class _Analysis:
 
     @functools.cached_property
     def rms_db(self) -> np.ndarray:
-        """Frame RMS level in dB, clamped at RMS_DB_FLOOR ``[batch, n_frames]``.
-
-        A frame is ``n_fft / hop_length`` whole hops, so its energy is the sum of that many
-        per-hop sums (float64): one pass over the samples instead of one per overlapping frame.
-        """
+        """Frame RMS level in dB, clamped at RMS_DB_FLOOR ``[batch, n_frames]``."""
         n_frames = self.frames.shape[1]
-        if self.n_fft % self.hop_length:  # pragma: no cover - librosa's defaults divide
-            power = np.square(self.frames).mean(axis=-1, dtype=np.float64)
-        else:
-            per_frame = self.n_fft // self.hop_length
-            n_hops = n_frames + per_frame - 1
-            pad = self.n_fft // 2
-            padded = np.pad(self.y, ((0, 0), (pad, pad)), mode="constant")
-            squares = np.square(padded[:, : n_hops * self.hop_length])
-            hops = squares.reshape(squares.shape[0], n_hops, self.hop_length).sum(
-                axis=-1, dtype=np.float64
-            )
-            energy = sum(hops[:, k : k + n_frames] for k in range(per_frame))
-            power = energy / self.n_fft
+        energy = _frame_sums(
+            np.square(self.padded), n_frames, self.n_fft, self.hop_length, dtype=np.float64
+        )
+        power = energy / self.n_fft
         rms = np.sqrt(power)
         return 20.0 * np.log10(np.maximum(rms, 10.0 ** (RMS_DB_FLOOR / 20.0)))
 
@@ -477,6 +468,25 @@ class _Analysis:
             length[length < _TINY32] = 1.0
             out[b] = (raw / length).astype(np.float32).mean(axis=0)
         return out
+
+
+def _frame_sums(
+    values: np.ndarray, n_frames: int, n_fft: int, hop_length: int, *, dtype=None
+) -> np.ndarray:
+    """``values[:, f * hop_length : f * hop_length + n_fft].sum(-1)`` for every frame ``f``
+    ``[batch, n_frames]``, in one pass over the samples: sums per block of gcd(n_fft, hop)
+    samples, then each frame adds its ``n_fft / block`` blocks (instead of one pass per
+    overlapping frame)."""
+    block = math.gcd(n_fft, hop_length)
+    per_frame, step = n_fft // block, hop_length // block
+    n_blocks = (n_frames - 1) * step + per_frame
+    sums = (
+        values[:, : n_blocks * block]
+        .reshape(values.shape[0], n_blocks, block)
+        .sum(axis=-1, dtype=dtype)
+    )
+    span = (n_frames - 1) * step + 1
+    return sum(sums[:, k : k + span : step] for k in range(per_frame))
 
 
 def _power_to_db(power: np.ndarray) -> np.ndarray:
@@ -642,16 +652,8 @@ def _zero_crossing_rate(a: _Analysis) -> np.ndarray:
     change = np.zeros(negative.shape, dtype=np.int32)
     change[:, 1:] = negative[:, 1:] != negative[:, :-1]
     n_frames = 1 + (padded.shape[-1] - n) // hop
-    starts = np.arange(n_frames) * hop
-    if n % hop:  # pragma: no cover - librosa's defaults divide
-        cum = np.cumsum(change, axis=-1)
-        per_frame = cum[:, starts + n - 1] - cum[:, starts]
-    else:  # a frame is whole hops: sum per hop once, then n / hop hops per frame
-        per_hop = n // hop
-        n_hops = n_frames + per_hop - 1
-        hops = change[:, : n_hops * hop].reshape(change.shape[0], n_hops, hop).sum(axis=-1)
-        # the frame counts changes between its own samples only: not the one into its first
-        per_frame = sum(hops[:, k : k + n_frames] for k in range(per_hop)) - change[:, starts]
+    # a frame counts the changes between its own samples: not the one into its first sample
+    per_frame = _frame_sums(change, n_frames, n, hop) - change[:, np.arange(n_frames) * hop]
     return (per_frame / n).mean(axis=-1)
 
 
