@@ -854,6 +854,7 @@ class LayerBasedRecommender:
             [(p.weight, p.space, q) for p, q in zip(parts, queries)],
             k,
             exclude_ids=excluded,
+            normalized=True,  # the queries are the spaces' search vectors already
             scope=scope,
         )
         sims, ids, per_part = res.similarities, res.track_ids, res.layer_similarities
