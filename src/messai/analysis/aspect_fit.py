@@ -492,9 +492,24 @@ def space_file_problem(d: Any) -> str | None:
 
 
 def verify_spaces(store) -> list[dict[str, Any]]:
-    """``[{"space", "status"}]`` per saved space: ``ok`` or why it is unusable (for ``mess
-    index --verify``)."""
-    return [
-        {"space": name, "status": "ok" if (p := space_file_problem(d)) is None else f"damaged: {p}"}
-        for name, d in _read(store).items()
-    ]
+    """``[{"space", "status", "path", "index"}]`` per saved space: ``ok`` or why it is unusable
+    (for ``mess index --verify``); ``index(home, kind)`` is the folder of its index."""
+    from messai.search.spaces import FittedSpaceSource
+
+    rows = []
+    for name, d in _read(store).items():
+        problem = space_file_problem(d)
+        space = AspectSpace.from_dict(d) if problem is None else None
+
+        def folder(home, kind, space=space):
+            return FittedSpaceSource(store, space).folder(home, normalize="none", kind=kind)
+
+        rows.append(
+            {
+                "space": name,
+                "status": "ok" if problem is None else f"damaged: {problem}",
+                "path": f"{store.uri}/{SIDE_FILE}",
+                "index": folder,
+            }
+        )
+    return rows

@@ -323,6 +323,15 @@ class LayerBasedRecommender:
                     "--layer overrides the layer of one aspect; with several aspects each uses its own layer"
                 )
             self._check_layer(layer)
+            from messai.analysis.aspects import ASPECTS
+
+            name = parsed[0][0]
+            if name not in ASPECTS and name not in self.fitted_spaces():
+                spaces = sorted(self.fitted_spaces())
+                raise ConfigError(
+                    f"unknown aspect {name!r}; known: {', '.join(ASPECTS)}"
+                    + (f"; fitted spaces: {', '.join(spaces)}" if spaces else "")
+                )
         if self.space != "layer" and layer is None:
             fitted = self._fitted_parts(parsed)
             if fitted is not None:

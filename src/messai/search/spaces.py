@@ -286,3 +286,35 @@ def open_fitted(
         home, FittedSpaceSource(store, space), normalize="none", kind=kind, on_notice=on_notice
     )
     return FittedSpace(space, index, stale=stale)
+
+
+def build_space_indices(
+    home, store, names: list[str], *, kind: str = "flat", params=None, force: bool = False
+):
+    """Build (or bring up to date) the cached indices of fitted spaces (``names``, or
+    ``["all"]``) for ``mess index --space``: :class:`messai.search.cache.IndexOutcome` each."""
+    from messai.analysis.aspect_fit import load_spaces
+    from messai.search.cache import build_source_index
+
+    spaces = load_spaces(store)
+    if not spaces:
+        raise ConfigError(
+            f"dataset {store.dataset!r} has no fitted aspect spaces; fit one with 'mess aspects fit'"
+        )
+    wanted = sorted(spaces) if "all" in names else list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in spaces]
+    if unknown:
+        raise ConfigError(
+            f"no fitted space {unknown[0]!r} in {store.dataset!r}; fitted: {', '.join(sorted(spaces))}"
+        )
+    return [
+        build_source_index(
+            home,
+            FittedSpaceSource(store, spaces[n][0]),
+            normalize="none",
+            kind=kind,
+            params=params,
+            force=force,
+        )
+        for n in wanted
+    ]
