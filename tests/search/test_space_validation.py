@@ -198,3 +198,24 @@ def test_aspects_in_one_comma_separated_option(isolated_env):
     assert bad.exit_code == 2 and "expected a number after ':'" in bad.stderr
     empty = mess("recommend", "-d", "planted", "-t", QUERY, "-a", "spectral_brightness,")
     assert empty.exit_code == 2 and "empty entry" in empty.stderr
+
+
+def test_labels_named_like_result_fields_never_overwrite_them(isolated_env):
+    """issue 22 item 7: labels are nested in JSON; in tables a clashing label is label.NAME."""
+    store = planted_store(Path(isolated_env))
+    with store.writer():
+        for t in store.track_ids():
+            store.set_labels(
+                t, {**store.labels(t), "similarity": "high", "rank": "first", "track_id": "x"}
+            )
+    r = mess("recommend", "-d", "planted", "-t", QUERY, "--layer", "1", "-f", "json", "-k", "3")
+    assert r.exit_code == 0, r.output
+    recs = json.loads(r.stdout)["recommendations"]
+    assert [x["rank"] for x in recs] == [1, 2, 3]
+    assert all(isinstance(x["similarity"], float) and x["track_id"] != "x" for x in recs)
+    assert recs[0]["labels"]["similarity"] == "high" and recs[0]["labels"]["fa"].startswith("a")
+    tsv = mess("recommend", "-d", "planted", "-t", QUERY, "--layer", "1", "-f", "tsv", "-k", "3")
+    header, first = tsv.stdout.splitlines()[:2]
+    cols = dict(zip(header.split("\t"), first.split("\t")))
+    assert cols["rank"] == "1" and cols["label.rank"] == "first" and cols["label.track_id"] == "x"
+    assert cols["track_id"] == recs[0]["track_id"]

@@ -168,9 +168,7 @@ def fit_command(
     ok, why = space_validation(space)
     info = {**space.describe(), "validated": ok, "caveat": why}
     if not ok:
-        notice(
-            f"note: the space is NOT VALIDATED ({why}): its results will carry this caveat"
-        )
+        notice(f"note: the space is NOT VALIDATED ({why}): its results will carry this caveat")
     if fmt == Format.json:
         print_json(info)
         return

@@ -505,8 +505,12 @@ def _describe(result: RecommendationResult) -> str:
 def _render(
     typed: RecommendationResult, fmt: ListFormat, *, with_query: bool = False, header: bool = True
 ) -> None:
+    from messai.search.recommend import flat_row
+
     result = typed.to_dict()
     recs = result["recommendations"]
+    if fmt in (ListFormat.table, ListFormat.tsv):
+        recs = [flat_row(r) for r in recs]
     if fmt in (ListFormat.table, ListFormat.tsv) and recs and "explain" in recs[0]:
         from messai.search.explain import format_explanation
 

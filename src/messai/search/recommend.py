@@ -47,8 +47,10 @@ class Recommendation:
     explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"rank", "track_id", "similarity", ["layer_similarities"], **labels}``, rounded
-        to 6 decimals."""
+        """``{"rank", "track_id", "similarity", ["layer_similarities"], "labels": {...},
+        ["explain"]}``, similarities rounded to 6 decimals. Labels are nested, so a label
+        column named like a result field (``rank``, ``similarity``, ``track_id`` …) never
+        overwrites it."""
         row: dict[str, Any] = {
             "rank": self.rank,
             "track_id": self.track_id,
@@ -56,10 +58,35 @@ class Recommendation:
         }
         if self.layer_similarities is not None:
             row["layer_similarities"] = [round(float(v), 6) for v in self.layer_similarities]
-        row.update(self.labels)
+        row["labels"] = dict(self.labels)
         if self.explanation is not None:  # --explain (messai.search.explain)
             row["explain"] = self.explanation
         return row
+
+
+def flat_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A recommendation's JSON (:meth:`Recommendation.to_dict`) as one flat row for tables and
+    TSV: the labels as columns of their own, a label named like a result field shown as
+    ``label.NAME``."""
+    out = {k: v for k, v in row.items() if k != "labels"}
+    for name, value in (row.get("labels") or {}).items():
+        out[f"label.{name}" if name in RESULT_FIELDS else name] = value
+    return out
+
+
+#: the fields of a recommendation row that a label column must never replace
+RESULT_FIELDS = frozenset(
+    {
+        "rank",
+        "track_id",
+        "similarity",
+        "layer_similarities",
+        "labels",
+        "explain",
+        "query",
+        "validated",
+    }
+)
 
 
 @dataclass(frozen=True)
