@@ -219,3 +219,30 @@ def test_labels_named_like_result_fields_never_overwrite_them(isolated_env):
     cols = dict(zip(header.split("\t"), first.split("\t")))
     assert cols["rank"] == "1" and cols["label.rank"] == "first" and cols["label.track_id"] == "x"
     assert cols["track_id"] == recs[0]["track_id"]
+
+
+def test_options_that_cannot_apply_to_a_space_are_errors(isolated_env):
+    store = planted_store(Path(isolated_env))
+    save_space(store, fit_aspect_space(store, "fa", sources=["label:fa"], layers=[1]))
+    r = mess("recommend", "-d", "planted", "-t", QUERY, "-a", "fa", "--normalize", "zscore")
+    assert r.exit_code == 2 and "--normalize applies to whole layers" in r.stderr
+    r = mess("recommend", "-d", "planted", "-t", QUERY, "-a", "fa", "--backend", "lancedb")
+    assert r.exit_code == 2 and "whole layers only" in r.stderr
+    r = mess(
+        "recommend", "-d", "planted", "-t", QUERY, "-a", "fa", "--layer", "1", "--space", "aspect"
+    )
+    assert r.exit_code == 2 and "cannot be used with --space aspect" in r.stderr
+    ok = mess(
+        "recommend",
+        "-d",
+        "planted",
+        "-t",
+        QUERY,
+        "-a",
+        "fa",
+        "--normalize",
+        "zscore",
+        "--space",
+        "layer",
+    )
+    assert ok.exit_code == 0, ok.output

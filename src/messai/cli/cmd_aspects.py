@@ -56,7 +56,8 @@ def add_space_rows(store, rows: list[dict[str, Any]]) -> list[str]:
     """Add the store's fitted spaces to the ``mess aspects`` rows: a ``space`` entry on the row of
     its aspect, or a row of its own for a label-defined aspect. Returns the extra table columns
     (none when nothing is fitted, so the listing is unchanged)."""
-    from messai.analysis.aspect_fit import load_spaces, space_validation
+    from messai.analysis.aspect_fit import load_spaces
+    from messai.analysis.space_validation import space_validation
 
     spaces = load_spaces(store)
     if not spaces:
@@ -146,7 +147,8 @@ def fit_command(
 ) -> None:
     """Fit an aspect space (ridge-probe span for targets, shrinkage LDA for a label) on one or more
     layers and save it with the store; 'mess recommend --aspect NAME' then searches it."""
-    from messai.analysis.aspect_fit import fit_aspect_space, save_space, space_validation
+    from messai.analysis.aspect_fit import fit_aspect_space, save_space
+    from messai.analysis.space_validation import space_validation
     from messai.cli.common import parse_layers
     from messai.features.store import FeatureStore
 

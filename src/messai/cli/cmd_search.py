@@ -268,7 +268,10 @@ def _verify_spaces(store, settings, spaces) -> tuple[list[dict], int]:
         rows.append({"space": row["space"], "status": row["status"], "path": row["path"]})
         if not spaces or not ("all" in spaces or row["space"] in spaces) or row["status"] != "ok":
             continue
-        path = row["index"](settings.home, settings.index_kind)
+        from messai.search.spaces import FittedSpaceSource
+
+        source = FittedSpaceSource(store, row["fitted"])
+        path = source.folder(settings.home, normalize="none", kind=settings.index_kind)
         try:
             verify_index_dir(path)
             status = "ok"
@@ -405,6 +408,13 @@ def recommend_command(
         backend=backend.value,
     )
     scoping = {"where": where, "max_per": max_per if max_per and max_per[0] else None}
+    parts = rec.plan_parts(aspects, layer)  # a bad --aspect/--layer fails once, up front
+    fitted = [p.aspect for p in parts if p.space.kind == "aspect"]
+    if normalize is not None and fitted:
+        raise ConfigError(
+            f"--normalize applies to whole layers; the fitted space of {fitted[0]!r} is searched "
+            "in its own coordinates (drop --normalize, or add --space layer)"
+        )
     if audio is not None:
         if explain:
             raise ConfigError("--explain needs --track: an --audio query has no stored targets")
@@ -436,7 +446,6 @@ def recommend_command(
         _missing_notice(rec, result)
         _render(result, fmt, header=not no_header)
         return
-    rec.plan_parts(aspects, layer)  # a bad --aspect/--layer fails once, up front
     failed = 0
     header = not no_header
     for line in sys.stdin:

@@ -286,7 +286,7 @@ class LayerBasedRecommender:
         return f"{name} → layer {lay} is not validated ({why})"
 
     def _space_caveat(self, space, stale: bool) -> str | None:
-        from messai.analysis.aspect_fit import space_validation
+        from messai.analysis.space_validation import space_validation
 
         ok, why = space_validation(space)
         notes = [] if ok else [f"{space.name} space is not validated ({why})"]
