@@ -319,7 +319,7 @@ def recommend_command(
         typer.Option(
             "--aspect",
             "-a",
-            help="Aspect (default spectral_brightness), or several as NAME[:WEIGHT] for weighted fusion; see 'mess aspects'.",
+            help="Aspect (default spectral_brightness), or several as NAME[:WEIGHT] for weighted fusion: repeat -a, or separate with commas (-a a:0.7,b:0.3); see 'mess aspects'.",
         ),
     ] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of recommendations.")] = 5,
