@@ -408,6 +408,10 @@ def recommend_command(
         backend=backend.value,
     )
     scoping = {"where": where, "max_per": max_per if max_per and max_per[0] else None}
+    if track not in (None, "-"):  # an unknown track is the one line said, before any notice
+        from messai.features.records import nfc
+
+        rec.tracks.require_track(nfc(track))
     parts = rec.plan_parts(aspects, layer)  # a bad --aspect/--layer fails once, up front
     fitted = [p.aspect for p in parts if p.space.kind == "aspect"]
     if normalize is not None and fitted:
