@@ -202,6 +202,16 @@ def apply_search_params(index: Any, kind: str, params: dict[str, Any]) -> None:
             index.make_direct_map()  # for reconstruct(): vector_of, fusion
 
 
+def owned_flat_copy(index: Any) -> Any:
+    """An in-memory copy of a (memory-mapped, read-only) ``IndexFlatIP``: FAISS aborts the
+    process when a mapped index is grown, so it is copied before ``add``."""
+    faiss = load_faiss()
+    copy = faiss.IndexFlatIP(int(index.d))
+    if index.ntotal:
+        copy.add(flat_storage(index, "flat"))
+    return copy
+
+
 def flat_storage(index: Any, kind: str) -> np.ndarray | None:
     """Zero-copy [n, dim] float32 view of the vectors of a flat or hnsw index; None for others.
 
