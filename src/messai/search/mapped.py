@@ -113,9 +113,7 @@ class StringColumn(Sequence[str]):
         self._blob_bytes = blob
         self._offsets = np.frombuffer(mm, dtype="<i8", count=n + 1, offset=HEADER_BYTES)
         self._order = (
-            np.frombuffer(mm, dtype="<i8", count=n, offset=order_at)
-            if flags & _HAS_ORDER
-            else None
+            np.frombuffer(mm, dtype="<i8", count=n, offset=order_at) if flags & _HAS_ORDER else None
         )
         self._sorted = bool(flags & _SORTED)
         self._blob = mm[at:]
