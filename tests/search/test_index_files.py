@@ -381,3 +381,20 @@ def test_full_tmpfs_during_index(isolated_env, tmp_path):
         assert leftovers == []
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_append_hard_links_vectors_without_hashing_them_again(tmp_path, monkeypatch):
+    X = clustered(760, 8)
+    build_index(X[:700], ids_for(700), kind="ivfpq").save(tmp_path / "idx")
+    index = LayerIndex.load(tmp_path / "idx")
+    index.add(X[700:], ids_for(760)[700:])
+    index.save(tmp_path / "idx")  # vectors.npy hard-linked, vectors-1.npy written
+    assert (tmp_path / "idx" / "vectors.npy").stat().st_nlink == 1  # the old folder is gone
+    calls = []
+    real = mapped.sha256_file
+    monkeypatch.setattr(mapped, "sha256_file", lambda p: calls.append(Path(p).name) or real(p))
+    loaded = LayerIndex.load(tmp_path / "idx")
+    assert calls == [] and loaded.track_ids == ids_for(760)
+    fresh_sims, fresh_ids = loaded.search_track("t00750", 5)
+    assert fresh_ids[0] != "t00750" and len(fresh_ids) == 5
+    index_io.verify_index_dir(tmp_path / "idx")  # and every byte is what was recorded

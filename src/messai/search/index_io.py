@@ -30,6 +30,7 @@ from messai.search.mapped import (
     StringColumn,
     check_files,
     record_files,
+    remember_files,
     self_checksum,
     write_strings,
 )
@@ -152,7 +153,7 @@ def save_index(index: LayerIndex, directory: str | os.PathLike[str]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         os.chmod(tmp, target.parent.stat().st_mode & 0o777)  # mkdtemp makes it 0700
-        write_index_dir(index, tmp)
+        linked = write_index_dir(index, tmp)
         swap_dir_into_place(tmp, target)
     except NotADirectoryError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -160,6 +161,9 @@ def save_index(index: LayerIndex, directory: str | os.PathLike[str]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # removing the replaced folder changed the link count (so the ctime) of the vector files
+    # shared with it: remember their new signatures, so the next load need not hash them
+    remember_files(target, linked)
     return target
 
 
@@ -180,8 +184,9 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
         os.fsync(fh.fileno())
 
 
-def write_index_dir(index: LayerIndex, directory: Path) -> None:
-    """Write the index files into the existing, empty ``directory`` and fsync them."""
+def write_index_dir(index: LayerIndex, directory: Path) -> dict[str, str]:
+    """Write the index files into the existing, empty ``directory`` and fsync them. Returns
+    ``{name: sha256}`` of the files hard-linked from the index being replaced."""
     faiss = load_faiss()
     write_faiss(index.faiss_index, directory / INDEX_FILE)
     normalizer = index.normalizer
@@ -225,6 +230,7 @@ def write_index_dir(index: LayerIndex, directory: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     fsync_dir(directory)
+    return known
 
 
 def _vector_file(i: int) -> str:

@@ -292,6 +292,25 @@ def check_files(
     return out
 
 
+def remember_files(directory: Path, sums: Mapping[str, str]) -> None:
+    """Record the current stat signatures of files of ``directory`` whose content is known
+    to have the SHA-256 ``sums`` (best effort), so a reader trusts them without hashing."""
+    if not sums:
+        return
+    from messai.files import atomic_write_json
+
+    entries = {}
+    for name, sha in sums.items():
+        try:
+            entries[name] = [sha, *_signature((directory / name).stat())]
+        except OSError:
+            return
+    try:
+        atomic_write_json(directory / VERIFIED_FILE, {**_verified(directory), **entries})
+    except OSError:
+        pass
+
+
 def self_checksum(record: Mapping[str, Any]) -> str:
     """SHA-256 of a JSON record's canonical form, without its own ``record_sha256`` field."""
     rest = {k: v for k, v in record.items() if k != "record_sha256"}
