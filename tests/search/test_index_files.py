@@ -395,6 +395,6 @@ def test_append_hard_links_vectors_without_hashing_them_again(tmp_path, monkeypa
     monkeypatch.setattr(mapped, "sha256_file", lambda p: calls.append(Path(p).name) or real(p))
     loaded = LayerIndex.load(tmp_path / "idx")
     assert calls == [] and loaded.track_ids == ids_for(760)
-    fresh_sims, fresh_ids = loaded.search_track("t00750", 5)
+    _, fresh_ids = loaded.search_track("t00750", 5)
     assert fresh_ids[0] != "t00750" and len(fresh_ids) == 5
     index_io.verify_index_dir(tmp_path / "idx")  # and every byte is what was recorded
