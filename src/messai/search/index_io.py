@@ -1,8 +1,9 @@
 """Reading and writing a layer index directory; the format is in ``docs/index-format.md``.
 
 :func:`write_index_dir` / :func:`save_index` write one, :func:`read_index_dir` reads and
-validates one (metadata fields, file sizes, normaliser statistics, FAISS type, metric,
-dimension and count) into a :class:`StoredIndex`, from which
+validates one in constant time (metadata fields and checksum, file sizes and stat signatures
+against their recorded SHA-256, normaliser statistics, FAISS type, metric, dimension and
+count; the ids and a flat index memory-mapped) into a :class:`StoredIndex`, from which
 :meth:`messai.search.layer_index.LayerIndex.load` builds the index.
 """
 
@@ -74,8 +75,6 @@ VERSIONS_FILE = "versions.json"
 #: linked from the index being replaced, never rewritten, so an append costs only the new rows)
 VECTORS_FILE = "vectors.npy"
 MAX_VECTOR_FILES = 16
-#: meta keys kept in their own files rather than in meta.json (their size grows with n)
-_SIDE_META = ("versions", "tombstones")
 
 #: meta.json fields and their JSON types
 META_KEYS = {
