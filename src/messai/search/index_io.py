@@ -20,20 +20,13 @@ import numpy as np
 
 from messai.errors import SearchIndexError
 from messai.files import fsync_dir, fsync_file, swap_dir_into_place
+from messai.search import mapped
 from messai.search.backend import (
     FAISS_TYPES,
     KINDS,
     REFINED_KINDS,
     apply_search_params,
     load_faiss,
-)
-from messai.search.mapped import (
-    StringColumn,
-    check_files,
-    record_files,
-    remember_files,
-    self_checksum,
-    write_strings,
 )
 from messai.search.normalise import NORMALIZE_MODES, Normalizer
 
@@ -162,7 +155,7 @@ def save_index(index: LayerIndex, directory: str | os.PathLike[str]) -> Path:
         raise
     # removing the replaced folder changed the link count (so the ctime) of the vector files
     # shared with it: remember their new signatures, so the next load need not hash them
-    remember_files(target, linked)
+    mapped.remember_files(target, linked)
     return target
 
 
@@ -191,7 +184,7 @@ def write_index_dir(index: LayerIndex, directory: Path) -> dict[str, str]:
     normalizer = index.normalizer
     _write_npy(directory / MEAN_FILE, np.asarray(normalizer.mean_, dtype=np.float64))
     _write_npy(directory / SCALE_FILE, np.asarray(normalizer.scale_, dtype=np.float64))
-    write_strings(directory / IDS_FILE, index.track_ids, lookup=True)
+    mapped.write_strings(directory / IDS_FILE, index.track_ids, lookup=True)
     names = [INDEX_FILE, MEAN_FILE, SCALE_FILE, IDS_FILE]
     meta = dict(index.meta)
     tombstones = meta.pop("tombstones", None)
@@ -221,9 +214,9 @@ def write_index_dir(index: LayerIndex, directory: Path) -> dict[str, str]:
         "fingerprint": index.fingerprint,
         "meta": meta,
         "faiss_version": getattr(faiss, "__version__", "unknown"),
-        "files": record_files(directory, names, known),
+        "files": mapped.record_files(directory, names, known),
     }
-    record["record_sha256"] = self_checksum(record)
+    record["record_sha256"] = mapped.self_checksum(record)
     with open(directory / META_FILE, "w", encoding="utf-8") as fh:
         json.dump(record, fh, separators=(",", ":"))
         fh.flush()
@@ -312,13 +305,15 @@ def read_index_dir(directory: str | os.PathLike[str], *, mmap: bool = True) -> S
     """
     path = Path(directory)
     record = read_meta(path)
-    sums = check_files(path, record["files"], data_files(record), rebuild=_rebuild_hint(path))
+    sums = mapped.check_files(
+        path, record["files"], data_files(record), rebuild=_rebuild_hint(path)
+    )
     mean = _read_stats(path / MEAN_FILE, record["dim"])
     scale = _read_stats(path / SCALE_FILE, record["dim"])
-    mapped = mmap and record["kind"] == "flat"
-    index = _read_faiss(path / INDEX_FILE, mapped=mapped)
+    is_mapped = mmap and record["kind"] == "flat"
+    index = _read_faiss(path / INDEX_FILE, mapped=is_mapped)
     _check_faiss_index(path, index, record)
-    ids = StringColumn(path / IDS_FILE)
+    ids = mapped.StringColumn(path / IDS_FILE)
     if len(ids) != record["n"]:
         raise SearchIndexError(f"{path / IDS_FILE}: {len(ids)} track ids for n = {record['n']}")
     normalizer = Normalizer.from_state(
@@ -350,7 +345,7 @@ def read_index_dir(directory: str | os.PathLike[str], *, mmap: bool = True) -> S
         fingerprint=record["fingerprint"],
         meta=meta,
         vectors=vectors,
-        mapped=mapped,
+        mapped=is_mapped,
     )
 
 
@@ -364,7 +359,9 @@ class LazyVersions(Mapping):
 
     def _load(self) -> dict[str, str]:
         if self._data is None:
-            check_files(self._path, self._files, [VERSIONS_FILE], rebuild=_rebuild_hint(self._path))
+            mapped.check_files(
+                self._path, self._files, [VERSIONS_FILE], rebuild=_rebuild_hint(self._path)
+            )
             where = self._path / VERSIONS_FILE
             try:
                 data = json.loads(where.read_text(encoding="utf-8"))
@@ -440,12 +437,12 @@ def read_meta(path: Path) -> dict[str, Any]:
         ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
         if not ok or (kind is int and isinstance(value, bool)):
             raise SearchIndexError(f"{meta_path}: missing or malformed field {key!r}")
-    if record["record_sha256"] != self_checksum(record):
+    if record["kind"] not in KINDS or record["normalize"] not in NORMALIZE_MODES:
+        raise SearchIndexError(f"{meta_path}: unknown kind or normalisation")
+    if record["record_sha256"] != mapped.self_checksum(record):
         raise SearchIndexError(
             f"{meta_path}: checksum mismatch (the metadata was changed); {_rebuild_hint(path)}"
         )
-    if record["kind"] not in KINDS or record["normalize"] not in NORMALIZE_MODES:
-        raise SearchIndexError(f"{meta_path}: unknown kind or normalisation")
     return record
 
 
@@ -454,7 +451,7 @@ def verify_index_dir(directory: str | os.PathLike[str]) -> None:
     sizes, FAISS structure, ids and tombstones); SearchIndexError naming the file otherwise."""
     path = Path(directory)
     record = read_meta(path)
-    check_files(path, record["files"], full=True, rebuild=_rebuild_hint(path))
+    mapped.check_files(path, record["files"], full=True, rebuild=_rebuild_hint(path))
     stored = read_index_dir(path, mmap=False)
     ids = list(stored.track_ids)
     if len(set(ids)) != len(ids):
