@@ -75,8 +75,11 @@ def check_track_vectors(store, layer: int, ids: list[str], vectors: np.ndarray) 
     'mess store verify' checks, which would mean reading every window)."""
     from messai.errors import StoreError
 
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.abs(vectors) <= MAX_ABS_VECTOR).all(axis=1)  # NaN compares False
+    bad = np.zeros(len(vectors), dtype=bool)
+    for start in range(0, len(vectors), 16384):  # in blocks: no second copy of a large layer
+        block = vectors[start : start + 16384]
+        with np.errstate(invalid="ignore"):  # NaN compares False
+            bad[start : start + len(block)] = ~(np.abs(block) <= MAX_ABS_VECTOR).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         row = vectors[i]
