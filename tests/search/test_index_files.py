@@ -398,3 +398,18 @@ def test_append_hard_links_vectors_without_hashing_them_again(tmp_path, monkeypa
     _, fresh_ids = loaded.search_track("t00750", 5)
     assert fresh_ids[0] != "t00750" and len(fresh_ids) == 5
     index_io.verify_index_dir(tmp_path / "idx")  # and every byte is what was recorded
+
+
+def test_check_lookup_finds_duplicates_and_a_bad_order(tmp_path):
+    write_strings(tmp_path / "ok.str", ["b", "a", "c"])
+    StringColumn(tmp_path / "ok.str").check_lookup()
+    write_strings(tmp_path / "dup.str", ["b", "a", "b"])
+    with pytest.raises(SearchIndexError, match="duplicate"):
+        StringColumn(tmp_path / "dup.str").check_lookup()
+    path = tmp_path / "ok.str"
+    raw = bytearray(path.read_bytes())
+    order_at = 32 + 8 * 4  # header, 4 offsets
+    raw[order_at : order_at + 16] = raw[order_at + 8 : order_at + 16] + raw[order_at : order_at + 8]
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SearchIndexError, match="lookup"):
+        StringColumn(path).check_lookup()

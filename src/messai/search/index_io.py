@@ -453,11 +453,7 @@ def verify_index_dir(directory: str | os.PathLike[str]) -> None:
     record = read_meta(path)
     mapped.check_files(path, record["files"], full=True, rebuild=_rebuild_hint(path))
     stored = read_index_dir(path, mmap=False)
-    ids = list(stored.track_ids)
-    if len(set(ids)) != len(ids):
-        raise SearchIndexError(f"{path / IDS_FILE}: duplicate track ids")
-    if any(stored.track_ids.find(t) != i for i, t in enumerate(ids)):
-        raise SearchIndexError(f"{path / IDS_FILE}: lookup section is damaged")
+    stored.track_ids.check_lookup()  # unique ids, ordered lookup (O(n), no search per id)
     versions = stored.meta.get("versions")
     if versions is not None:
         len(versions)  # reads and checks versions.json

@@ -175,6 +175,27 @@ class StringColumn(Sequence[str]):
                 return row
         return None
 
+    def check_lookup(self) -> None:
+        """SearchIndexError unless the rows are unique and the lookup section orders them (a
+        full scan, O(n): for ``--verify``)."""
+        blob = bytes(self._blob)
+        offsets = self._offsets
+        if offsets[0] != 0 or offsets[-1] != self._blob_bytes or (np.diff(offsets) < 0).any():
+            raise SearchIndexError(f"{self.path}: offsets are damaged")
+        bounds = offsets.tolist()
+        raw = [blob[bounds[i] : bounds[i + 1]] for i in range(self._n)]
+        if self._order is None:
+            order = range(self._n)
+        else:
+            order = self._order.tolist()
+            if np.bincount(self._order, minlength=self._n).max(initial=1) != 1 or (
+                self._n and not 0 <= min(order) <= max(order) < self._n
+            ):
+                raise SearchIndexError(f"{self.path}: lookup section is damaged")
+        ranked = [raw[i] for i in order]
+        if any(ranked[i] >= ranked[i + 1] for i in range(self._n - 1)):
+            raise SearchIndexError(f"{self.path}: duplicate values or a damaged lookup section")
+
     def _row(self, rank: int) -> int:
         if self._order is None:
             return rank
