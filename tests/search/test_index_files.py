@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,10 @@ def test_changed_signature_hashes_once_then_trusts(tmp_path, monkeypatch):
     calls = []
     real = mapped.sha256_file
     monkeypatch.setattr(mapped, "sha256_file", lambda p: calls.append(Path(p).name) or real(p))
+    LayerIndex.load(tmp_path / "copy")  # at once: the copies' ctimes are too fresh to trust
+    assert "index.faiss" in calls and not (tmp_path / "copy" / mapped.VERIFIED_FILE).exists()
+    time.sleep(mapped.FINE_MARGIN_NS / 1e9)
+    calls.clear()
     LayerIndex.load(tmp_path / "copy")
     assert {"index.faiss", "ids.str", "vectors.npy"} <= set(calls)
     assert (tmp_path / "copy" / mapped.VERIFIED_FILE).is_file()
@@ -413,3 +418,16 @@ def test_check_lookup_finds_duplicates_and_a_bad_order(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(SearchIndexError, match="lookup"):
         StringColumn(path).check_lookup()
+
+
+def test_a_change_right_after_writing_is_still_caught(tmp_path):
+    """A byte flipped within the same tick of the file system's clock as the write keeps the
+    ctime: the signature is recorded only once it is settled, so the flip is still seen."""
+    X = clustered(100, 8)
+    build_index(X, ids_for(100)).save(tmp_path / "idx")
+    for _ in range(3):
+        _flip(tmp_path / "idx" / "index.faiss", 300, keep_mtime=True)
+        with pytest.raises(SearchIndexError, match="checksum mismatch"):
+            LayerIndex.load(tmp_path / "idx")
+        _flip(tmp_path / "idx" / "index.faiss", 300, keep_mtime=True)  # back as written
+        LayerIndex.load(tmp_path / "idx")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -234,17 +235,49 @@ def _signature(st: os.stat_result) -> list[int]:
     return [int(st.st_ino), int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns)]
 
 
+#: A signature is trusted only once its ctime is this far in the past: a change made within the
+#: same tick of the file system's clock (≈ 4–10 ms on Linux; 1–2 s on coarse file systems,
+#: recognised by whole-second ctimes) could otherwise keep the same ctime ("racy" signatures,
+#: the problem git's index has).
+FINE_MARGIN_NS, COARSE_MARGIN_NS = 50_000_000, 2_000_000_000
+
+
+def _margin_ns(ctime_ns: int) -> int:
+    return COARSE_MARGIN_NS if ctime_ns % 1_000_000_000 == 0 else FINE_MARGIN_NS
+
+
+def _settled(sig: list[int]) -> bool:
+    """Whether a later change of the file is sure to change this signature."""
+    return time.time_ns() - sig[3] >= _margin_ns(sig[3])
+
+
+def _settle(sigs: Iterable[list[int]]) -> None:
+    """Wait (once, usually ≤ 50 ms) until every signature is settled."""
+    latest = max((sig[3] + _margin_ns(sig[3]) for sig in sigs), default=0)
+    wait = latest - time.time_ns()
+    if wait > 0:
+        time.sleep(wait / 1e9)
+
+
 def record_files(
     directory: Path, names: Iterable[str], known: Mapping[str, str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """``{name: {"size", "sha256", "stat"}}`` of files just written in ``directory``;
-    ``known`` gives the SHA-256 of files whose content is already known (hard links)."""
+    ``known`` gives the SHA-256 of files whose content is already known (hard links). Waits
+    until the signatures are settled; a file that changed meanwhile is recorded without one
+    (its first reader hashes it)."""
+    names = list(names)
+    before = {n: _signature((directory / n).stat()) for n in names}
+    sums = {n: (known or {}).get(n) or sha256_file(directory / n) for n in names}
+    _settle(before.values())
     out = {}
     for name in names:
         path = directory / name
-        st = path.stat()
-        sha = (known or {}).get(name) or sha256_file(path)
-        out[name] = {"size": int(st.st_size), "sha256": sha, "stat": _signature(st)}
+        sig = _signature(path.stat())
+        stat: list[int] | None = sig
+        if sig != before[name]:  # changed while it was hashed: hash again, trust no signature
+            sums[name], stat = sha256_file(path), None
+        out[name] = {"size": sig[1], "sha256": sums[name], "stat": stat}
     return out
 
 
@@ -268,7 +301,7 @@ def check_files(
     record (see the module docstring); SearchIndexError naming the file when one is missing,
     of another size, or of other content. Returns ``{name: sha256}`` of the files checked."""
     seen = None
-    rehashed: dict[str, list[int]] = {}
+    rehashed: dict[str, list] = {}
     out = {}
     for name in names if names is not None else list(files):
         entry = files.get(name)
@@ -299,37 +332,37 @@ def check_files(
                 f"{path}: checksum mismatch (the file is damaged or was changed); {rebuild}"
             )
         out[name] = entry["sha256"]
-        if sig != entry.get("stat"):
+        unchanged = _signature(path.stat()) == sig  # not changed while it was hashed
+        if sig != entry.get("stat") and unchanged and _settled(sig):
             rehashed[name] = [entry["sha256"], *sig]
     if rehashed:  # remember the new signatures: the next reader trusts them in constant time
-        from messai.files import atomic_write_json
-
-        try:
-            atomic_write_json(
-                directory / VERIFIED_FILE, {**(seen or _verified(directory)), **rehashed}
-            )
-        except OSError:
-            pass  # a read-only folder: the next reader hashes again
+        _write_verified(directory, rehashed, seen)
     return out
+
+
+def _write_verified(directory: Path, entries: dict[str, list], seen=None) -> None:
+    from messai.files import atomic_write_json
+
+    try:
+        atomic_write_json(directory / VERIFIED_FILE, {**(seen or _verified(directory)), **entries})
+    except OSError:
+        pass  # a read-only folder: the next reader hashes again
 
 
 def remember_files(directory: Path, sums: Mapping[str, str]) -> None:
     """Record the current stat signatures of files of ``directory`` whose content is known
-    to have the SHA-256 ``sums`` (best effort), so a reader trusts them without hashing."""
+    to have the SHA-256 ``sums`` (best effort, once they are settled), so a reader trusts
+    them without hashing."""
     if not sums:
         return
-    from messai.files import atomic_write_json
-
-    entries = {}
-    for name, sha in sums.items():
-        try:
-            entries[name] = [sha, *_signature((directory / name).stat())]
-        except OSError:
-            return
     try:
-        atomic_write_json(directory / VERIFIED_FILE, {**_verified(directory), **entries})
+        sigs = {name: _signature((directory / name).stat()) for name in sums}
+        _settle(sigs.values())
+        if any(_signature((directory / n).stat()) != sig for n, sig in sigs.items()):
+            return  # changed meanwhile: the next reader hashes
     except OSError:
-        pass
+        return
+    _write_verified(directory, {name: [sums[name], *sig] for name, sig in sigs.items()})
 
 
 def self_checksum(record: Mapping[str, Any]) -> str:
