@@ -16,7 +16,9 @@ Checked files: every data file of a folder is recorded with its size, SHA-256 an
 signature it had when written (inode, size, mtime, ctime). A reader checks the size always and
 the signature in constant time; a file whose signature differs (any write through the file
 system changes its ctime, and a copy its inode) is hashed in full before it is used, and its
-new signature remembered in ``verified.json`` once it matched. ``full=True`` (``mess index
+new signature remembered in ``verified.json`` once it matched. Signatures are trusted only
+once their ctime is safely past (``FINE_MARGIN_NS``), so a change in the same clock tick as
+the write cannot hide. ``full=True`` (``mess index
 --verify``) hashes every file. See ``docs/index-format.md`` for what this does not catch.
 """
 
