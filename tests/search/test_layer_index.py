@@ -390,7 +390,7 @@ def test_save_load_round_trip(tmp_path, kind):
         np.testing.assert_array_equal(a, b)
     assert index.search_track("t00042", 7)[1] == loaded.search_track("t00042", 7)[1]
     names = sorted(p.name for p in (tmp_path / "layer3").iterdir())
-    assert names == ["index.faiss", "mean.npy", "meta.json", "scale.npy"]
+    assert names == ["ids.str", "index.faiss", "mean.npy", "meta.json", "scale.npy"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layer3"]  # no temp dirs left
 
 
@@ -417,10 +417,25 @@ def _saved(tmp_path: Path) -> Path:
     return tmp_path / "idx"
 
 
-def _edit_meta(path: Path, **changes) -> None:
+def _edit_meta(path: Path, *, reseal: bool = True, **changes) -> None:
+    """Change meta.json fields; ``reseal`` recomputes its own checksum (so the check under
+    test is the field's, not the checksum's)."""
+    from messai.search.mapped import self_checksum
+
     record = json.loads((path / "meta.json").read_text())
     record.update(changes)
+    if reseal:
+        record["record_sha256"] = self_checksum(record)
     (path / "meta.json").write_text(json.dumps(record))
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    """Flip one byte in place (size kept)."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x5A]))
 
 
 CORRUPTIONS = {
@@ -434,9 +449,12 @@ CORRUPTIONS = {
     ),
     "bad json": lambda p: (p / "meta.json").write_text("{not json"),
     "future version": lambda p: _edit_meta(p, format_version=99),
-    "ids vs vectors": lambda p: _edit_meta(
-        p, n=59, track_ids=json.loads((p / "meta.json").read_text())["track_ids"][:59]
-    ),
+    "ids vs vectors": lambda p: _edit_meta(p, n=59),
+    "edited meta, not resealed": lambda p: _edit_meta(p, reseal=False, fingerprint="other"),
+    "flipped byte in ids": lambda p: _flip_byte(p / "ids.str", (p / "ids.str").stat().st_size - 3),
+    "missing ids": lambda p: (p / "ids.str").unlink(),
+    "flipped byte in faiss": lambda p: _flip_byte(p / "index.faiss", 200),
+    "version 1 index": lambda p: _edit_meta(p, format_version=1),
     "wrong dim": lambda p: _edit_meta(p, dim=9),
     "wrong kind": lambda p: _edit_meta(p, kind="hnsw"),
     "missing field": lambda p: _edit_meta(p, fingerprint=None),

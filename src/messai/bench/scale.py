@@ -8,7 +8,8 @@ default) is written through the store API, then measured:
 - ``bytes_per_audio_hour``: bytes the appended tracks added to the store, per hour of audio;
 - ``open_s``: opening the store and listing its track ids;
 - ``index_build_s``: building the flat index of one layer (reads one column);
-- ``cold_recommend``: a ``mess recommend`` process with the index cached, against
+- ``cold_recommend``: a ``mess recommend -k 10 --format ids`` process with the index and the
+  track catalogue cached, against
   ``python -c "import numpy, faiss, typer, rich"`` in the same run (median of interleaved runs);
 - ``query``: single-query latency on the index (p50/p99).
 """
@@ -137,7 +138,8 @@ def bench_scale(
         (home / "config.toml").write_text("")  # no user config: defaults only
         env = dict(os.environ, MESS_HOME=str(home), MESS_CONFIG=str(home / "config.toml"))
         env.pop("MESS_STORES", None)
-        rec = [mess, "recommend", "-d", "scale", "--track", ids[7], "--layer", "0", "-f", "json"]
+        rec = [mess, "recommend", "-d", "scale", "--track", ids[7], "--layer", "0"]
+        rec += ["-k", "10", "--format", "ids"]
         imports = [sys.executable, "-c", "import numpy, faiss, typer, rich"]
         time_command(rec, env, 1)  # builds the track catalogue once, warms the page cache
         time_command(imports, env, 1)

@@ -327,6 +327,15 @@ def bench_scale_command(
     append_tracks: Annotated[
         int, typer.Option("--append", min=1, help="Tracks appended to measure throughput.")
     ] = 200,
+    n_layers: Annotated[
+        int,
+        typer.Option(
+            "--layers",
+            min=1,
+            help="Layers per synthetic track (13 as MERT-v1-95M; a query reads one layer's "
+            "index, so 1 measures the cold path at a size whose full store would not fit).",
+        ),
+    ] = 13,
     workdir: Annotated[
         Optional[Path],
         typer.Option("--workdir", help="Where the synthetic stores are written (default: /tmp)."),
@@ -345,8 +354,9 @@ def bench_scale_command(
 ) -> None:
     """Store and search cost against catalogue size on synthetic stores (13 × 768, one window
     per track, plus appended tracks of --windows windows): append throughput, bytes per audio
-    hour, open time, index build per layer, cold 'mess recommend' against the bare imports,
-    query p50 — as JSON. Needs about 60 kB of disk per track."""
+    hour, open time, index build per layer, cold 'mess recommend -k 10 --format ids' against
+    the bare imports (ratio), query p50 — as JSON. Needs about 60 kB of disk per track at 13
+    layers (about 8 kB at --layers 1)."""
     import json
 
     from messai.bench.scale import bench_scale
@@ -362,6 +372,7 @@ def bench_scale_command(
         sizes,
         windows_per_track=windows_per_track,
         append_tracks=append_tracks,
+        n_layers=n_layers,
         workdir=str(workdir) if workdir else None,
     )
     if serving:

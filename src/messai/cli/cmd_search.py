@@ -127,9 +127,10 @@ def index_command(
         bool,
         typer.Option(
             "--verify",
-            help="Check the cached indices against their full checksums instead of building "
-            "(loads check files over 16 MiB by a sample only), and every fitted space in "
-            "aspect_spaces.json against its own checksum; exit 1 if one is damaged.",
+            help="Check every byte of the cached indices and the track catalogue against their "
+            "checksums instead of building (a query checks sizes and file signatures only), and "
+            "every fitted space in aspect_spaces.json against its own checksum; exit 1 if one is "
+            "damaged.",
         ),
     ] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
@@ -247,6 +248,16 @@ def _verify_indices(store, layers: list[int], settings, fmt: Format, spaces) -> 
         except SearchIndexError as exc:
             status, bad = f"damaged: {exc}", bad + 1
         rows.append({"layer": layer, "status": status, "path": str(path)})
+    from messai.search.cache import store_cache_dir
+    from messai.search.catalogue import verify_catalogue
+
+    folder = store_cache_dir(settings.home, store)
+    try:  # the track ids, labels and sources every query reads
+        verify_catalogue(folder)
+        status = "ok"
+    except SearchIndexError as exc:
+        status, bad = f"damaged: {exc}", bad + 1
+    rows.append({"layer": "catalogue", "status": status, "path": str(folder / "catalogue")})
     space_rows, space_bad = _verify_spaces(store, settings, spaces)
     render_rows(
         rows + space_rows, fmt, title=f"verify {settings.index_kind}/{settings.normalize} indices"

@@ -118,7 +118,7 @@ def _ivfpq_params(params: dict[str, Any], *, n: int, dim: int) -> dict[str, Any]
     ivf.setdefault(
         "nlist", max(IVF_MIN_LISTS, min(ivf_nlist(n) // 2, n // IVF_MIN_POINTS_PER_LIST))
     )
-    used = _ivf_params(ivf, n=n)
+    used = _ivf_params(ivf, n=n, kind="ivfpq")
     if "nprobe" not in params:
         used["nprobe"] = max(1, min(used["nlist"], max(16, used["nlist"] // 2)))
     pq_m = int(params.get("pq_m", pq_m_default(dim)))
@@ -134,16 +134,21 @@ def _ivfpq_params(params: dict[str, Any], *, n: int, dim: int) -> dict[str, Any]
     return {**used, "pq_m": pq_m, "pq_bits": bits, "refine": refine}
 
 
-def _ivf_params(params: dict[str, Any], *, n: int) -> dict[str, Any]:
+def _ivf_params(params: dict[str, Any], *, n: int, kind: str = "ivf") -> dict[str, Any]:
     nlist = int(params.get("nlist", ivf_nlist(n)))
     if "nlist" in params and nlist < IVF_MIN_LISTS:
         raise ConfigError(f"ivf needs nlist of at least {IVF_MIN_LISTS}, got {nlist}")
     minimum = IVF_MIN_POINTS_PER_LIST * max(nlist, IVF_MIN_LISTS)
     if n < minimum:
+        instead = (
+            "--kind hnsw-sq8 (memory-bounded too, needs no training)"
+            if kind == "ivfpq"
+            else "--kind hnsw (approximate, needs no training)"
+        )
         raise SearchIndexError(
-            f"an ivf index needs at least {minimum} vectors to train "
-            f"{max(nlist, IVF_MIN_LISTS)} lists ({IVF_MIN_POINTS_PER_LIST} per list); "
-            f"got {n}. Use kind 'flat' (exact, fast up to ~100k tracks)."
+            f"too few tracks for --kind {kind}: it trains {max(nlist, IVF_MIN_LISTS)} lists "
+            f"on at least {IVF_MIN_POINTS_PER_LIST} tracks each ({minimum}), there are "
+            f"{n}; use --kind flat (exact, and fast up to ~100k tracks) or {instead}"
         )
     nprobe = int(params.get("nprobe", min(nlist, max(8, nlist // 16))))
     return {"nlist": nlist, "nprobe": max(1, min(nprobe, nlist))}
@@ -200,6 +205,16 @@ def apply_search_params(index: Any, kind: str, params: dict[str, Any]) -> None:
         index.nprobe = params["nprobe"]
         if index.direct_map.no():
             index.make_direct_map()  # for reconstruct(): vector_of, fusion
+
+
+def owned_flat_copy(index: Any) -> Any:
+    """An in-memory copy of a (memory-mapped, read-only) ``IndexFlatIP``: FAISS aborts the
+    process when a mapped index is grown, so it is copied before ``add``."""
+    faiss = load_faiss()
+    copy = faiss.IndexFlatIP(int(index.d))
+    if index.ntotal:
+        copy.add(flat_storage(index, "flat"))
+    return copy
 
 
 def flat_storage(index: Any, kind: str) -> np.ndarray | None:

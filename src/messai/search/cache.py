@@ -58,7 +58,38 @@ def layer_vectors(
         raise ConfigError(
             f"layer {layer} out of range: the store's model has layers 0..{store.n_layers - 1}"
         )
-    return store.layer(layer, track_ids=track_ids)
+    ids, vectors = store.layer(layer, track_ids=track_ids)
+    check_track_vectors(store, layer, ids, vectors)
+    return ids, vectors
+
+
+#: No track vector of a real model comes near this (MERT's are O(1)–O(100); a float16 store
+#: cannot even hold more than 65,504): a larger value is a damaged row, e.g. a flipped exponent
+#: bit, which would dominate the corpus mean and make every query return the same tracks.
+MAX_ABS_VECTOR = 1e6
+
+
+def check_track_vectors(store, layer: int, ids: list[str], vectors: np.ndarray) -> None:
+    """StoreError naming the first track whose vector of ``layer`` is non-finite or beyond
+    ±:data:`MAX_ABS_VECTOR` (indexing reads the tracks table without the per-track digest that
+    'mess store verify' checks, which would mean reading every window)."""
+    from messai.errors import StoreError
+
+    bad = np.zeros(len(vectors), dtype=bool)
+    for start in range(0, len(vectors), 16384):  # in blocks: no second copy of a large layer
+        block = vectors[start : start + 16384]
+        with np.errstate(invalid="ignore"):  # NaN compares False
+            bad[start : start + len(block)] = ~(np.abs(block) <= MAX_ABS_VECTOR).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row = vectors[i]
+        worst = row[~(np.abs(row) <= MAX_ABS_VECTOR)][0]
+        more = f" (and {int(bad.sum()) - 1} more)" if bad.sum() > 1 else ""
+        raise StoreError(
+            f"{store.uri}: track {ids[i]!r} has a damaged layer {layer} vector (value "
+            f"{float(worst):.3g}){more}; run 'mess store verify --dataset {store.dataset} "
+            "--repair', then 'mess extract' to redo it"
+        )
 
 
 @contextlib.contextmanager

@@ -34,9 +34,11 @@ from messai.search.backend import (
     flat_storage,
     ivf_nlist,
     new_faiss_index,
+    owned_flat_copy,
     resolve_params,
 )
 from messai.search.index_io import FORMAT_VERSION, read_index_dir, save_index
+from messai.search.mapped import ListColumn
 from messai.search.normalise import NORMALIZE_MODES, Normalizer
 from messai.search.reranker import Float16Reranker
 from messai.search.selectors import EXACT_SUBSET_MAX, exact_topk, masked_topk, rescore
@@ -195,14 +197,16 @@ class LayerIndex:
         fingerprint: str = "",
         meta: dict[str, Any] | None = None,
         vectors: np.ndarray | list[np.ndarray] | None = None,
+        mapped: bool = False,
     ) -> None:
         chunks = [] if vectors is None else vectors if isinstance(vectors, list) else [vectors]
         if kind in REFINED_KINDS and sum(len(c) for c in chunks) != len(track_ids):
             raise ConfigError(f"a {kind} index needs its {len(track_ids)} normalised vectors")
         self._index = index
         self._chunks: list[np.ndarray] = chunks
-        self._track_ids = track_ids
-        self._positions: dict[str, int] | None = None
+        # a memory-mapped StringColumn when loaded; anything with ``find`` (id → row)
+        self._track_ids = track_ids if hasattr(track_ids, "find") else ListColumn(track_ids)
+        self._mapped = mapped  # faiss_index reads a read-only memory map: copy before adding
         self._storage_view: np.ndarray | None = None
         self._reranker: Float16Reranker | None = None  # large flat indices, built on second use
         self._few_query_searches = 0
@@ -217,8 +221,9 @@ class LayerIndex:
     # ---- facts -----------------------------------------------------------------------------
 
     @property
-    def track_ids(self) -> list[str]:
-        """Track ids in position order (do not mutate)."""
+    def track_ids(self) -> Sequence[str]:
+        """Track ids in position order (a read-only sequence: a memory-mapped
+        :class:`~messai.search.mapped.StringColumn` when loaded; do not mutate)."""
         return self._track_ids
 
     @property
@@ -273,10 +278,9 @@ class LayerIndex:
         )
 
     def position(self, track_id: str) -> int:
-        """Row of ``track_id``; raises TrackNotFoundError if it is not indexed (or removed)."""
-        if self._positions is None:
-            self._positions = {t: i for i, t in enumerate(self._track_ids)}
-        position = self._positions.get(track_id)
+        """Row of ``track_id``; raises TrackNotFoundError if it is not indexed (or removed).
+        O(log n) on a loaded index (a binary search of its id file), no dict of n built."""
+        position = self._track_ids.find(track_id) if isinstance(track_id, str) else None
         if position is None or self._removed[position]:
             raise TrackNotFoundError(
                 f"track {track_id!r} is not in this index ({len(self)} tracks)"
@@ -531,20 +535,20 @@ class LayerIndex:
         """
         X = _check_vectors(vectors, dim=self.dim)
         ids = _check_ids(track_ids, expected=X.shape[0])
-        if self._positions is None:
-            self._positions = {t: i for i, t in enumerate(self._track_ids)}
-        clash = [t for t in ids if t in self._positions]
+        clash = [t for t in ids if self._track_ids.find(t) is not None]
         if clash:
             raise ConfigError(
                 f"track ids already indexed (or removed, until a rebuild): {clash[:5]}"
             )
         Xn = self.normalizer.transform(X)
+        if self._mapped:  # FAISS cannot grow a memory-mapped index: take an owned copy first
+            self._index = owned_flat_copy(self._index)
+            self._mapped = False
         self._index.add(Xn)
         if self._chunks:
             self._chunks.append(Xn)
         self._removed = np.concatenate([self._removed, np.zeros(len(ids), dtype=bool)])
-        self._track_ids = self._track_ids + ids
-        self._positions = None
+        self._track_ids = ListColumn([*self._track_ids, *ids])
         self._storage_view = None  # FAISS may have reallocated its storage
         self._reranker = None
         if fingerprint is not None:
@@ -604,4 +608,5 @@ class LayerIndex:
             fingerprint=stored.fingerprint,
             meta=stored.meta,
             vectors=stored.vectors,
+            mapped=stored.mapped,
         )

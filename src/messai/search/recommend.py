@@ -84,7 +84,7 @@ class LayerBasedRecommender:
             from messai.search.catalogue import TrackCatalogue
 
             self._tracks = TrackCatalogue.for_store(
-                store_cache_dir(self.home, self.store), self.store
+                store_cache_dir(self.home, self.store), self.store, on_notice=self.on_notice
             )
         return self._tracks
 
@@ -302,7 +302,7 @@ class LayerBasedRecommender:
     def labels_by_id(self) -> dict[str, dict[str, Any]]:
         """Every stored track's labels (read once)."""
         if self._label_cache is None:
-            self._label_cache = {t: self.tracks.labels(t) for t in self.tracks.track_ids()}
+            self._label_cache = self.tracks.label_rows()
         return self._label_cache
 
     def where_scope(self, where: str | None) -> Callable[[Sequence[str]], np.ndarray] | None:
@@ -355,7 +355,7 @@ class LayerBasedRecommender:
                 raise ConfigError(
                     f"--exclude-same {label}: track {track_id!r} has no {label!r} label (labels here: {', '.join(known) or 'none'})"
                 )
-            out |= {t for t in self.tracks.track_ids() if self.tracks.labels(t).get(label) == value}
+            out |= {t for t, d in self.labels_by_id().items() if d.get(label) == value}
         out.discard(track_id)
         return out
 
