@@ -71,6 +71,8 @@ WINDOWS_TABLE = "windows.lance"
 STATE_FILE = "store.json"
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _V1_MANIFEST = "manifest.json"
+#: what store.json adds to the build description: change ids and the pending-commit flag
+_STATE_KEYS = ("features_id", "state_id", "pending")
 
 
 def now_iso() -> str:
@@ -191,6 +193,7 @@ class FeatureStore:
         self._last_commit = time.monotonic()
         self._rows: dict[str, dict[str, Any]] | None = None  # track id -> row (no vectors)
         self._rows_version = -1  # the tracks table's version those rows were read at
+        self._build_checked = False  # the build description was read from the tracks table
 
     # ---------------------------------------------------------------- finding stores
     @classmethod
@@ -317,7 +320,9 @@ class FeatureStore:
                         mode="create",
                         storage_options=opts,
                     )
-                except (OSError, ValueError) as exc:
+                except BaseException as exc:
+                    if not lance_failure(exc):
+                        raise
                     if "exist" not in str(exc).lower():
                         raise storage_error(uri, exc) from None
                     # another process created it first: use theirs, remove nothing
@@ -391,15 +396,29 @@ class FeatureStore:
     def _table_uri(self, name: str) -> str:
         return loc.join(self.uri, name)
 
-    def open_table(self, name: str):
-        """One of the store's Lance tables (``tracks.lance`` or ``windows.lance``)."""
+    def open_table(self, name: str, *, version: int | None = None):
+        """One of the store's Lance tables (``tracks.lance`` or ``windows.lance``), at its
+        latest version or at ``version``."""
         import lance
 
+        if not self._build_checked:
+            self._use_table_build()
         opts = loc.storage_options() if loc.is_remote(self.uri) else None
         try:
-            return lance.dataset(self._table_uri(name), storage_options=opts)
-        except (OSError, ValueError) as exc:
+            return lance.dataset(self._table_uri(name), version=version, storage_options=opts)
+        except BaseException as exc:
+            if not lance_failure(exc):
+                raise
             raise storage_error(self.uri, exc) from None
+
+    def _use_table_build(self) -> None:
+        """Take the build description (model, settings, dimensions) from the tracks table's
+        own schema metadata, which is committed with the data: ``store.json`` is only a copy
+        for the cold paths, and an edited or stale copy must never change how data is read."""
+        self._build_checked = True
+        meta = _read_meta(self._table_uri(TRACKS_TABLE))
+        keep = {k: self._meta[k] for k in _STATE_KEYS if k in self._meta}
+        self._meta = {**meta, **keep}
 
     def _tracks(self):
         return self.open_table(TRACKS_TABLE)
@@ -412,7 +431,9 @@ class FeatureStore:
         ds = self.open_table(table)
         try:
             return ds.to_table(columns=columns, filter=filter)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except BaseException as exc:
+            if not lance_failure(exc):
+                raise
             raise storage_error(self.uri, exc) from None
 
     _META_COLUMNS = (
@@ -441,7 +462,9 @@ class FeatureStore:
             ds = self._tracks()
             try:
                 table = ds.to_table(columns=list(self._META_COLUMNS))
-            except (OSError, ValueError, RuntimeError) as exc:
+            except BaseException as exc:
+                if not lance_failure(exc):
+                    raise
                 raise storage_error(self.uri, exc) from None
             self._rows_version = int(ds.version)
             self._rows = {r["track_id"]: r for r in table.to_pylist()}
@@ -641,6 +664,11 @@ class FeatureStore:
         )
         return self._split_windows(table, eids)
 
+    def _window_dtype(self):
+        """The dtype of the stored windows, as the windows table's schema says."""
+        type_ = self._windows().schema.field(layer_column(0)).type.value_type
+        return np.dtype(type_.to_pandas_dtype())
+
     def _window_columns(self) -> list[str]:
         names = set(self._windows().schema.names)
         cols = ["track_id", "extraction_id", "window", "start", "length"]
@@ -653,11 +681,7 @@ class FeatureStore:
     ) -> dict[str, dict[str, np.ndarray]]:
         from messai.features.records import target_array_name
 
-        dtype = (
-            np.float16
-            if self._meta["settings"].get("store_dtype", "float16") == "float16"
-            else np.float32
-        )
+        dtype = self._window_dtype()
         eid_col = np.asarray(table.column("extraction_id").to_pylist(), dtype=object)
         window = table.column("window").to_numpy()
         out = {}
@@ -749,11 +773,7 @@ class FeatureStore:
             )
         out: dict[str, Any] = {"track_ids": list(ids), "n_segments": n_seg}
         if layers:
-            dtype = (
-                np.float16
-                if self._meta["settings"].get("store_dtype", "float16") == "float16"
-                else np.float32
-            )
+            dtype = self._window_dtype()
             seg = np.empty((len(order), self.n_layers, self.dim), dtype=dtype)
             for i in range(self.n_layers):
                 seg[:, i] = fixed_list_to_numpy(table.column(layer_column(i)), self.dim, dtype)[
@@ -838,8 +858,9 @@ class FeatureStore:
     def _refresh(self) -> None:
         meta = _read_meta(self._table_uri(TRACKS_TABLE))
         state = _read_state(self.uri) or {}
-        meta.update({k: state[k] for k in ("features_id", "state_id") if k in state})
+        meta.update({k: state[k] for k in _STATE_KEYS if k in state})
         self._meta = meta
+        self._build_checked = True
         self._rows = None
 
     def _renew_state(self, *, features: bool, inputs: bool) -> None:
@@ -1074,7 +1095,9 @@ class FeatureStore:
         for attempt in range(8):
             try:
                 return operation()
-            except (OSError, ValueError, RuntimeError) as exc:
+            except BaseException as exc:
+                if not lance_failure(exc):
+                    raise
                 if "conflict" not in str(exc).lower() or attempt == 7:
                     raise storage_error(self.uri, exc) from None
                 time.sleep(0.05 * 2**attempt)
@@ -1107,13 +1130,15 @@ class FeatureStore:
     def _write_meta(self, meta: dict[str, Any]) -> None:
         self._meta = meta
         self._renew_state(features=False, inputs=False)
-        meta = {k: v for k, v in self._meta.items() if k not in ("features_id", "state_id")}
+        meta = {k: v for k, v in self._meta.items() if k not in _STATE_KEYS}
         ds = self._tracks()
         try:
             ds.update_schema_metadata(
                 {METADATA_KEY.decode(): json.dumps(meta, ensure_ascii=False)}, replace=True
             )
-        except (OSError, ValueError, RuntimeError) as exc:
+        except BaseException as exc:
+            if not lance_failure(exc):
+                raise
             raise storage_error(self.uri, exc) from None
 
     def _windows_table(self, items: dict[str, tuple[str, dict[str, np.ndarray]]]):
@@ -1318,7 +1343,9 @@ def _read_meta(tracks_uri: str) -> dict[str, Any]:
     try:
         ds = lance.dataset(tracks_uri, storage_options=opts)
         raw = (ds.schema.metadata or {}).get(METADATA_KEY)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except BaseException as exc:
+        if not lance_failure(exc):
+            raise
         raise storage_error(tracks_uri.rsplit("/", 1)[0], exc) from None
     if raw is None:
         raise StoreError(f"{tracks_uri}: not a mess feature store (no build description)")
@@ -1371,6 +1398,17 @@ def _read_state(uri: str) -> dict[str, Any] | None:
     return meta
 
 
+def lance_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is Lance failing on the storage (an I/O error, a damaged file; Lance's
+    Rust panics on some damaged files arrive as ``pyo3_runtime.PanicException``, a
+    BaseException), as opposed to an interrupt or a bug."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return False
+    return isinstance(exc, (OSError, ValueError, RuntimeError)) or (
+        type(exc).__name__ == "PanicException"
+    )
+
+
 def storage_error(uri: str, exc: BaseException) -> StoreError:
     """One line naming the store and what to do, for I/O failures of the storage."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -1381,7 +1419,14 @@ def storage_error(uri: str, exc: BaseException) -> StoreError:
     if "Not found" in text or "not found" in text or isinstance(exc, FileNotFoundError):
         return StoreError(
             f"{uri}: part of the store is missing or damaged ({text[:160]}); "
-            "restore it from a copy or remove it and run 'mess extract' again"
+            f"'mess store verify --at {uri}' tells what is left and --repair saves it "
+            "(see docs/store-format.md)"
+        )
+    if type(exc).__name__ == "PanicException" or "LanceError(IO)" in text:
+        return StoreError(
+            f"{uri}: a file of the store cannot be read ({text[:160]}); "
+            f"'mess store verify --at {uri}' tells what is left and --repair saves it "
+            "(see docs/store-format.md)"
         )
     return StoreError(f"{uri}: storage error ({text[:200]})")
 
