@@ -73,6 +73,14 @@ _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _V1_MANIFEST = "manifest.json"
 #: what store.json adds to the build description: change ids and the pending-commit flag
 _STATE_KEYS = ("features_id", "state_id", "pending")
+#: a local store's writer lock, and the file every process using the store holds shared
+_LOCK_FILE = ".lock"
+_USERS_FILE = ".users"
+
+
+class StoreRemovedError(StoreError):
+    """The store was removed (an empty store, by the run that created it) while this process
+    waited to write it; creating it again and retrying is safe."""
 
 
 def now_iso() -> str:
@@ -812,8 +820,17 @@ class FeatureStore:
         conditional commits."""
         local = loc.local_path(self.uri) is not None
         wait = self.LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
-        lock_fd = self._lock(wait, on_wait) if local else None
+        users_fd = lock_fd = None
         try:
+            if local:
+                # a shared hold on .users tells a cleanup that this process uses the store,
+                # from before it waits for the writer lock until it is done
+                import fcntl
+
+                users_fd = self._open_lock_file(_USERS_FILE)
+                fcntl.flock(users_fd, fcntl.LOCK_SH)
+                lock_fd = self._lock(wait, on_wait)
+                self._check_not_removed({_USERS_FILE: users_fd, _LOCK_FILE: lock_fd})
             self._refresh()
             self._collect_garbage()
             self._writing = True
@@ -823,17 +840,63 @@ class FeatureStore:
                 self._writing = False
                 self.commit()
         finally:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            for fd in (lock_fd, users_fd):
+                if fd is not None:
+                    os.close(fd)
+
+    def _open_lock_file(self, name: str) -> int:
+        try:
+            return os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            raise StoreRemovedError(
+                f"{self.uri}: the store was removed before this process could write it"
+            ) from None
+        except OSError as exc:
+            raise storage_error(self.uri, exc) from None
+
+    def _check_not_removed(self, fds: dict[str, int]) -> None:
+        """StoreRemovedError when the store was removed while this process waited (its lock
+        files are then no longer the ones in the folder)."""
+        for name, fd in fds.items():
+            try:
+                same = os.stat(self.root / name).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same or not loc.exists(self._table_uri(TRACKS_TABLE)):
+                raise StoreRemovedError(
+                    f"{self.uri}: the store was removed while this process waited for it"
+                )
+
+    def remove_if_unused(self) -> bool:
+        """Remove the store if it holds no track and no failure and no other process uses it
+        (writing, or waiting to write); True if it was removed. An object-storage store is
+        never removed: other writers there hold no lock this could see."""
+        import fcntl
+
+        if loc.local_path(self.uri) is None:
+            return False
+        fds = []
+        try:
+            for name in (_LOCK_FILE, _USERS_FILE):
+                fd = self._open_lock_file(name)
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False  # another process writes or waits to write
+            fresh = FeatureStore.at(self.uri)
+            if len(fresh) or fresh.failures():
+                return False
+            loc.remove_tree(self.uri)
+            return True
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _lock(self, wait_seconds: float, on_wait: Callable[[str], None] | None) -> int:
         import fcntl
 
-        path = self.root / ".lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise storage_error(self.uri, exc) from None
+        fd = self._open_lock_file(_LOCK_FILE)
         deadline, told = time.monotonic() + wait_seconds, False
         while True:
             try:
@@ -1098,7 +1161,7 @@ class FeatureStore:
             except BaseException as exc:
                 if not lance_failure(exc):
                     raise
-                if "conflict" not in str(exc).lower() or attempt == 7:
+                if not _is_conflict(exc) or attempt == 7:
                     raise storage_error(self.uri, exc) from None
                 time.sleep(0.05 * 2**attempt)
         return None  # pragma: no cover
@@ -1131,15 +1194,13 @@ class FeatureStore:
         self._meta = meta
         self._renew_state(features=False, inputs=False)
         meta = {k: v for k, v in self._meta.items() if k not in _STATE_KEYS}
-        ds = self._tracks()
-        try:
-            ds.update_schema_metadata(
-                {METADATA_KEY.decode(): json.dumps(meta, ensure_ascii=False)}, replace=True
+        text = json.dumps(meta, ensure_ascii=False)
+        # an UpdateConfig commit: a concurrent writer's (S3) is a conflict to retry, not an end
+        self._retrying(
+            lambda: self._tracks().update_schema_metadata(
+                {METADATA_KEY.decode(): text}, replace=True
             )
-        except BaseException as exc:
-            if not lance_failure(exc):
-                raise
-            raise storage_error(self.uri, exc) from None
+        )
 
     def _windows_table(self, items: dict[str, tuple[str, dict[str, np.ndarray]]]):
         """One table of every window of ``items`` (track id → (extraction id, arrays)):
@@ -1396,6 +1457,14 @@ def _read_state(uri: str) -> dict[str, Any] | None:
             f"{uri}: written by a newer mess (format {meta['format_version']}); upgrade mess"
         )
     return meta
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """A commit that lost to a concurrent writer's (retry it on the new version)."""
+    text = str(exc).lower()
+    return any(
+        k in text for k in ("conflict", "concurrent transaction", "incompatible transaction")
+    )
 
 
 def lance_failure(exc: BaseException) -> bool:
