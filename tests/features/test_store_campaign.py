@@ -320,3 +320,159 @@ def test_a_store_removed_while_waiting_is_created_again_by_extract(isolated_env,
     with pytest.raises(StoreRemovedError), late.writer():
         pass
     assert not Path(uri).exists()  # the refusal created nothing
+
+
+# ---------------------------------------------------------------- 22.5
+def test_an_index_built_during_a_commit_is_never_labelled_fresh(isolated_env, monkeypatch):
+    """A reader that opens the store between store.json's renewal and the Lance commit pairs
+    the new change id with the old rows, unless the protocol prevents it; hook in there."""
+    from messai.search.cache import build_layer_index
+
+    home = Path(isolated_env)
+    store = build_store(str(home / "stores"), "fresh", 4)
+    assert build_layer_index(home, FeatureStore.at(store.uri), 0).n_tracks == 4
+    seen = {}
+    real_write = FeatureStore._write
+
+    def write_with_a_reader_in_between(self, name, table, *, mode):
+        if "reader" not in seen:  # before the first Lance write of the commit
+            reader = FeatureStore.at(self.uri)
+            seen["reader"] = (reader.fingerprint(), reader.track_ids())
+            seen["index"] = build_layer_index(home, reader, 0)
+        return real_write(self, name, table, mode=mode)
+
+    monkeypatch.setattr(FeatureStore, "_write", write_with_a_reader_in_between)
+    with store.writer():
+        store.put(
+            synthetic_entry("new", 2),
+            track_arrays(np.ones((2, 3, 8), np.float32), np.arange(2), np.full(2, 120000), {}),
+        )
+    monkeypatch.setattr(FeatureStore, "_write", real_write)
+    after = FeatureStore.at(store.uri)
+    fp, ids = seen["reader"]
+    assert "new" not in ids  # the reader did run before the commit
+    assert fp != after.fingerprint()  # ... so what it read never passes for the new state
+    outcome = build_layer_index(home, after, 0)
+    assert outcome.action != "up to date" and outcome.n_tracks == 5
+
+
+def test_a_writer_that_dies_mid_commit_leaves_no_fresh_looking_label(isolated_env, monkeypatch):
+    store = build_store(str(Path(isolated_env) / "stores"), "dies", 2)
+    before = FeatureStore.at(store.uri).fingerprint()
+
+    def boom(self, *a, **kw):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(FeatureStore, "_merge", boom)
+    with pytest.raises(OSError, match="disk gone"), store.writer():
+        store.put(
+            synthetic_entry("t00", 2),  # an update: windows appended, then the merge fails
+            track_arrays(np.ones((2, 3, 8), np.float32), np.arange(2), np.full(2, 120000), {}),
+        )
+    monkeypatch.undo()
+    mid = FeatureStore.at(store.uri)
+    assert mid.fingerprint() not in (before, FeatureStore.at(store.uri).fingerprint())
+    with mid.writer():  # the next writer clears the dead one's mark
+        pass
+    after = FeatureStore.at(store.uri)
+    assert after.fingerprint() == FeatureStore.at(store.uri).fingerprint() != before
+
+
+# ---------------------------------------------------------------- 22.6 and 21.13
+def test_remove_finds_a_track_typed_in_another_unicode_form(base):
+    import unicodedata
+
+    uri = loc.join(base, "cafe", "synthetic--model")
+    store = FeatureStore.create(
+        uri,
+        dataset="cafe",
+        model=synthetic_identity("model", n_layers=2, dim=4),
+        settings=synthetic_settings("float16"),
+    )
+    with store.writer():
+        for tid in ("Café", "Other"):
+            store.put(
+                synthetic_entry(tid, 2),
+                track_arrays(np.ones((2, 2, 4), np.float32), np.arange(2), np.full(2, 1), {}),
+            )
+    nfd = unicodedata.normalize("NFD", "Café")
+    assert nfd != "Café"
+    args = ["remove", "-d", "cafe", "--track", nfd, "-f", "json"]
+    if base.startswith("s3://"):  # 21.13: remove takes --stores like every store command
+        args += ["--stores", base]
+    r = mess(*args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["removed"] == ["Café"]
+    assert FeatureStore.at(uri).track_ids() == ["Other"]  # really removed
+    # a library caller passing the NFD id to the store itself gets the same
+    with FeatureStore.at(uri).writer() as w:
+        w.remove(unicodedata.normalize("NFD", "Other"))
+    assert FeatureStore.at(uri).track_ids() == []
+
+
+# ---------------------------------------------------------------- 22.10, 21.2, 22.14 (copy)
+def test_a_copy_during_a_write_is_one_consistent_state(isolated_env, monkeypatch):
+    """A writer commits between the copy's reads of the two tables: the copy must still be
+    whole (before: the tracks of the newer version lacked their windows, exit 0)."""
+    stores = Path(isolated_env) / "stores"
+    store = build_store(str(stores), "busy", 4)
+    import lance
+
+    real_dataset = lance.dataset
+    state = {"n": 0}
+
+    def dataset_with_a_commit_in_between(uri, *a, **kw):
+        # the copy reads the tracks table, then opens the windows table: in between, replace
+        # two tracks and add one (once; the writer's own reads pass through)
+        if str(uri).endswith("windows.lance") and "busy/" in str(uri) and state["n"] == 0:
+            state["n"] = 1
+            with FeatureStore.at(store.uri).writer() as w:
+                for tid in ("t00", "t01", "extra"):
+                    w.put(
+                        synthetic_entry(tid, 3),
+                        track_arrays(
+                            np.full((3, 3, 8), 7, np.float32), np.arange(3), np.full(3, 1), {}
+                        ),
+                    )
+        return real_dataset(uri, *a, **kw)
+
+    monkeypatch.setattr(lance, "dataset", dataset_with_a_commit_in_between)
+    report = store_admin.copy(store.uri, str(tmp_dest := stores / "busycopy" / "m"))
+    monkeypatch.undo()
+    copied = FeatureStore.at(tmp_dest)
+    assert report.n_tracks == len(copied)
+    assert store_admin.verify(copied).details == {"tables": {}, "damaged": {}}
+
+
+def test_a_copy_carries_every_side_file_and_takes_the_name_of_where_it_lives(base, tmp_path):
+    store = build_store(base, "mine", 3)
+    store.write_side_file("aspect_spaces.json", b'{"spaces": []}')
+    store.write_side_file("probe.json", b'{"probe": 1}')
+    other_home = tmp_path / "other_home"
+    dest = other_home / "stores" / "yours" / store.slug
+    r = mess("store", "copy", store.uri, dest, "-f", "json")
+    assert r.exit_code == 0, r.output
+    copy = FeatureStore.at(dest)
+    assert copy.read_side_file("aspect_spaces.json") == b'{"spaces": []}'
+    assert copy.read_side_file("probe.json") == b'{"probe": 1}'
+    assert copy.dataset == "yours"
+    r = mess("datasets", "--stores", other_home / "stores", "-f", "json")
+    assert [d["dataset"] for d in json.loads(r.stdout)] == ["yours"]
+    r = mess("tracks", "-d", "yours", "--stores", other_home / "stores", "-f", "json")
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 3
+    # the index cache of the copy is its own
+    from messai.search.cache import store_cache_dir
+
+    assert store_cache_dir(tmp_path, copy) != store_cache_dir(tmp_path, FeatureStore.at(store.uri))
+
+
+def test_a_store_moved_by_hand_into_another_dataset_folder_takes_its_name(isolated_env):
+    import shutil
+
+    stores = Path(isolated_env) / "stores"
+    store = build_store(str(stores), "orig", 2)
+    shutil.copytree(store.root, stores / "moved" / store.slug)
+    moved = FeatureStore.open("moved")
+    assert moved.dataset == "moved" and len(moved) == 2
+    r = mess("datasets", "-f", "json")
+    assert sorted(d["dataset"] for d in json.loads(r.stdout)) == ["moved", "orig"]

@@ -202,6 +202,7 @@ class FeatureStore:
         self._rows: dict[str, dict[str, Any]] | None = None  # track id -> row (no vectors)
         self._rows_version = -1  # the tracks table's version those rows were read at
         self._build_checked = False  # the build description was read from the tracks table
+        self._pending_label: str | None = None
 
     # ---------------------------------------------------------------- finding stores
     @classmethod
@@ -358,6 +359,15 @@ class FeatureStore:
 
     @property
     def dataset(self) -> str:
+        """The dataset's name: where the store lives (``<stores>/<dataset>/<model>``), so a
+        store copied or moved into another dataset's folder takes that name (and its own
+        index cache); the recorded name only for a store outside such a folder."""
+        parts = self.uri.rstrip("/").rsplit("/", 2)
+        if len(parts) == 3:
+            from messai.config import _DATASET_NAME
+
+            if _DATASET_NAME.fullmatch(parts[1]):
+                return parts[1]
         return self._meta["dataset"]
 
     @property
@@ -530,10 +540,18 @@ class FeatureStore:
         """Changes whenever the features change (indices depend on this). With ``probe_inputs``
         it also covers the proxy targets and labels (probe results depend on those too).
 
-        Constant time: the ids in ``store.json``, which every writer renews *before* it
-        commits a change (so a crash in between can only make an index look stale, never
-        fresh). A store without them (written by hand) gets a hash of its rows."""
+        Constant time: the ids in ``store.json``, read before any row (see
+        :meth:`_renew_state` for the protocol: ids are marked pending before a commit and
+        unmarked after it, so ids paired with rows older than them are never handed out).
+        A store without them (written by hand) gets a hash of its rows."""
         key = "state_id" if probe_inputs else "features_id"
+        if self._meta.get("pending"):
+            # a commit is under way: the rows this object reads may be older than the ids,
+            # so nothing built from them may be labelled with the ids (it would look fresh
+            # while missing the commit); a label of this object alone is never fresh later
+            if self._pending_label is None:
+                self._pending_label = "pending-" + uuid.uuid4().hex[:20]
+            return f"{self._pending_label}-{key}"
         if self._meta.get(key):
             return str(self._meta[key])
         rows = self.ok_rows()
@@ -832,6 +850,8 @@ class FeatureStore:
                 lock_fd = self._lock(wait, on_wait)
                 self._check_not_removed({_USERS_FILE: users_fd, _LOCK_FILE: lock_fd})
             self._refresh()
+            if self._meta.get("pending"):  # a writer died mid-commit: its ids stand for nothing
+                self._renew_state(features=True, inputs=True)
             self._collect_garbage()
             self._writing = True
             try:
@@ -926,13 +946,22 @@ class FeatureStore:
         self._build_checked = True
         self._rows = None
 
-    def _renew_state(self, *, features: bool, inputs: bool) -> None:
-        """Write ``store.json`` (the build description and fresh change ids) before a commit."""
-        meta = dict(self._meta)
+    def _renew_state(self, *, features: bool, inputs: bool, pending: bool = False) -> None:
+        """Write ``store.json``: the build description and the change ids.
+
+        The protocol that keeps an index from being labelled fresh over rows it lacks: a
+        commit that changes the data is preceded by new ids marked ``pending`` and followed
+        by the same ids unmarked. A reader reads ``store.json`` before any row, so ids it
+        finds unmarked were written after the commit they stand for; ids it finds pending
+        are never used as a label (:meth:`fingerprint`). A writer that died in between left
+        them pending; the next writer replaces them."""
+        meta = {k: v for k, v in self._meta.items() if k != "pending"}
         if features or not meta.get("features_id"):
             meta["features_id"] = uuid.uuid4().hex[:20]
         if features or inputs or not meta.get("state_id"):
             meta["state_id"] = uuid.uuid4().hex[:20]
+        if pending:
+            meta["pending"] = True
         data = (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
         try:
             loc.write_bytes(loc.join(self.uri, STATE_FILE), data)
@@ -953,6 +982,8 @@ class FeatureStore:
         gets the current time."""
         if entry.extracted_at is None:
             entry = entry.with_changes(extracted_at=now_iso())
+        if nfc(entry.track_id) != entry.track_id:
+            entry = entry.with_changes(track_id=nfc(entry.track_id))
         self._pending.puts[entry.track_id] = (entry, arrays)
         self._pending.failures.pop(entry.track_id, None)
         self._pending.removes.discard(entry.track_id)
@@ -968,12 +999,14 @@ class FeatureStore:
         mtime_ns: int | None = None,
     ) -> None:
         """Record a failed extraction (``size``/``mtime_ns``: the file as it was then)."""
+        track_id = nfc(track_id)
         self._pending.failures[track_id] = TrackFailure(
             track_id, source, reason, now_iso(), size, mtime_ns
         )
         self._maybe_commit()
 
     def forget_failure(self, track_id: str) -> None:
+        track_id = nfc(track_id)
         row = self._all_rows().get(track_id)
         if row is not None and row["failure"]:
             if row["status"] == "failed":
@@ -984,14 +1017,17 @@ class FeatureStore:
                 )
 
     def remove(self, track_id: str) -> None:
+        track_id = nfc(track_id)
         self._pending.puts.pop(track_id, None)
         self._pending.removes.add(track_id)
         self._maybe_commit()
 
     def refresh_file_stat(self, track_id: str, *, size: int, mtime_ns: int) -> None:
+        track_id = nfc(track_id)
         self._pending.stat_updates[track_id] = (size, mtime_ns)
 
     def set_labels(self, track_id: str, labels: dict[str, str]) -> None:
+        track_id = nfc(track_id)
         if json.loads(self._all_rows()[track_id]["labels"] or "{}") != dict(labels):
             self._pending.label_updates[track_id] = dict(labels)
 
@@ -1038,7 +1074,9 @@ class FeatureStore:
             )
         import lance
 
+        self._renew_state(features=True, inputs=True, pending=True)
         meta = {**self._meta, "model": identity, "settings": settings}
+        meta.pop("pending", None)
         n_layers, dim = int(identity["n_layers"]), int(identity["dim"])
         opts = loc.storage_options() if loc.is_remote(self.uri) else None
         lance.write_dataset(
@@ -1074,18 +1112,22 @@ class FeatureStore:
         self._last_commit = time.monotonic()
         if not pending:
             return
+        changes_data = bool(pending.puts or pending.removes)
+        changes_inputs = bool(pending.label_updates or pending.failures)
+        marked = changes_data or changes_inputs  # file stats alone change no result
+        if marked:
+            self._renew_state(features=changes_data, inputs=changes_inputs, pending=True)
         try:
             self._commit(pending)
         except BaseException:
             # nothing of a failed batch is half-visible; keep it pending for a retry
             self._pending = pending
             raise
+        if marked:
+            self._renew_state(features=False, inputs=False)  # the same ids, now standing
         self._rows = None
 
     def _commit(self, p: _Pending) -> None:
-        self._renew_state(
-            features=bool(p.puts or p.removes), inputs=bool(p.label_updates or p.failures)
-        )
         touched = {*p.puts, *p.removes, *p.failures, *p.stat_updates, *p.label_updates}
         rows = self._rows_of(touched)  # only the batch's rows: a commit costs O(batch), not O(N)
         old_eids = [

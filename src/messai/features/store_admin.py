@@ -22,6 +22,7 @@ from messai.features.store import (
     lance_failure,
     storage_error,
 )
+from messai.features.store_arrow import METADATA_KEY
 
 #: tracks read and written per batch while copying or migrating
 BATCH_TRACKS = 256
@@ -107,10 +108,16 @@ def _swap_in(migrated: str, original) -> None:
 def copy(source: str, destination: str, *, on_progress: Progress | None = None) -> AdminReport:
     """Copy a store to another location (laptop → ``s3://…`` and back), resumably.
 
-    The windows are copied first, in batches (a re-run skips what is there); the tracks table,
-    which makes the destination a store, is written last in one commit. Until then nobody can
-    open the destination as a store, so a reader never sees it half-written.
+    The copy is of one consistent state: a version of the tracks table and a version of the
+    windows table that holds every window of those tracks (a writer may be committing
+    meanwhile; its later commits are not copied). The windows are copied first, in batches
+    (a re-run skips what is there); the side files next (``store.json``, probe results,
+    fitted aspect spaces, …); the tracks table, which makes the destination a store, last,
+    in one commit. Until then nobody can open the destination as a store. The copy takes
+    the name of the dataset folder it lands in (``<stores>/<dataset>/<model>``).
     """
+    import json
+
     import lance
 
     src = FeatureStore.at(source)
@@ -123,7 +130,8 @@ def copy(source: str, destination: str, *, on_progress: Progress | None = None) 
         loc.check_conditional_writes(dst_uri)
     report = AdminReport("copy", src.uri, dst_uri)
     opts = loc.storage_options() if loc.is_remote(dst_uri) else None
-    src_opts = loc.storage_options() if loc.is_remote(src.uri) else None
+    tracks_version, windows_version, rows = _consistent_versions(src)
+    report.details = {"tracks_version": tracks_version, "windows_version": windows_version}
     win_dst = loc.join(dst_uri, WINDOWS_TABLE)
     path = loc.local_path(dst_uri)
     if path is not None:
@@ -132,10 +140,9 @@ def copy(source: str, destination: str, *, on_progress: Progress | None = None) 
     if loc.exists(win_dst):
         existing = lance.dataset(win_dst, storage_options=opts)
         done = set(existing.to_table(columns=["extraction_id"]).column("extraction_id").to_pylist())
-    rows = src.ok_rows()
     eids = [r["extraction_id"] for r in rows.values() if r["extraction_id"] not in done]
     report.n_skipped = len(rows) - len(eids)
-    win_src = lance.dataset(loc.join(src.uri, WINDOWS_TABLE), storage_options=src_opts)
+    win_src = src.open_table(WINDOWS_TABLE, version=windows_version)
     for start in range(0, len(eids), BATCH_TRACKS):
         chunk = eids[start : start + BATCH_TRACKS]
         quoted = ", ".join("'" + e + "'" for e in chunk)
@@ -153,16 +160,34 @@ def copy(source: str, destination: str, *, on_progress: Progress | None = None) 
         lance.write_dataset(
             win_src.schema.empty_table(), win_dst, mode="create", storage_options=opts
         )
-    state = src.read_side_file(STATE_FILE)
-    if state is not None:  # before the tracks table: a store is never seen without it
-        loc.write_bytes(loc.join(dst_uri, STATE_FILE), state)
-    tracks_src = lance.dataset(loc.join(src.uri, TRACKS_TABLE), storage_options=src_opts)
+    tracks_src = src.open_table(TRACKS_TABLE, version=tracks_version)
+    meta = json.loads(tracks_src.schema.metadata[METADATA_KEY])
+    name = _dataset_of(dst_uri) or meta["dataset"]
+    meta["dataset"] = name
+    # side files before the tracks table: a store is never seen without them
+    for file in loc.list_files(src.uri):
+        if file == STATE_FILE or FeatureStore._SIDE_FILE.fullmatch(file):
+            data = loc.read_bytes(loc.join(src.uri, file))
+            if data is None:
+                continue
+            if file == STATE_FILE:
+                state = json.loads(data)
+                state.update({k: v for k, v in meta.items()}, dataset=name)
+                state.pop("pending", None)
+                data = (json.dumps(state, ensure_ascii=False, indent=1) + "\n").encode()
+            try:
+                loc.write_bytes(loc.join(dst_uri, file), data)
+            except OSError as exc:
+                raise storage_error(dst_uri, exc) from None
+    schema = tracks_src.schema.with_metadata(
+        {METADATA_KEY: json.dumps(meta, ensure_ascii=False).encode()}
+    )
     reader = tracks_src.scanner(batch_size=BATCH_TRACKS).to_reader()
     try:
         lance.write_dataset(
             reader,
             loc.join(dst_uri, TRACKS_TABLE),
-            schema=tracks_src.schema,
+            schema=schema,
             mode="create",
             storage_options=opts,
         )
@@ -170,14 +195,58 @@ def copy(source: str, destination: str, *, on_progress: Progress | None = None) 
         if not lance_failure(exc):
             raise
         raise storage_error(dst_uri, exc) from None
-    for name in ("probe.json",):
-        data = src.read_side_file(name)
-        if data is not None:
-            FeatureStore.at(dst_uri).write_side_file(name, data)
     copied = FeatureStore.at(dst_uri)
     report.n_tracks = len(copied)
     report.n_failures = len(copied.failures())
+    missing = set(copied.ok_rows()) - copied.window_counts_ok()
+    if missing:  # cannot happen with a consistent pair; never report a damaged copy as done
+        raise StoreError(
+            f"{dst_uri}: the copy lacks windows of {len(missing)} track(s) (first: "
+            f"{sorted(missing)[0]!r}); remove it and copy again"
+        )
     return report
+
+
+def _dataset_of(uri: str) -> str | None:
+    """The dataset folder a store location lies in, when it is a valid dataset name."""
+    from messai.config import _DATASET_NAME
+
+    parts = uri.rstrip("/").rsplit("/", 2)
+    return parts[1] if len(parts) == 3 and _DATASET_NAME.fullmatch(parts[1]) else None
+
+
+def _consistent_versions(
+    store: FeatureStore, *, tries: int = 20
+) -> tuple[int, int, dict[str, dict[str, Any]]]:
+    """A version of the tracks table and one of the windows table that holds every window
+    of its stored tracks, and the rows (no vectors) of that tracks version. A writer commits
+    windows first and deletes replaced ones last, so reading the tracks version first and
+    the windows version after it almost always gives a matching pair; when a writer's
+    commit fell in between, read both again."""
+    from messai.features.store import FeatureStore as _FS
+
+    for attempt in range(tries):
+        tracks = store.open_table(TRACKS_TABLE)
+        try:
+            table = tracks.to_table(columns=list(_FS._META_COLUMNS))
+        except BaseException as exc:
+            if not lance_failure(exc):
+                raise
+            raise storage_error(store.uri, exc) from None
+        rows = {r["track_id"]: r for r in table.to_pylist() if r["status"] == "ok"}
+        windows = store.open_table(WINDOWS_TABLE)
+        counts: dict[str, int] = {}
+        for e in windows.to_table(columns=["extraction_id"]).column("extraction_id").to_pylist():
+            counts[e] = counts.get(e, 0) + 1
+        if all(counts.get(r["extraction_id"], 0) == r["n_segments"] for r in rows.values()):
+            return int(tracks.version), int(windows.version), rows
+        import time
+
+        time.sleep(0.05 * (attempt + 1))
+    raise StoreError(
+        f"{store.uri}: no consistent state to copy (a writer keeps changing the store, or "
+        f"tracks lack windows: see 'mess store verify --at {store.uri}'); run again later"
+    )
 
 
 def compact(store: FeatureStore, *, retention_days: float = 7.0) -> AdminReport:
