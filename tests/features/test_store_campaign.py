@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from messai.bench.synthetic import synthetic_entry, synthetic_identity, synthetic_settings
 from messai.cli import app
+from messai.errors import StoreError
 from messai.features import location as loc
 from messai.features import store_admin
 from messai.features.records import track_arrays
@@ -476,3 +477,60 @@ def test_a_store_moved_by_hand_into_another_dataset_folder_takes_its_name(isolat
     assert moved.dataset == "moved" and len(moved) == 2
     r = mess("datasets", "-f", "json")
     assert sorted(d["dataset"] for d in json.loads(r.stdout)) == ["moved", "orig"]
+
+
+# ---------------------------------------------------------------- 22.11
+def test_a_file_name_that_is_not_utf8_is_one_failure_and_the_rest_is_extracted(
+    isolated_env, tmp_path, tiny_ckpt
+):
+    import os
+    import shutil
+
+    from tests.conftest import write_audio
+
+    lib = tmp_path / "lib"
+    write_audio(lib / "good.wav", 6.0, 24000, freq=220)
+    shutil.copy(lib / "good.wav", os.fsencode(str(lib)) + b"/bad\xff.wav")
+    for _ in range(2):  # and again on a rerun
+        r = mess("extract", lib, "-d", "names", "--model", tiny_ckpt, "-q")
+        assert r.exit_code == 1, r.output
+        assert "Traceback" not in r.output and "UnicodeEncodeError" not in r.output
+        lines = [x for x in r.output.splitlines() if "bad" in x]
+        assert lines == [f"{lib}/bad\\xff.wav: file name is not valid UTF-8; rename the file"]
+        assert FeatureStore.open("names").track_ids() == ["good"]
+
+
+def test_the_store_refuses_an_id_that_is_not_utf8_alone(isolated_env):
+    store = build_store(str(Path(isolated_env) / "stores"), "bytes", 1)
+    with pytest.raises(StoreError, match=r"bad\\\\xff.*not valid UTF-8"), store.writer():
+        store.put(
+            synthetic_entry("bad", 2).with_changes(track_id="bad\udcff"),
+            track_arrays(np.ones((2, 3, 8), np.float32), np.arange(2), np.full(2, 1), {}),
+        )
+    assert FeatureStore.at(store.uri).track_ids() == ["t00"]
+
+
+# ---------------------------------------------------------------- 22.14
+def test_a_reader_during_compaction_reads_the_new_version(isolated_env, monkeypatch):
+    """Compaction with no retention removes the version a reader has just opened; the
+    reader must read the version that replaced it (it was told to delete the store)."""
+    store = build_store(str(Path(isolated_env) / "stores"), "compacting", 9)
+    expected = {t: store.read_arrays(t)["segments"] for t in store.track_ids()}
+    reader = FeatureStore.at(store.uri)
+    real_open = FeatureStore.open_table
+    state = {"compacted": set()}
+
+    def open_then_compact(self, name, *, version=None):
+        ds = real_open(self, name, version=version)
+        if self is reader and name not in state["compacted"]:
+            state["compacted"].add(name)  # compact right after the reader opened it
+            store_admin.compact(FeatureStore.at(store.uri), retention_days=0)
+        return ds
+
+    monkeypatch.setattr(FeatureStore, "open_table", open_then_compact)
+    got = {t: reader.read_arrays(t)["segments"] for t in reader.track_ids()}
+    monkeypatch.undo()
+    assert state["compacted"] == {"tracks.lance", "windows.lance"}
+    assert sorted(got) == sorted(expected)
+    for t in expected:
+        np.testing.assert_array_equal(got[t], expected[t])

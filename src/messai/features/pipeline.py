@@ -317,6 +317,8 @@ def _extract_dataset(
     rejected = [Failure.from_line(line) for line in getattr(tracks, "rejected", [])]
     if single is not None:
         tracks, rejected = _only_file(tracks, rejected, single)
+    tracks, unnamed = _unencodable_names(tracks)
+    rejected += unnamed
     if not tracks and not rejected:
         raise MessError(
             f"{root}: no audio files found (looked for {', '.join(sorted(datasets.AUDIO_EXTENSIONS))})"
@@ -395,6 +397,28 @@ def _extract_dataset(
         raise
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def _unencodable_names(tracks) -> tuple[list[TrackInfo], list[Failure]]:
+    """Split off tracks whose file name is not valid UTF-8 (a name the store cannot hold: ids
+    and sources are UTF-8 text); each becomes one failure line, the rest are extracted."""
+    ok, bad = [], []
+    for t in tracks:
+        try:
+            t.track_id.encode("utf-8")
+            str(t.path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(t.path).decode("utf-8", "backslashreplace")
+            bad.append(Failure(shown, "file name is not valid UTF-8; rename the file"))
+            continue
+        ok.append(t)
+    if isinstance(tracks, list) and not bad:
+        return tracks, []
+    out = type(tracks)(ok) if isinstance(tracks, list) and type(tracks) is not list else ok
+    for attr in ("rejected", "warnings"):
+        if hasattr(tracks, attr):
+            setattr(out, attr, getattr(tracks, attr))
+    return out, bad
 
 
 def _only_file(tracks, rejected: list[Failure], file: Path):

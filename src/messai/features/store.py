@@ -446,13 +446,29 @@ class FeatureStore:
 
     def _read(self, table: str, *, columns: list[str], filter: str | None = None):
         """Columns of a table (a pyarrow Table); a damaged or missing file is one StoreError."""
-        ds = self.open_table(table)
+        return self._scan(table, lambda ds: ds.to_table(columns=columns, filter=filter))[1]
+
+    def _scan(self, table: str, read: Callable[[Any], Any]) -> tuple[Any, Any]:
+        """``(dataset, read(dataset))`` on the table's latest version. A version that
+        compaction removed while it was read (``mess store compact --retention-days 0``)
+        is read again at the version that replaced it."""
+        for attempt in range(4):
+            ds = self.open_table(table)
+            try:
+                return ds, read(ds)
+            except BaseException as exc:
+                if not lance_failure(exc):
+                    raise
+                if attempt < 3 and self._latest_version(table) not in (None, ds.version):
+                    continue  # the version went away under this read: read the new one
+                raise storage_error(self.uri, exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _latest_version(self, table: str) -> int | None:
         try:
-            return ds.to_table(columns=columns, filter=filter)
-        except BaseException as exc:
-            if not lance_failure(exc):
-                raise
-            raise storage_error(self.uri, exc) from None
+            return int(self.open_table(table).version)
+        except StoreError:
+            return None
 
     _META_COLUMNS = (
         "track_id",
@@ -477,13 +493,9 @@ class FeatureStore:
     def _all_rows(self) -> dict[str, dict[str, Any]]:
         """Every track row without its vectors, by id (read once per store object)."""
         if self._rows is None:
-            ds = self._tracks()
-            try:
-                table = ds.to_table(columns=list(self._META_COLUMNS))
-            except BaseException as exc:
-                if not lance_failure(exc):
-                    raise
-                raise storage_error(self.uri, exc) from None
+            ds, table = self._scan(
+                TRACKS_TABLE, lambda d: d.to_table(columns=list(self._META_COLUMNS))
+            )
             self._rows_version = int(ds.version)
             self._rows = {r["track_id"]: r for r in table.to_pylist()}
         return self._rows
@@ -984,6 +996,7 @@ class FeatureStore:
             entry = entry.with_changes(extracted_at=now_iso())
         if nfc(entry.track_id) != entry.track_id:
             entry = entry.with_changes(track_id=nfc(entry.track_id))
+        _check_text(entry.track_id, entry.source)
         self._pending.puts[entry.track_id] = (entry, arrays)
         self._pending.failures.pop(entry.track_id, None)
         self._pending.removes.discard(entry.track_id)
@@ -1000,6 +1013,7 @@ class FeatureStore:
     ) -> None:
         """Record a failed extraction (``size``/``mtime_ns``: the file as it was then)."""
         track_id = nfc(track_id)
+        _check_text(track_id, source)
         self._pending.failures[track_id] = TrackFailure(
             track_id, source, reason, now_iso(), size, mtime_ns
         )
@@ -1499,6 +1513,17 @@ def _read_state(uri: str) -> dict[str, Any] | None:
             f"{uri}: written by a newer mess (format {meta['format_version']}); upgrade mess"
         )
     return meta
+
+
+def _check_text(track_id: str, source: str) -> None:
+    """A track id or source that is not valid UTF-8 (a file name in another encoding) would
+    fail the whole batch's commit: refuse it alone, naming it."""
+    for text in (track_id, source):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise StoreError(f"{shown!r}: not valid UTF-8; a track id must be text") from None
 
 
 def _is_conflict(exc: BaseException) -> bool:
