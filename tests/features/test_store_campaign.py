@@ -534,3 +534,26 @@ def test_a_reader_during_compaction_reads_the_new_version(isolated_env, monkeypa
     assert sorted(got) == sorted(expected)
     for t in expected:
         np.testing.assert_array_equal(got[t], expected[t])
+
+
+# ---------------------------------------------------------------- 21.8
+def test_verify_and_compact_print_tables_not_python_dicts(isolated_env):
+    store = build_store(str(Path(isolated_env) / "stores"), "shown", 6)
+    r = mess("store", "verify", "-d", "shown")
+    assert r.exit_code == 0, r.output
+    assert "{" not in r.output and "damaged" in r.output and "details" not in r.output
+    assert r.output.count(store.uri) == 1  # the store once, not as source and destination
+    r = mess("store", "compact", "-d", "shown", "--retention-days", "0")
+    assert r.exit_code == 0, r.output
+    assert "tracks.lance" in r.output and "windows.lance" in r.output and "{'" not in r.output
+    r = mess("store", "compact", "-d", "shown", "-f", "json")
+    out = json.loads(r.stdout)
+    assert set(out["details"]) == {"tracks.lance", "windows.lance"}
+    with FeatureStore.at(store.uri).writer() as w:
+        w._update_rows({"t01": {"digest": "0" * 32}})
+    r = mess("store", "verify", "-d", "shown")
+    assert r.exit_code == 1 and "{" not in r.output
+    line = next(x for x in r.output.splitlines() if x.lstrip().startswith("t01"))
+    assert "does not match its record" in line and store.uri not in line
+    r = mess("store", "verify", "-d", "shown", "-f", "tsv")
+    assert r.exit_code == 1 and "t01\t" in r.output
