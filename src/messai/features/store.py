@@ -322,17 +322,24 @@ class FeatureStore:
         opts = loc.storage_options() if loc.is_remote(uri) else None
         try:
             for name, schema in ((WINDOWS_TABLE, win_schema), (TRACKS_TABLE, trk_schema)):
+                table_uri = loc.join(uri, name)
+                if _table_opens(table_uri, opts):
+                    continue  # another process created it first: use theirs
                 try:
-                    lance.write_dataset(
-                        schema.empty_table(),
-                        loc.join(uri, name),
-                        mode="create",
+                    # version 1 or nothing: no retry, so a creation that lost the race to
+                    # another can never land as a later version over the other's data (Lance
+                    # rebases write_dataset(mode="create") into an Overwrite on S3)
+                    lance.LanceDataset.commit(
+                        table_uri,
+                        lance.LanceOperation.Overwrite(schema, []),
+                        max_retries=0,
+                        enable_v2_manifest_paths=True,
                         storage_options=opts,
                     )
                 except BaseException as exc:
                     if not lance_failure(exc):
                         raise
-                    if "exist" not in str(exc).lower():
+                    if not _table_opens(table_uri, opts):
                         raise storage_error(uri, exc) from None
                     # another process created it first: use theirs, remove nothing
             store = cls.at(uri)
@@ -1474,6 +1481,21 @@ def _read_meta(tracks_uri: str) -> dict[str, Any]:
             f"{tracks_uri}: written by a newer mess (format {meta['format_version']}); upgrade mess"
         )
     return meta
+
+
+def _table_opens(table_uri: str, opts: dict[str, str] | None) -> bool:
+    """Whether a Lance table exists (has a readable version) at ``table_uri``."""
+    import lance
+
+    if not loc.exists(loc.join(table_uri, "_versions")):
+        return False
+    try:
+        lance.dataset(table_uri, storage_options=opts)
+    except BaseException as exc:
+        if not lance_failure(exc):
+            raise
+        return False
+    return True
 
 
 def _make_folders(path: Path | None) -> Path | None:
