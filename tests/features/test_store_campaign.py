@@ -557,3 +557,52 @@ def test_verify_and_compact_print_tables_not_python_dicts(isolated_env):
     assert "does not match its record" in line and store.uri not in line
     r = mess("store", "verify", "-d", "shown", "-f", "tsv")
     assert r.exit_code == 1 and "t01\t" in r.output
+
+
+def test_an_interrupted_extract_on_a_new_store_spares_the_run_waiting_for_it(
+    isolated_env, tmp_path, tiny_ckpt
+):
+    """The issue's scenario through the pipeline: run 1 creates the store and is interrupted
+    (Ctrl-C) while run 2 waits for its lock; run 2 must then write the store."""
+    import threading
+    import time
+
+    from messai.config import load_settings
+    from messai.features.pipeline import extract_dataset, store_uri_for
+    from tests.conftest import write_audio
+
+    lib = tmp_path / "lib"
+    write_audio(lib / "a.wav", 6.0, 24000, freq=220)
+    settings = load_settings(model=str(tiny_ckpt))
+    result, errors = {}, []
+
+    def second_run():
+        try:
+            with FeatureStore.at(uri).writer() as w:
+                result["tracks"] = w.track_ids()
+                w.put(
+                    synthetic_entry("from-run-2", 2),
+                    track_arrays(
+                        np.ones((2, 3, 32), np.float32), np.arange(2), np.full(2, 120000), {}
+                    ),
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    def interrupted_engine(checkpoint, settings, tracks, listener):
+        t.start()  # run 2 arrives while run 1 holds the lock ...
+        deadline = time.monotonic() + 20
+        while not _holds_users(uri) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise KeyboardInterrupt  # ... and run 1 is interrupted before storing anything
+        yield  # pragma: no cover
+
+    from messai.models.mert import resolve_checkpoint
+
+    uri = store_uri_for(settings, "waiting", resolve_checkpoint(str(tiny_ckpt)).identity())
+    t = threading.Thread(target=second_run)
+    with pytest.raises(KeyboardInterrupt):
+        extract_dataset(lib, dataset="waiting", settings=settings, engine=interrupted_engine)
+    t.join(60)
+    assert errors == [] and result["tracks"] == []
+    assert FeatureStore.at(uri).track_ids() == ["from-run-2"]
