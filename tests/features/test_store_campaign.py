@@ -606,3 +606,13 @@ def test_an_interrupted_extract_on_a_new_store_spares_the_run_waiting_for_it(
     t.join(60)
     assert errors == [] and result["tracks"] == []
     assert FeatureStore.at(uri).track_ids() == ["from-run-2"]
+
+
+def test_a_store_opened_by_its_location_keeps_its_recorded_name(tmp_path):
+    store = FeatureStore.create(
+        tmp_path / "anywhere" / "store",
+        dataset="named",
+        model=synthetic_identity("model", n_layers=2, dim=4),
+        settings=synthetic_settings("float16"),
+    )
+    assert store.dataset == FeatureStore.at(store.uri).dataset == "named"

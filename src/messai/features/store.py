@@ -203,6 +203,7 @@ class FeatureStore:
         self._rows_version = -1  # the tracks table's version those rows were read at
         self._build_checked = False  # the build description was read from the tracks table
         self._pending_label: str | None = None
+        self._folder_dataset: str | None = None  # set when found under a stores location
 
     # ---------------------------------------------------------------- finding stores
     @classmethod
@@ -212,10 +213,15 @@ class FeatureStore:
         """Every store under the stores location, sorted by dataset then model."""
         base = stores_location(home=home, stores=stores)
         out = []
+        from messai.config import _DATASET_NAME
+
         for dataset in loc.list_dirs(base):
             for slug in loc.list_dirs(loc.join(base, dataset)):
                 with contextlib.suppress(StoreError):
-                    out.append(cls.at(loc.join(base, dataset, slug)))
+                    store = cls.at(loc.join(base, dataset, slug))
+                    if _DATASET_NAME.fullmatch(dataset):
+                        store._folder_dataset = dataset
+                    out.append(store)
         return out
 
     @classmethod
@@ -257,7 +263,9 @@ class FeatureStore:
         for slug in loc.list_dirs(folder):
             uri = loc.join(folder, slug)
             if loc.exists(loc.join(uri, TRACKS_TABLE)):
-                candidates.append(cls.at(uri))
+                store = cls.at(uri)
+                store._folder_dataset = dataset
+                candidates.append(store)
             elif loc.exists(loc.join(uri, _V1_MANIFEST)):
                 v1.append(uri)
         if not candidates and v1:
@@ -366,16 +374,11 @@ class FeatureStore:
 
     @property
     def dataset(self) -> str:
-        """The dataset's name: where the store lives (``<stores>/<dataset>/<model>``), so a
-        store copied or moved into another dataset's folder takes that name (and its own
-        index cache); the recorded name only for a store outside such a folder."""
-        parts = self.uri.rstrip("/").rsplit("/", 2)
-        if len(parts) == 3:
-            from messai.config import _DATASET_NAME
-
-            if _DATASET_NAME.fullmatch(parts[1]):
-                return parts[1]
-        return self._meta["dataset"]
+        """The dataset's name. A store found under a stores location (:meth:`open`,
+        :meth:`list`) is the dataset of the folder it lives in (``<stores>/<dataset>/<model>``),
+        so a store copied or moved into another dataset's folder takes that name (and its own
+        index cache); a store opened by its location has the name it records."""
+        return self._folder_dataset or self._meta["dataset"]
 
     @property
     def model_id(self) -> str:
