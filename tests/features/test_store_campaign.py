@@ -261,11 +261,11 @@ def test_cleanup_of_an_interrupted_new_store_spares_a_waiting_writer(isolated_en
         model=synthetic_identity("model", n_layers=2, dim=4),
         settings=synthetic_settings("float16"),
     )
-    got_lock, errors = threading.Event(), []
+    got_lock, waiting, errors = threading.Event(), threading.Event(), []
 
     def second_run():
         try:
-            with FeatureStore.at(uri).writer() as w:
+            with FeatureStore.at(uri).writer(on_wait=lambda _: waiting.set()) as w:
                 got_lock.set()
                 w.put(
                     synthetic_entry("x", 2),
@@ -279,29 +279,11 @@ def test_cleanup_of_an_interrupted_new_store_spares_a_waiting_writer(isolated_en
     with first.writer():
         t = threading.Thread(target=second_run)
         t.start()
-        deadline = __import__("time").monotonic() + 10
-        while not _holds_users(uri) and __import__("time").monotonic() < deadline:
-            __import__("time").sleep(0.05)
-        assert not got_lock.is_set()  # it waits
+        assert waiting.wait(10) and not got_lock.is_set()  # it waits
     _remove_if_never_used(first, created=True)  # the interrupted run's cleanup
     t.join(30)
     assert errors == [] and got_lock.is_set()
     assert FeatureStore.at(uri).track_ids() == ["x"]
-
-
-def _holds_users(uri: str) -> bool:
-    """Whether some process holds the store's .users file (shared) besides the caller."""
-    import fcntl
-    import os
-
-    fd = os.open(Path(uri) / ".users", os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def test_a_store_removed_while_waiting_is_created_again_by_extract(isolated_env, monkeypatch):
@@ -565,7 +547,6 @@ def test_an_interrupted_extract_on_a_new_store_spares_the_run_waiting_for_it(
     """The issue's scenario through the pipeline: run 1 creates the store and is interrupted
     (Ctrl-C) while run 2 waits for its lock; run 2 must then write the store."""
     import threading
-    import time
 
     from messai.config import load_settings
     from messai.features.pipeline import extract_dataset, store_uri_for
@@ -574,11 +555,11 @@ def test_an_interrupted_extract_on_a_new_store_spares_the_run_waiting_for_it(
     lib = tmp_path / "lib"
     write_audio(lib / "a.wav", 6.0, 24000, freq=220)
     settings = load_settings(model=str(tiny_ckpt))
-    result, errors = {}, []
+    result, errors, waiting = {}, [], threading.Event()
 
     def second_run():
         try:
-            with FeatureStore.at(uri).writer() as w:
+            with FeatureStore.at(uri).writer(on_wait=lambda _: waiting.set()) as w:
                 result["tracks"] = w.track_ids()
                 w.put(
                     synthetic_entry("from-run-2", 2),
@@ -591,9 +572,7 @@ def test_an_interrupted_extract_on_a_new_store_spares_the_run_waiting_for_it(
 
     def interrupted_engine(checkpoint, settings, tracks, listener):
         t.start()  # run 2 arrives while run 1 holds the lock ...
-        deadline = time.monotonic() + 20
-        while not _holds_users(uri) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert waiting.wait(20)
         raise KeyboardInterrupt  # ... and run 1 is interrupted before storing anything
         yield  # pragma: no cover
 
