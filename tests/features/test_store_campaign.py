@@ -595,3 +595,17 @@ def test_a_store_opened_by_its_location_keeps_its_recorded_name(tmp_path):
         settings=synthetic_settings("float16"),
     )
     assert store.dataset == FeatureStore.at(store.uri).dataset == "named"
+
+
+def test_the_damage_message_names_the_way_back_that_works(isolated_env):
+    """A track whose digest does not match is not redone by 'mess extract' alone (its window
+    count is right): the message must name verify --repair, which does make extract redo it."""
+    store = build_store(str(Path(isolated_env) / "stores"), "msg", 2)
+    with store.writer():
+        store._update_rows({"t00": {"digest": "0" * 32}})
+    damaged = FeatureStore.at(store.uri)
+    with pytest.raises(StoreError, match=r"mess store verify --repair' removes it"):
+        damaged.read_arrays("t00")
+    assert "t00" in damaged.window_counts_ok()  # what extract's plan looks at: not redone
+    store_admin.verify(damaged, repair=True)
+    assert FeatureStore.at(store.uri).track_ids() == ["t01"]  # now extract redoes t00

@@ -688,7 +688,7 @@ class FeatureStore:
         if arrays_digest(arrays) != row["digest"]:
             raise StoreError(
                 f"{self.uri}: stored data of track {track_id!r} does not match its record "
-                "(damaged); run 'mess extract' on the dataset again to redo it"
+                "(damaged); 'mess store verify --repair' removes it and 'mess extract' redoes it"
             )
         return {k: v for k, v in arrays.items() if names is None or k in names}
 
@@ -756,7 +756,8 @@ class FeatureStore:
             ):
                 raise StoreError(
                     f"{self.uri}: track {tid!r} has {len(idx)} stored windows, its record says "
-                    f"{row['n_segments']} (damaged); run 'mess extract' on the dataset again to redo it"
+                    f"{row['n_segments']} (damaged); 'mess store verify --repair' removes it and "
+                    "'mess extract' redoes it"
                 )
             arrays = {
                 SEGMENTS: np.stack([lay[idx] for lay in layers], axis=1)
@@ -817,7 +818,8 @@ class FeatureStore:
         if len(order) != int(n_seg.sum()):
             raise StoreError(
                 f"{self.uri}: the windows table holds {len(order)} windows for these tracks, "
-                f"their records say {int(n_seg.sum())} (damaged); run 'mess extract' again to redo them"
+                f"their records say {int(n_seg.sum())} (damaged); 'mess store verify' names them, "
+                "--repair removes them and 'mess extract' redoes them"
             )
         out: dict[str, Any] = {"track_ids": list(ids), "n_segments": n_seg}
         if layers:
