@@ -54,6 +54,39 @@ def test_invalid_value_names_field_and_source(monkeypatch):
         resolve_settings({})
 
 
+@pytest.mark.parametrize(
+    "text,field,reason",
+    [
+        ("batch_size = true", "batch_size", "expected a number, got true"),
+        ("commit_tracks = false", "commit_tracks", "expected a number, got false"),
+        ("r2_threshold = nan", "r2_threshold", "finite number"),
+        ("segment_seconds = inf", "segment_seconds", "finite number"),
+        ("commit_seconds = nan", "commit_seconds", "finite number"),
+    ],
+)
+def test_booleans_and_non_finite_numbers_are_refused(text, field, reason):
+    """TOML true is not 1 and nan is not a threshold: one line naming the field and file."""
+    from messai.config import resolve_fields
+
+    _write_config(text + "\n")
+    with pytest.raises(ConfigError, match=rf"invalid setting {field} \(from config file.*{reason}"):
+        resolve_settings({})
+    with pytest.raises(ConfigError, match=rf"invalid setting {field} \(from config file"):
+        resolve_fields([field])  # the light path of the fast commands too
+    r = runner.invoke(app, ["config"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and field in r.output
+
+
+def test_numbers_from_the_environment_still_parse(monkeypatch):
+    monkeypatch.setenv("MESS_BATCH_SIZE", "8")
+    monkeypatch.setenv("MESS_R2_THRESHOLD", "0.25")
+    s, _ = resolve_settings({})
+    assert s.batch_size == 8 and s.r2_threshold == 0.25
+    monkeypatch.setenv("MESS_R2_THRESHOLD", "nan")
+    with pytest.raises(ConfigError, match="r2_threshold.*env MESS_R2_THRESHOLD"):
+        resolve_settings({})
+
+
 def test_datasets_table():
     _write_config('[datasets.smd]\npath = "/data/smd"\nkind = "smd"\n')
     s, _ = resolve_settings({})

@@ -14,6 +14,7 @@ a third of its start-up budget.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import tomllib
@@ -91,6 +92,8 @@ class FieldSpec:
                 value = int(value)
             elif self.type is float and not isinstance(value, bool):
                 value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError
             elif self.type is str:
                 if not isinstance(value, str):
                     raise ValueError
@@ -173,9 +176,9 @@ _ALL_KEYS = (*FIELDS, "datasets")
 @functools.cache
 def _models():
     """Build the pydantic models from FIELDS (imports pydantic; cached)."""
-    from typing import Literal, Optional
+    from typing import Annotated, Literal, Optional
 
-    from pydantic import BaseModel, ConfigDict, Field, create_model
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
     class DatasetEntry(BaseModel):
         """``[datasets.NAME]`` in the config file: where a dataset lives and what kind it is."""
@@ -184,12 +187,24 @@ def _models():
         path: Path
         kind: Optional[str] = None
 
+    def not_a_bool(value: Any) -> Any:
+        # pydantic's lax mode reads true as 1: a number setting set to true is a mistake
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
+
     fields: dict[str, Any] = {}
     for name, spec in FIELDS.items():
         tp: Any = Literal[spec.choices] if spec.choices else spec.type  # type: ignore[valid-type]
+        if spec.type in (int, float):
+            tp = Annotated[tp, BeforeValidator(not_a_bool)]
         if spec.optional:
             tp = Optional[tp]
-        kw = {k: getattr(spec, k) for k in ("ge", "gt", "le") if getattr(spec, k) is not None}
+        kw: dict[str, Any] = {
+            k: getattr(spec, k) for k in ("ge", "gt", "le") if getattr(spec, k) is not None
+        }
+        if spec.type is float:
+            kw["allow_inf_nan"] = False
         field = (
             Field(default_factory=spec.default_factory, description=spec.description, **kw)
             if spec.default_factory
@@ -293,7 +308,8 @@ def resolve_settings(overrides: dict[str, Any] | None = None):
         field = ".".join(str(p) for p in err["loc"]) or "settings"
         top = str(err["loc"][0]) if err["loc"] else ""
         raise ConfigError(
-            f"invalid setting {field} (from {sources.get(top, '')}): {err['msg']}"
+            f"invalid setting {field} (from {sources.get(top, '')}): "
+            f"{err['msg'].removeprefix('Value error, ')}"
         ) from None
     check_home(settings.home, sources.get("home", "default"))
     return settings, sources

@@ -78,3 +78,27 @@ def test_limit_per_label_keeps_rank_order():
     assert limit_per_label(labels, "c", 1) == [0, 2, 4]
     with pytest.raises(ConfigError):
         limit_per_label(labels, "c", 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 300 + "composer = 'Bach'" + ")" * 300,
+        "NOT " * 2000 + "composer = 'Bach'",
+        "(NOT " * 1000 + "composer = 'Bach'" + ")" * 1000,
+    ],
+    ids=["300 parentheses", "2000 NOTs", "mixed"],
+)
+def test_deep_nesting_is_one_line_not_a_recursion_error(text):
+    with pytest.raises(ConfigError, match=r"nested more than 64 levels") as info:
+        parse_where(text)
+    assert "\n" not in str(info.value)
+
+
+def test_nesting_up_to_the_bound_still_works():
+    from messai.search.filters import MAX_DEPTH
+
+    text = "(" * MAX_DEPTH + "composer = 'Bach'" + ")" * MAX_DEPTH
+    assert parse_where(text).mask(LABELS).astype(int).tolist() == [1, 1, 0, 0, 0]
+    even = "NOT " * (MAX_DEPTH - MAX_DEPTH % 2) + "composer = 'Bach'"
+    assert parse_where(even).mask(LABELS).astype(int).tolist() == [1, 1, 0, 0, 0]

@@ -11,6 +11,7 @@ from messai.cli.common import (
     DatasetOpt,
     Format,
     ModelOpt,
+    StoresOpt,
     app,
     print_json,
     print_table,
@@ -28,6 +29,7 @@ def remove_command(
         ),
     ],
     model: ModelOpt = None,
+    stores: StoresOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Remove tracks from a feature store and from every cached index of it (tombstones where the
@@ -42,8 +44,8 @@ def remove_command(
         ids += [line.strip() for line in sys.stdin if line.strip()]
     if not ids:
         raise ConfigError("give at least one --track ID (or '-' to read ids from stdin)")
-    settings = settings_from()
-    store = FeatureStore.open(dataset, model, home=settings.home)
+    settings = settings_from(stores=stores)
+    store = FeatureStore.open(dataset, model, home=settings.home, stores=settings.stores_location)
     report = remove_tracks(settings.home, store, ids)
     if fmt == Format.json:
         print_json(report.to_dict())

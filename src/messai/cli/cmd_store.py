@@ -12,7 +12,6 @@ from messai.cli.common import (
     ModelOpt,
     StoresOpt,
     app,
-    notice,
     print_json,
     render_rows,
     settings_from,
@@ -45,14 +44,48 @@ def _store(dataset: str | None, location: str | None, model, stores):
 
 
 def _render(report, fmt: Format) -> None:
+    """JSON: the report as documented (``action``, ``source``, ``destination``, counts,
+    ``details``). Table/TSV: one summary row, then one row per table or track concerned."""
     d = report.to_dict()
     if fmt == Format.json:
         print_json(d)
         return
     details = d.pop("details")
-    render_rows([d], fmt)
-    for key, value in details.items():
-        notice(f"{key}: {value}")
+    summary = {"action": d["action"]}
+    if d["source"] == d["destination"]:
+        summary["store"] = d["source"]
+    else:
+        summary.update(source=d["source"], destination=d["destination"])
+    summary["tracks"] = d["n_tracks"]
+    if d["action"] in ("copy", "migrate"):
+        summary.update(failed=d["n_failures"], skipped=d["n_skipped"])
+    if d["action"] == "verify":
+        summary["damaged"] = len(details.get("damaged", {}))
+        summary["removed"] = len(details.get("removed", []))
+    render_rows([summary], fmt)
+    rows = _detail_rows(d["action"], details, d["source"])
+    if rows:
+        title = {"compact": "tables", "verify": "problems"}.get(d["action"])
+        render_rows(rows, fmt, title=title)
+
+
+def _detail_rows(action: str, details: dict, uri: str) -> list[dict]:
+    if action == "compact":
+        return [{"table": name, **stats} for name, stats in details.items()]
+    if action != "verify":
+        return []
+    rows = []
+    repaired = details.get("repaired_tables", {})
+    for name, why in details.get("tables", {}).items():
+        rows.append({"what": name, "problem": why, "done": ""})
+    for name, done in repaired.items():
+        rows.append({"what": name, "problem": "damaged", "done": done})
+    removed = set(details.get("removed", []))
+    prefix = f"{uri}: "
+    for tid, why in details.get("damaged", {}).items():
+        why = why[len(prefix) :] if why.startswith(prefix) else why
+        rows.append({"what": tid, "problem": why, "done": "removed" if tid in removed else ""})
+    return rows
 
 
 @store_app.command("migrate")
@@ -132,15 +165,27 @@ def verify_command(
     stores: StoresOpt = None,
     repair: Annotated[
         bool,
-        typer.Option("--repair", help="Remove damaged tracks, so 'mess extract' redoes them."),
+        typer.Option(
+            "--repair",
+            help="Repair damaged tables and remove damaged tracks, so 'mess extract' redoes them.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="With --repair: also when a table is damaged or more than 5 tracks would go.",
+        ),
     ] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
-    """Read every track and check it against its record (window count, digest). Exit 1 when
-    damaged tracks were found (and not repaired)."""
+    """Check both tables and read every track against its record (window count, digest).
+    Exit 1 when damage was found (and not repaired). --repair stops without changing anything
+    when a table is damaged or more than 5 tracks would be removed, unless --force."""
     from messai.features.store_admin import verify
 
-    report = verify(_store(dataset, location, model, stores), repair=repair)
+    report = verify(_store(dataset, location, model, stores), repair=repair, force=force)
     _render(report, fmt)
-    if report.details["damaged"] and not repair:
+    damaged = report.details["damaged"] or report.details["tables"]
+    if damaged and not repair:
         raise typer.Exit(1)

@@ -136,6 +136,37 @@ def list_dirs(location: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
+def list_files(location: str) -> list[str]:
+    """Names of the files directly under ``location`` (empty when it does not exist)."""
+    path = local_path(location)
+    if path is not None:
+        try:
+            return sorted(p.name for p in path.iterdir() if p.is_file())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    import pyarrow.fs as pafs
+
+    fs, p = _filesystem(location)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    except OSError as exc:
+        raise StoreError(f"{location}: cannot list ({exc})") from None
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+def remove_file(location: str) -> None:
+    """Delete one file or object (nothing when it is absent)."""
+    path = local_path(location)
+    if path is not None:
+        path.unlink(missing_ok=True)
+        return
+    fs, p = _filesystem(location)
+    try:
+        fs.delete_file(p)
+    except FileNotFoundError:
+        pass
+
+
 def exists(location: str) -> bool:
     path = local_path(location)
     if path is not None:

@@ -244,6 +244,58 @@ def extract_dataset(
     ExtractionReport
         Failures are listed in it, never raised (the exit status is the caller's business).
     """
+    from messai.features.store import StoreRemovedError
+
+    try:
+        return _extract_dataset(
+            path,
+            dataset=dataset,
+            settings=settings,
+            layout=layout,
+            force=force,
+            prune=prune,
+            scan_options=scan_options,
+            listener=listener,
+            retry_failed=retry_failed,
+            stop=stop,
+            engine=engine,
+            source_uri=source_uri,
+        )
+    except StoreRemovedError:
+        # the empty store was removed by the run that created it while this one waited for
+        # it: nothing of it was ours or anyone's; create it again, once
+        return _extract_dataset(
+            path,
+            dataset=dataset,
+            settings=settings,
+            layout=layout,
+            force=force,
+            prune=prune,
+            scan_options=scan_options,
+            listener=listener,
+            retry_failed=retry_failed,
+            stop=stop,
+            engine=engine,
+            source_uri=source_uri,
+        )
+
+
+def _extract_dataset(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    settings=None,
+    layout: str | None = None,
+    force: bool = False,
+    prune: bool = False,
+    scan_options: dict[str, Any] | None = None,
+    listener: ExtractionListener | None = None,
+    retry_failed: bool = False,
+    stop: threading.Event | None = None,
+    engine: ExtractionEngine | None = None,
+    source_uri: str | None = None,
+) -> ExtractionReport:
+    """:func:`extract_dataset`, once."""
     from messai import datasets
     from messai.config import load_settings, validate_dataset_name
     from messai.device import select_device, select_dtype
@@ -265,6 +317,8 @@ def extract_dataset(
     rejected = [Failure.from_line(line) for line in getattr(tracks, "rejected", [])]
     if single is not None:
         tracks, rejected = _only_file(tracks, rejected, single)
+    tracks, unnamed = _unencodable_names(tracks)
+    rejected += unnamed
     if not tracks and not rejected:
         raise MessError(
             f"{root}: no audio files found (looked for {', '.join(sorted(datasets.AUDIO_EXTENSIONS))})"
@@ -345,6 +399,28 @@ def extract_dataset(
     return report
 
 
+def _unencodable_names(tracks) -> tuple[list[TrackInfo], list[Failure]]:
+    """Split off tracks whose file name is not valid UTF-8 (a name the store cannot hold: ids
+    and sources are UTF-8 text); each becomes one failure line, the rest are extracted."""
+    ok, bad = [], []
+    for t in tracks:
+        try:
+            t.track_id.encode("utf-8")
+            str(t.path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(t.path).decode("utf-8", "backslashreplace")
+            bad.append(Failure(shown, "file name is not valid UTF-8; rename the file"))
+            continue
+        ok.append(t)
+    if isinstance(tracks, list) and not bad:
+        return tracks, []
+    out = type(tracks)(ok) if isinstance(tracks, list) and type(tracks) is not list else ok
+    for attr in ("rejected", "warnings"):
+        if hasattr(tracks, attr):
+            setattr(out, attr, getattr(tracks, attr))
+    return out, bad
+
+
 def _only_file(tracks, rejected: list[Failure], file: Path):
     """The scan of ``file``'s folder cut down to ``file`` (``mess extract FILE``)."""
     from messai.datasets.base import is_audio
@@ -396,19 +472,13 @@ class _StopAtWindow(ExtractionListener):
 
 def _remove_if_never_used(store, *, created: bool) -> None:
     """A store this run created and never wrote to is removed on failure (no empty folder on
-    a full disk), but only while this run holds it: a store another run is writing (it lost
-    the race to create it, or holds the lock) is never touched."""
-    from messai.features import location
-    from messai.features.store import FeatureStore
-
+    a full disk), but only while no other process uses it: a store another run is writing or
+    waiting to write (it lost the race to create it) is never touched, nor one on object
+    storage (see :meth:`FeatureStore.remove_if_unused`)."""
     if not created:
         return
     try:
-        fresh = FeatureStore.at(store.uri)
-        if len(fresh) or fresh.failures():
-            return
-        with fresh.writer():  # fails if another process holds it
-            location.remove_tree(store.uri)
+        store.remove_if_unused()
     except Exception:  # best effort: leaving an empty store is harmless
         return
 

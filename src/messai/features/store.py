@@ -71,6 +71,16 @@ WINDOWS_TABLE = "windows.lance"
 STATE_FILE = "store.json"
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _V1_MANIFEST = "manifest.json"
+#: what store.json adds to the build description: change ids and the pending-commit flag
+_STATE_KEYS = ("features_id", "state_id", "pending")
+#: a local store's writer lock, and the file every process using the store holds shared
+_LOCK_FILE = ".lock"
+_USERS_FILE = ".users"
+
+
+class StoreRemovedError(StoreError):
+    """The store was removed (an empty store, by the run that created it) while this process
+    waited to write it; creating it again and retrying is safe."""
 
 
 def now_iso() -> str:
@@ -191,6 +201,9 @@ class FeatureStore:
         self._last_commit = time.monotonic()
         self._rows: dict[str, dict[str, Any]] | None = None  # track id -> row (no vectors)
         self._rows_version = -1  # the tracks table's version those rows were read at
+        self._build_checked = False  # the build description was read from the tracks table
+        self._pending_label: str | None = None
+        self._folder_dataset: str | None = None  # set when found under a stores location
 
     # ---------------------------------------------------------------- finding stores
     @classmethod
@@ -200,10 +213,15 @@ class FeatureStore:
         """Every store under the stores location, sorted by dataset then model."""
         base = stores_location(home=home, stores=stores)
         out = []
+        from messai.config import _DATASET_NAME
+
         for dataset in loc.list_dirs(base):
             for slug in loc.list_dirs(loc.join(base, dataset)):
                 with contextlib.suppress(StoreError):
-                    out.append(cls.at(loc.join(base, dataset, slug)))
+                    store = cls.at(loc.join(base, dataset, slug))
+                    if _DATASET_NAME.fullmatch(dataset):
+                        store._folder_dataset = dataset
+                    out.append(store)
         return out
 
     @classmethod
@@ -245,7 +263,9 @@ class FeatureStore:
         for slug in loc.list_dirs(folder):
             uri = loc.join(folder, slug)
             if loc.exists(loc.join(uri, TRACKS_TABLE)):
-                candidates.append(cls.at(uri))
+                store = cls.at(uri)
+                store._folder_dataset = dataset
+                candidates.append(store)
             elif loc.exists(loc.join(uri, _V1_MANIFEST)):
                 v1.append(uri)
         if not candidates and v1:
@@ -310,15 +330,24 @@ class FeatureStore:
         opts = loc.storage_options() if loc.is_remote(uri) else None
         try:
             for name, schema in ((WINDOWS_TABLE, win_schema), (TRACKS_TABLE, trk_schema)):
+                table_uri = loc.join(uri, name)
+                if _table_opens(table_uri, opts):
+                    continue  # another process created it first: use theirs
                 try:
-                    lance.write_dataset(
-                        schema.empty_table(),
-                        loc.join(uri, name),
-                        mode="create",
+                    # version 1 or nothing: no retry, so a creation that lost the race to
+                    # another can never land as a later version over the other's data (Lance
+                    # rebases write_dataset(mode="create") into an Overwrite on S3)
+                    lance.LanceDataset.commit(
+                        table_uri,
+                        lance.LanceOperation.Overwrite(schema, []),
+                        max_retries=0,
+                        enable_v2_manifest_paths=True,
                         storage_options=opts,
                     )
-                except (OSError, ValueError) as exc:
-                    if "exist" not in str(exc).lower():
+                except BaseException as exc:
+                    if not lance_failure(exc):
+                        raise
+                    if not _table_opens(table_uri, opts):
                         raise storage_error(uri, exc) from None
                     # another process created it first: use theirs, remove nothing
             store = cls.at(uri)
@@ -345,7 +374,11 @@ class FeatureStore:
 
     @property
     def dataset(self) -> str:
-        return self._meta["dataset"]
+        """The dataset's name. A store found under a stores location (:meth:`open`,
+        :meth:`list`) is the dataset of the folder it lives in (``<stores>/<dataset>/<model>``),
+        so a store copied or moved into another dataset's folder takes that name (and its own
+        index cache); a store opened by its location has the name it records."""
+        return self._folder_dataset or self._meta["dataset"]
 
     @property
     def model_id(self) -> str:
@@ -391,15 +424,29 @@ class FeatureStore:
     def _table_uri(self, name: str) -> str:
         return loc.join(self.uri, name)
 
-    def open_table(self, name: str):
-        """One of the store's Lance tables (``tracks.lance`` or ``windows.lance``)."""
+    def open_table(self, name: str, *, version: int | None = None):
+        """One of the store's Lance tables (``tracks.lance`` or ``windows.lance``), at its
+        latest version or at ``version``."""
         import lance
 
+        if not self._build_checked:
+            self._use_table_build()
         opts = loc.storage_options() if loc.is_remote(self.uri) else None
         try:
-            return lance.dataset(self._table_uri(name), storage_options=opts)
-        except (OSError, ValueError) as exc:
+            return lance.dataset(self._table_uri(name), version=version, storage_options=opts)
+        except BaseException as exc:
+            if not lance_failure(exc):
+                raise
             raise storage_error(self.uri, exc) from None
+
+    def _use_table_build(self) -> None:
+        """Take the build description (model, settings, dimensions) from the tracks table's
+        own schema metadata, which is committed with the data: ``store.json`` is only a copy
+        for the cold paths, and an edited or stale copy must never change how data is read."""
+        self._build_checked = True
+        meta = _read_meta(self._table_uri(TRACKS_TABLE))
+        keep = {k: self._meta[k] for k in _STATE_KEYS if k in self._meta}
+        self._meta = {**meta, **keep}
 
     def _tracks(self):
         return self.open_table(TRACKS_TABLE)
@@ -409,11 +456,29 @@ class FeatureStore:
 
     def _read(self, table: str, *, columns: list[str], filter: str | None = None):
         """Columns of a table (a pyarrow Table); a damaged or missing file is one StoreError."""
-        ds = self.open_table(table)
+        return self._scan(table, lambda ds: ds.to_table(columns=columns, filter=filter))[1]
+
+    def _scan(self, table: str, read: Callable[[Any], Any]) -> tuple[Any, Any]:
+        """``(dataset, read(dataset))`` on the table's latest version. A version that
+        compaction removed while it was read (``mess store compact --retention-days 0``)
+        is read again at the version that replaced it."""
+        for attempt in range(4):
+            ds = self.open_table(table)
+            try:
+                return ds, read(ds)
+            except BaseException as exc:
+                if not lance_failure(exc):
+                    raise
+                if attempt < 3 and self._latest_version(table) not in (None, ds.version):
+                    continue  # the version went away under this read: read the new one
+                raise storage_error(self.uri, exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _latest_version(self, table: str) -> int | None:
         try:
-            return ds.to_table(columns=columns, filter=filter)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise storage_error(self.uri, exc) from None
+            return int(self.open_table(table).version)
+        except StoreError:
+            return None
 
     _META_COLUMNS = (
         "track_id",
@@ -438,11 +503,9 @@ class FeatureStore:
     def _all_rows(self) -> dict[str, dict[str, Any]]:
         """Every track row without its vectors, by id (read once per store object)."""
         if self._rows is None:
-            ds = self._tracks()
-            try:
-                table = ds.to_table(columns=list(self._META_COLUMNS))
-            except (OSError, ValueError, RuntimeError) as exc:
-                raise storage_error(self.uri, exc) from None
+            ds, table = self._scan(
+                TRACKS_TABLE, lambda d: d.to_table(columns=list(self._META_COLUMNS))
+            )
             self._rows_version = int(ds.version)
             self._rows = {r["track_id"]: r for r in table.to_pylist()}
         return self._rows
@@ -499,10 +562,18 @@ class FeatureStore:
         """Changes whenever the features change (indices depend on this). With ``probe_inputs``
         it also covers the proxy targets and labels (probe results depend on those too).
 
-        Constant time: the ids in ``store.json``, which every writer renews *before* it
-        commits a change (so a crash in between can only make an index look stale, never
-        fresh). A store without them (written by hand) gets a hash of its rows."""
+        Constant time: the ids in ``store.json``, read before any row (see
+        :meth:`_renew_state` for the protocol: ids are marked pending before a commit and
+        unmarked after it, so ids paired with rows older than them are never handed out).
+        A store without them (written by hand) gets a hash of its rows."""
         key = "state_id" if probe_inputs else "features_id"
+        if self._meta.get("pending"):
+            # a commit is under way: the rows this object reads may be older than the ids,
+            # so nothing built from them may be labelled with the ids (it would look fresh
+            # while missing the commit); a label of this object alone is never fresh later
+            if self._pending_label is None:
+                self._pending_label = "pending-" + uuid.uuid4().hex[:20]
+            return f"{self._pending_label}-{key}"
         if self._meta.get(key):
             return str(self._meta[key])
         rows = self.ok_rows()
@@ -617,7 +688,7 @@ class FeatureStore:
         if arrays_digest(arrays) != row["digest"]:
             raise StoreError(
                 f"{self.uri}: stored data of track {track_id!r} does not match its record "
-                "(damaged); run 'mess extract' on the dataset again to redo it"
+                "(damaged); 'mess store verify --repair' removes it and 'mess extract' redoes it"
             )
         return {k: v for k, v in arrays.items() if names is None or k in names}
 
@@ -641,6 +712,11 @@ class FeatureStore:
         )
         return self._split_windows(table, eids)
 
+    def _window_dtype(self):
+        """The dtype of the stored windows, as the windows table's schema says."""
+        type_ = self._windows().schema.field(layer_column(0)).type.value_type
+        return np.dtype(type_.to_pandas_dtype())
+
     def _window_columns(self) -> list[str]:
         names = set(self._windows().schema.names)
         cols = ["track_id", "extraction_id", "window", "start", "length"]
@@ -653,11 +729,7 @@ class FeatureStore:
     ) -> dict[str, dict[str, np.ndarray]]:
         from messai.features.records import target_array_name
 
-        dtype = (
-            np.float16
-            if self._meta["settings"].get("store_dtype", "float16") == "float16"
-            else np.float32
-        )
+        dtype = self._window_dtype()
         eid_col = np.asarray(table.column("extraction_id").to_pylist(), dtype=object)
         window = table.column("window").to_numpy()
         out = {}
@@ -684,7 +756,8 @@ class FeatureStore:
             ):
                 raise StoreError(
                     f"{self.uri}: track {tid!r} has {len(idx)} stored windows, its record says "
-                    f"{row['n_segments']} (damaged); run 'mess extract' on the dataset again to redo it"
+                    f"{row['n_segments']} (damaged); 'mess store verify --repair' removes it and "
+                    "'mess extract' redoes it"
                 )
             arrays = {
                 SEGMENTS: np.stack([lay[idx] for lay in layers], axis=1)
@@ -745,15 +818,12 @@ class FeatureStore:
         if len(order) != int(n_seg.sum()):
             raise StoreError(
                 f"{self.uri}: the windows table holds {len(order)} windows for these tracks, "
-                f"their records say {int(n_seg.sum())} (damaged); run 'mess extract' again to redo them"
+                f"their records say {int(n_seg.sum())} (damaged); 'mess store verify' names them, "
+                "--repair removes them and 'mess extract' redoes them"
             )
         out: dict[str, Any] = {"track_ids": list(ids), "n_segments": n_seg}
         if layers:
-            dtype = (
-                np.float16
-                if self._meta["settings"].get("store_dtype", "float16") == "float16"
-                else np.float32
-            )
+            dtype = self._window_dtype()
             seg = np.empty((len(order), self.n_layers, self.dim), dtype=dtype)
             for i in range(self.n_layers):
                 seg[:, i] = fixed_list_to_numpy(table.column(layer_column(i)), self.dim, dtype)[
@@ -792,9 +862,20 @@ class FeatureStore:
         conditional commits."""
         local = loc.local_path(self.uri) is not None
         wait = self.LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
-        lock_fd = self._lock(wait, on_wait) if local else None
+        users_fd = lock_fd = None
         try:
+            if local:
+                # a shared hold on .users tells a cleanup that this process uses the store,
+                # from before it waits for the writer lock until it is done
+                import fcntl
+
+                users_fd = self._open_lock_file(_USERS_FILE)
+                fcntl.flock(users_fd, fcntl.LOCK_SH)
+                lock_fd = self._lock(wait, on_wait)
+                self._check_not_removed({_USERS_FILE: users_fd, _LOCK_FILE: lock_fd})
             self._refresh()
+            if self._meta.get("pending"):  # a writer died mid-commit: its ids stand for nothing
+                self._renew_state(features=True, inputs=True)
             self._collect_garbage()
             self._writing = True
             try:
@@ -803,17 +884,63 @@ class FeatureStore:
                 self._writing = False
                 self.commit()
         finally:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            for fd in (lock_fd, users_fd):
+                if fd is not None:
+                    os.close(fd)
+
+    def _open_lock_file(self, name: str) -> int:
+        try:
+            return os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            raise StoreRemovedError(
+                f"{self.uri}: the store was removed before this process could write it"
+            ) from None
+        except OSError as exc:
+            raise storage_error(self.uri, exc) from None
+
+    def _check_not_removed(self, fds: dict[str, int]) -> None:
+        """StoreRemovedError when the store was removed while this process waited (its lock
+        files are then no longer the ones in the folder)."""
+        for name, fd in fds.items():
+            try:
+                same = os.stat(self.root / name).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same or not loc.exists(self._table_uri(TRACKS_TABLE)):
+                raise StoreRemovedError(
+                    f"{self.uri}: the store was removed while this process waited for it"
+                )
+
+    def remove_if_unused(self) -> bool:
+        """Remove the store if it holds no track and no failure and no other process uses it
+        (writing, or waiting to write); True if it was removed. An object-storage store is
+        never removed: other writers there hold no lock this could see."""
+        import fcntl
+
+        if loc.local_path(self.uri) is None:
+            return False
+        fds = []
+        try:
+            for name in (_LOCK_FILE, _USERS_FILE):
+                fd = self._open_lock_file(name)
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False  # another process writes or waits to write
+            fresh = FeatureStore.at(self.uri)
+            if len(fresh) or fresh.failures():
+                return False
+            loc.remove_tree(self.uri)
+            return True
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _lock(self, wait_seconds: float, on_wait: Callable[[str], None] | None) -> int:
         import fcntl
 
-        path = self.root / ".lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise storage_error(self.uri, exc) from None
+        fd = self._open_lock_file(_LOCK_FILE)
         deadline, told = time.monotonic() + wait_seconds, False
         while True:
             try:
@@ -838,17 +965,27 @@ class FeatureStore:
     def _refresh(self) -> None:
         meta = _read_meta(self._table_uri(TRACKS_TABLE))
         state = _read_state(self.uri) or {}
-        meta.update({k: state[k] for k in ("features_id", "state_id") if k in state})
+        meta.update({k: state[k] for k in _STATE_KEYS if k in state})
         self._meta = meta
+        self._build_checked = True
         self._rows = None
 
-    def _renew_state(self, *, features: bool, inputs: bool) -> None:
-        """Write ``store.json`` (the build description and fresh change ids) before a commit."""
-        meta = dict(self._meta)
+    def _renew_state(self, *, features: bool, inputs: bool, pending: bool = False) -> None:
+        """Write ``store.json``: the build description and the change ids.
+
+        The protocol that keeps an index from being labelled fresh over rows it lacks: a
+        commit that changes the data is preceded by new ids marked ``pending`` and followed
+        by the same ids unmarked. A reader reads ``store.json`` before any row, so ids it
+        finds unmarked were written after the commit they stand for; ids it finds pending
+        are never used as a label (:meth:`fingerprint`). A writer that died in between left
+        them pending; the next writer replaces them."""
+        meta = {k: v for k, v in self._meta.items() if k != "pending"}
         if features or not meta.get("features_id"):
             meta["features_id"] = uuid.uuid4().hex[:20]
         if features or inputs or not meta.get("state_id"):
             meta["state_id"] = uuid.uuid4().hex[:20]
+        if pending:
+            meta["pending"] = True
         data = (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
         try:
             loc.write_bytes(loc.join(self.uri, STATE_FILE), data)
@@ -869,6 +1006,9 @@ class FeatureStore:
         gets the current time."""
         if entry.extracted_at is None:
             entry = entry.with_changes(extracted_at=now_iso())
+        if nfc(entry.track_id) != entry.track_id:
+            entry = entry.with_changes(track_id=nfc(entry.track_id))
+        _check_text(entry.track_id, entry.source)
         self._pending.puts[entry.track_id] = (entry, arrays)
         self._pending.failures.pop(entry.track_id, None)
         self._pending.removes.discard(entry.track_id)
@@ -884,12 +1024,15 @@ class FeatureStore:
         mtime_ns: int | None = None,
     ) -> None:
         """Record a failed extraction (``size``/``mtime_ns``: the file as it was then)."""
+        track_id = nfc(track_id)
+        _check_text(track_id, source)
         self._pending.failures[track_id] = TrackFailure(
             track_id, source, reason, now_iso(), size, mtime_ns
         )
         self._maybe_commit()
 
     def forget_failure(self, track_id: str) -> None:
+        track_id = nfc(track_id)
         row = self._all_rows().get(track_id)
         if row is not None and row["failure"]:
             if row["status"] == "failed":
@@ -900,14 +1043,17 @@ class FeatureStore:
                 )
 
     def remove(self, track_id: str) -> None:
+        track_id = nfc(track_id)
         self._pending.puts.pop(track_id, None)
         self._pending.removes.add(track_id)
         self._maybe_commit()
 
     def refresh_file_stat(self, track_id: str, *, size: int, mtime_ns: int) -> None:
+        track_id = nfc(track_id)
         self._pending.stat_updates[track_id] = (size, mtime_ns)
 
     def set_labels(self, track_id: str, labels: dict[str, str]) -> None:
+        track_id = nfc(track_id)
         if json.loads(self._all_rows()[track_id]["labels"] or "{}") != dict(labels):
             self._pending.label_updates[track_id] = dict(labels)
 
@@ -954,7 +1100,9 @@ class FeatureStore:
             )
         import lance
 
+        self._renew_state(features=True, inputs=True, pending=True)
         meta = {**self._meta, "model": identity, "settings": settings}
+        meta.pop("pending", None)
         n_layers, dim = int(identity["n_layers"]), int(identity["dim"])
         opts = loc.storage_options() if loc.is_remote(self.uri) else None
         lance.write_dataset(
@@ -990,18 +1138,22 @@ class FeatureStore:
         self._last_commit = time.monotonic()
         if not pending:
             return
+        changes_data = bool(pending.puts or pending.removes)
+        changes_inputs = bool(pending.label_updates or pending.failures)
+        marked = changes_data or changes_inputs  # file stats alone change no result
+        if marked:
+            self._renew_state(features=changes_data, inputs=changes_inputs, pending=True)
         try:
             self._commit(pending)
         except BaseException:
             # nothing of a failed batch is half-visible; keep it pending for a retry
             self._pending = pending
             raise
+        if marked:
+            self._renew_state(features=False, inputs=False)  # the same ids, now standing
         self._rows = None
 
     def _commit(self, p: _Pending) -> None:
-        self._renew_state(
-            features=bool(p.puts or p.removes), inputs=bool(p.label_updates or p.failures)
-        )
         touched = {*p.puts, *p.removes, *p.failures, *p.stat_updates, *p.label_updates}
         rows = self._rows_of(touched)  # only the batch's rows: a commit costs O(batch), not O(N)
         old_eids = [
@@ -1074,8 +1226,10 @@ class FeatureStore:
         for attempt in range(8):
             try:
                 return operation()
-            except (OSError, ValueError, RuntimeError) as exc:
-                if "conflict" not in str(exc).lower() or attempt == 7:
+            except BaseException as exc:
+                if not lance_failure(exc):
+                    raise
+                if not _is_conflict(exc) or attempt == 7:
                     raise storage_error(self.uri, exc) from None
                 time.sleep(0.05 * 2**attempt)
         return None  # pragma: no cover
@@ -1107,14 +1261,14 @@ class FeatureStore:
     def _write_meta(self, meta: dict[str, Any]) -> None:
         self._meta = meta
         self._renew_state(features=False, inputs=False)
-        meta = {k: v for k, v in self._meta.items() if k not in ("features_id", "state_id")}
-        ds = self._tracks()
-        try:
-            ds.update_schema_metadata(
-                {METADATA_KEY.decode(): json.dumps(meta, ensure_ascii=False)}, replace=True
+        meta = {k: v for k, v in self._meta.items() if k not in _STATE_KEYS}
+        text = json.dumps(meta, ensure_ascii=False)
+        # an UpdateConfig commit: a concurrent writer's (S3) is a conflict to retry, not an end
+        self._retrying(
+            lambda: self._tracks().update_schema_metadata(
+                {METADATA_KEY.decode(): text}, replace=True
             )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise storage_error(self.uri, exc) from None
+        )
 
     def _windows_table(self, items: dict[str, tuple[str, dict[str, np.ndarray]]]):
         """One table of every window of ``items`` (track id → (extraction id, arrays)):
@@ -1318,7 +1472,9 @@ def _read_meta(tracks_uri: str) -> dict[str, Any]:
     try:
         ds = lance.dataset(tracks_uri, storage_options=opts)
         raw = (ds.schema.metadata or {}).get(METADATA_KEY)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except BaseException as exc:
+        if not lance_failure(exc):
+            raise
         raise storage_error(tracks_uri.rsplit("/", 1)[0], exc) from None
     if raw is None:
         raise StoreError(f"{tracks_uri}: not a mess feature store (no build description)")
@@ -1330,6 +1486,21 @@ def _read_meta(tracks_uri: str) -> dict[str, Any]:
             f"{tracks_uri}: written by a newer mess (format {meta['format_version']}); upgrade mess"
         )
     return meta
+
+
+def _table_opens(table_uri: str, opts: dict[str, str] | None) -> bool:
+    """Whether a Lance table exists (has a readable version) at ``table_uri``."""
+    import lance
+
+    if not loc.exists(loc.join(table_uri, "_versions")):
+        return False
+    try:
+        lance.dataset(table_uri, storage_options=opts)
+    except BaseException as exc:
+        if not lance_failure(exc):
+            raise
+        return False
+    return True
 
 
 def _make_folders(path: Path | None) -> Path | None:
@@ -1371,6 +1542,36 @@ def _read_state(uri: str) -> dict[str, Any] | None:
     return meta
 
 
+def _check_text(track_id: str, source: str) -> None:
+    """A track id or source that is not valid UTF-8 (a file name in another encoding) would
+    fail the whole batch's commit: refuse it alone, naming it."""
+    for text in (track_id, source):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise StoreError(f"{shown!r}: not valid UTF-8; a track id must be text") from None
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """A commit that lost to a concurrent writer's (retry it on the new version)."""
+    text = str(exc).lower()
+    return any(
+        k in text for k in ("conflict", "concurrent transaction", "incompatible transaction")
+    )
+
+
+def lance_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is Lance failing on the storage (an I/O error, a damaged file; Lance's
+    Rust panics on some damaged files arrive as ``pyo3_runtime.PanicException``, a
+    BaseException), as opposed to an interrupt or a bug."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return False
+    return isinstance(exc, (OSError, ValueError, RuntimeError)) or (
+        type(exc).__name__ == "PanicException"
+    )
+
+
 def storage_error(uri: str, exc: BaseException) -> StoreError:
     """One line naming the store and what to do, for I/O failures of the storage."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -1381,7 +1582,14 @@ def storage_error(uri: str, exc: BaseException) -> StoreError:
     if "Not found" in text or "not found" in text or isinstance(exc, FileNotFoundError):
         return StoreError(
             f"{uri}: part of the store is missing or damaged ({text[:160]}); "
-            "restore it from a copy or remove it and run 'mess extract' again"
+            f"'mess store verify --at {uri}' tells what is left and --repair saves it "
+            "(see docs/store-format.md)"
+        )
+    if type(exc).__name__ == "PanicException" or "LanceError(IO)" in text:
+        return StoreError(
+            f"{uri}: a file of the store cannot be read ({text[:160]}); "
+            f"'mess store verify --at {uri}' tells what is left and --repair saves it "
+            "(see docs/store-format.md)"
         )
     return StoreError(f"{uri}: storage error ({text[:200]})")
 

@@ -45,6 +45,8 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _KEYWORDS = {"AND", "OR", "NOT", "IN"}
+#: how deep parentheses and NOTs may nest (parsing and evaluating recurse once per level)
+MAX_DEPTH = 64
 _OPS = {"=": "eq", "==": "eq", "!=": "ne", "<>": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 
 
@@ -90,6 +92,15 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenise(text)
         self.i = 0
+        self.depth = 0
+
+    def deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(
+                f"--where: nested more than {MAX_DEPTH} levels deep (parentheses and NOTs) "
+                f"at {self.peek().at}; write the filter flatter"
+            )
 
     def peek(self) -> _Token:
         return self.tokens[self.i]
@@ -126,17 +137,22 @@ class _Parser:
     def not_(self) -> tuple:
         if self.peek().kind == "kw" and self.peek().value == "NOT":
             self.take()
-            return ("not", self.not_())
+            self.deeper()
+            node = ("not", self.not_())
+            self.depth -= 1
+            return node
         return self.atom()
 
     def atom(self) -> tuple:
         t = self.peek()
         if t.kind == "punct" and t.value == "(":
             self.take()
+            self.deeper()
             node = self.or_()
             if self.take().value != ")":
                 self.i -= 1
                 raise self.fail("')'")
+            self.depth -= 1
             return node
         if t.kind != "col":
             raise self.fail("a label name or '('")

@@ -52,7 +52,11 @@ def remove_tracks(home: Path, store, track_ids: Sequence[str]) -> RemovalReport:
     closest ids) before anything is removed. LanceDB indices need nothing: they read the live
     table, where deleted rows are gone.
     """
-    ids = list(dict.fromkeys(track_ids))
+    from messai.errors import StoreError
+    from messai.features.records import nfc
+    from messai.features.store import FeatureStore
+
+    ids = list(dict.fromkeys(nfc(t) for t in track_ids))  # ids are NFC in the store
     missing = [t for t in ids if t not in store]
     if missing:
         try:
@@ -62,4 +66,11 @@ def remove_tracks(home: Path, store, track_ids: Sequence[str]) -> RemovalReport:
     with store.writer():
         for track_id in ids:
             store.remove(track_id)
-    return RemovalReport(ids, update_cached_indices(home, store))
+    after = FeatureStore.at(store.uri)  # report what the store says, not what was asked
+    left = [t for t in ids if t in after]
+    if left:
+        raise StoreError(
+            f"{store.uri}: {len(left)} track(s) are still stored after removal (first: "
+            f"{left[0]!r}); 'mess store verify' checks the store"
+        )
+    return RemovalReport(ids, update_cached_indices(home, after))
