@@ -488,10 +488,10 @@ def write_random_checkpoint(
     With ``preset`` torch is seeded with ``seed``; with ``like`` (the twin of a checkpoint) with
     :func:`messai.models.twin_seed` of ``seed`` and the source's weights, so a twin never
     re-draws its source's weights (and one that equals them anyway is refused)."""
-    from messai.models import refuse_identical, source_fingerprint, twin_seed
-
     import torch
     from transformers import HubertModel
+
+    from messai.models import refuse_identical, source_fingerprint, twin_seed
 
     if (like is None) == (preset is None):
         raise ModelError("give exactly one of --like ID|DIR or --preset tiny|base|large")
