@@ -107,6 +107,41 @@ def probe_inputs(
     return ProbeInputs(data["segments"], values, groups.astype(str), list(ids), n_seg)
 
 
+def same_weights(model: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two stores' model identities name the same weights: equal weight hashes where
+    both have one, else the same id, revision and config."""
+    a, b = model.get("weights_sha256"), other.get("weights_sha256")
+    if a and b:
+        return a == b
+    keys = ("id", "revision", "config_hash")
+    return all(model.get(k) == other.get(k) for k in keys)
+
+
+def check_control(store, control, features=None, control_features=None) -> None:
+    """Refuse a random-weight control that is the model itself (issue 21.1): a control store
+    extracted with the same weights, or whose stored windows equal the model's.
+
+    Raises
+    ------
+    ConfigError
+        The control is no control.
+    """
+    fix = "extract the same audio with its untrained twin ('mess model random DIR --like MODEL')"
+    if same_weights(store.model, control.model):
+        raise ConfigError(
+            f"control store {control.dataset!r} was extracted with the same model weights as "
+            f"{store.dataset!r} ({control.model_id}): it is no random-weight control; {fix}"
+        )
+    if features is not None and control_features is not None:
+        if np.shape(features) == np.shape(control_features) and np.array_equal(
+            np.asarray(features, dtype=np.float32), np.asarray(control_features, dtype=np.float32)
+        ):
+            raise ConfigError(
+                f"control store {control.dataset!r} holds the same features as {store.dataset!r} "
+                f"window for window: it is no random-weight control; {fix}"
+            )
+
+
 class LayerDiscovery:
     """Probe every layer of a store against its proxy targets (with controls) and save the result.
 
@@ -167,6 +202,7 @@ class LayerDiscovery:
         if self.control is None:
             return None
         c = self.control
+        check_control(self.store, c)
         missing = [t for t in inputs.track_ids if t not in c]
         if missing:
             raise StoreError(
@@ -186,6 +222,7 @@ class LayerDiscovery:
                 )
             out[row : row + n] = seg
             row += n
+        check_control(self.store, c, inputs.features, out)
         return out
 
     def run_full_discovery(self, *, save: bool = True):
