@@ -132,14 +132,19 @@ def check_control(store, control, features=None, control_features=None) -> None:
             f"control store {control.dataset!r} was extracted with the same model weights as "
             f"{store.dataset!r} ({control.model_id}): it is no random-weight control; {fix}"
         )
-    if features is not None and control_features is not None:
-        if np.shape(features) == np.shape(control_features) and np.array_equal(
+    same = (
+        features is not None
+        and control_features is not None
+        and np.shape(features) == np.shape(control_features)
+        and np.array_equal(
             np.asarray(features, dtype=np.float32), np.asarray(control_features, dtype=np.float32)
-        ):
-            raise ConfigError(
-                f"control store {control.dataset!r} holds the same features as {store.dataset!r} "
-                f"window for window: it is no random-weight control; {fix}"
-            )
+        )
+    )
+    if same:
+        raise ConfigError(
+            f"control store {control.dataset!r} holds the same features as {store.dataset!r} "
+            f"window for window: it is no random-weight control; {fix}"
+        )
 
 
 class LayerDiscovery:
