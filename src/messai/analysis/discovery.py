@@ -107,6 +107,15 @@ def probe_inputs(
     return ProbeInputs(data["segments"], values, groups.astype(str), list(ids), n_seg)
 
 
+def resolve_grouping(store, group_by: str = "auto") -> str:
+    """``"auto"`` → ``"work"`` when every track of ``store`` has a ``work`` label (whole works
+    stay on one side of a split), else ``"track"``; any other value is returned as given."""
+    if group_by != "auto":
+        return group_by
+    ids = store.track_ids()
+    return "work" if ids and all(store.labels(t).get("work") for t in ids) else "track"
+
+
 def same_weights(model: dict[str, Any], other: dict[str, Any]) -> bool:
     """Whether two stores' model identities name the same weights: equal weight hashes where
     both have one, else the same id, revision and config."""
@@ -163,7 +172,9 @@ class LayerDiscovery:
     folds, seed
         Outer group folds and seed of `probe_layers`.
     group_by
-        ``"track"``, or a label such as ``"work"`` to keep whole works on one side of a split.
+        ``"auto"`` (default): ``"work"`` when every track has a work label, else ``"track"``;
+        or ``"track"``, or a label such as ``"work"`` to keep whole works on one side of a
+        split. The grouping used is ``group_by_`` and is recorded in the results.
     control_store
         Dataset name of the same audio extracted with a random-weights model (random-model
         control), or None.
@@ -188,7 +199,7 @@ class LayerDiscovery:
         targets: list[str] | None = None,
         folds: int = 5,
         seed: int = 0,
-        group_by: str = "track",
+        group_by: str = "auto",
         control_store: str | None = None,
         min_r2: float = DEFAULT_MIN_R2,
         n_bootstrap: int = 1000,
@@ -199,7 +210,9 @@ class LayerDiscovery:
         self.control = (
             FeatureStore.open(control_store, home=home, stores=stores) if control_store else None
         )
-        self.targets, self.folds, self.seed, self.group_by = targets, folds, seed, group_by
+        self.targets, self.folds, self.seed = targets, folds, seed
+        self.group_by = group_by
+        self.group_by_ = resolve_grouping(self.store, group_by)
         self.min_r2, self.n_bootstrap = min_r2, n_bootstrap
         self.results_ = None
 
@@ -245,7 +258,7 @@ class LayerDiscovery:
         """
         from messai.analysis.probe import probe_layers
 
-        inputs = probe_inputs(self.store, targets=self.targets, group_by=self.group_by)
+        inputs = probe_inputs(self.store, targets=self.targets, group_by=self.group_by_)
         results = probe_layers(
             inputs.features,
             inputs.targets,
@@ -254,6 +267,7 @@ class LayerDiscovery:
             seed=self.seed,
             control_features=self._control_features(inputs),
             n_bootstrap=self.n_bootstrap,
+            group_by=self.group_by_,
         )
         self.results_ = results
         if save:
@@ -269,7 +283,7 @@ class LayerDiscovery:
             "dataset": self.store.dataset,
             "model": self.store.model_id,
             "store_fingerprint": self.store.fingerprint(probe_inputs=True),
-            "group_by": self.group_by,
+            "group_by": self.group_by_,
             "control_store": self.control.dataset if self.control else None,
             "min_r2": self.min_r2,
             "created": now_iso(),
