@@ -57,7 +57,7 @@ def _results(control, random=None):
 
 def test_negative_control_is_clipped_at_zero_in_the_selectivity_panel(tmp_path):
     """Issue 21.4: R² 0.5 against a control of -37.1 was drawn as +37.6."""
-    names, r2, sel, unstable = heatmap_panels(_results([-37.1, 0.1]))
+    names, _r2, sel, unstable = heatmap_panels(_results([-37.1, 0.1]))
     assert names == ["spectral_rolloff"]
     np.testing.assert_allclose(sel, [[0.5, 0.1]])
     assert unstable.tolist() == [[False, True]]
