@@ -139,3 +139,14 @@ def test_crepe_specs_are_checked(tmp_path):
         resolve_checkpoint("crepe:tiny", revision="main")
     with pytest.raises(ModelError, match="exactly one"):
         write_random_checkpoint(tmp_path / "x", like="crepe:tiny", preset="tiny")
+
+
+@pytest.mark.parametrize("spec", ["crepe:tiny", "mert-tiny"])
+def test_null_model_has_the_shapes_of_the_family(tmp_path, spec):
+    from messai.models import null_model
+
+    if spec == "mert-tiny":
+        spec = write_random_checkpoint(tmp_path / "m", preset="tiny")
+    ck = resolve_checkpoint(spec)
+    pooled, _ = pooled_hidden_states(null_model(ck), _noise(2, int(1.2 * ck.sample_rate)))
+    assert pooled.shape == (2, ck.n_layers, ck.dim) and not pooled.any()
