@@ -123,7 +123,7 @@ def _modules_after(code: str) -> set[str]:
     return set(out.split())
 
 
-HEAVY = {"torch", "transformers", "sklearn", "librosa", "torchaudio", "scipy"}
+HEAVY = {"torch", "transformers", "sklearn", "librosa", "torchaudio", "scipy", "torchcrepe"}
 
 
 def test_import_messai_is_light():

@@ -40,31 +40,70 @@ class DemoReport:
     #: how the probe was run (the same defaults as 'mess probe', except group_by)
     probe_settings: dict[str, Any] = field(default_factory=dict)
     aspect_benchmark: dict[str, Any] | None = None  # messai.bench.aspects.evaluate_aspects
+    #: trained vs untrained twin per target (`comparison_rows`); empty without a random control
+    comparison: list[dict[str, Any]] = field(default_factory=list)
+    family: str = "mert"
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
 def random_control_checkpoint(settings) -> Path:
-    """A random-weight twin of ``settings.model`` (same architecture, seed 1: not the default seed
-    of `mess model random`, so a smoke-test model is not its own control), written once under
-    the data root and reused: the random-initialisation control of the probe."""
+    """The untrained twin of ``settings.model`` (any family: same architecture, random weights;
+    its seed is derived from seed 1 and the model's weights, so it never equals the model, even
+    when the model is itself a random checkpoint), written once under the data root and reused:
+    the random-initialisation control of the probe."""
+    import hashlib
+
     from messai.features.store import model_slug
-    from messai.models.mert import resolve_checkpoint, write_random_checkpoint
+    from messai.models import resolve_checkpoint, source_fingerprint, write_random_checkpoint
 
     source = resolve_checkpoint(settings.model, revision=settings.revision)
-    folder = (
-        settings.home / "random-controls" / f"{model_slug(source.identity())}-{source.config_hash}"
-    )
+    weights = hashlib.sha256(source_fingerprint(source).encode()).hexdigest()[:8]
+    name = f"{model_slug(source.identity())}-{source.config_hash}-{weights}"
+    folder = settings.home / "random-controls" / name
     if (folder / "config.json").is_file():
         return folder
     tmp = folder.with_name(folder.name + ".partial")
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
-    write_random_checkpoint(tmp, like=source.directory, seed=1)
+    like = source.directory if source.revision == "local" else source.model_id
+    write_random_checkpoint(tmp, like=like, seed=1, revision=settings.revision)
     tmp.rename(folder)
     return folder
+
+
+def comparison_rows(results, *, min_r2: float) -> list[dict[str, Any]]:
+    """Per target: the model's best layer, its R² and CI, the untrained twin's R² and CI on the
+    same layer, the gain, whether the folds agree, and the validation decision (which requires
+    the CI's lower end to clear the twin's R² and the permuted control by the margin)."""
+
+    def num(values, i):
+        if values is None or i is None or not math.isfinite(values[i]):
+            return None
+        return round(float(values[i]), 3)
+
+    rows = []
+    for name, res in results.targets.items():
+        b = res.best_layer
+        r2, twin = num(res.r2, b), num(res.random_model_r2, b)
+        rows.append(
+            {
+                "target": name,
+                "layer": b,
+                "r2": r2,
+                "r2_ci_low": num(res.r2_ci_low, b),
+                "r2_ci_high": num(res.r2_ci_high, b),
+                "twin_r2": twin,
+                "twin_ci_low": num(res.random_model_r2_ci_low, b),
+                "twin_ci_high": num(res.random_model_r2_ci_high, b),
+                "gain": None if r2 is None or twin is None else round(r2 - twin, 3),
+                "stable": None if b is None else not res.is_unstable(b),
+                "validated": b is not None and res.is_validated(b, min_r2=min_r2),
+            }
+        )
+    return rows
 
 
 def run_demo(
@@ -82,9 +121,11 @@ def run_demo(
 ) -> DemoReport:
     """Run the whole tool on the demo set with ``settings`` (model, device, MESS_HOME ...).
 
-    With ``random_control`` the audio is also extracted by a random-weight model of the same
-    architecture, and a layer counts as validated only if it beats that too (skipped when the
-    model is itself a random checkpoint). The probe uses the settings of 'mess probe' (folds
+    With ``random_control`` the audio is also extracted by the model's untrained twin (a
+    random-weight model of the same architecture, never equal to it), a layer counts as
+    validated only if it beats that too, and ``report.comparison`` gives trained vs twin per
+    target. When the model is itself a random checkpoint the twin is another random draw:
+    nothing should validate. The probe uses the settings of 'mess probe' (folds
     from ``settings.folds``, 1000 bootstrap resamples), so the probe it saves with the demo
     store is the one 'mess probe' would save; ``report.probe_settings`` says what was used."""
     from messai import datasets
@@ -107,14 +148,16 @@ def run_demo(
     group_by = "work" if tracks and all(t.labels.get("work") for t in tracks) else "track"
     notes = []
     folds = folds or settings.folds
-    is_random = bool(_checkpoint_for_demo(settings).config.get("mess_random_init"))
-    if is_random:
+    checkpoint = _checkpoint_for_demo(settings)
+    if checkpoint.config.get("mess_random_init"):
         notes.append(
             f"{settings.model} is a random-weight checkpoint: its numbers mean nothing musically"
+            + (
+                "; its twin is another random draw, so nothing should validate"
+                if random_control
+                else ""
+            )
         )
-        if random_control:
-            notes.append("no random-weight twin built: the model is itself random")
-            random_control = False
     step(f"extracting {folder} with {settings.model}")
     report = extract_dataset(
         folder, dataset=dataset, settings=settings, layout="folder", listener=listener
@@ -126,9 +169,11 @@ def run_demo(
     control = None
     if random_control:
         ckpt = random_control_checkpoint(settings)
-        control = f"{dataset}-random"[:128]
+        # one control store per twin (its folder ends with the model's weights tag): a demo run
+        # with another model never finds the last run's twin under the same name
+        control = f"{dataset[:110]}-random-{ckpt.name.rsplit('-', 1)[-1]}"
         step(
-            f"extracting it again with a random-weight model of the same architecture ({ckpt}): the control"
+            f"extracting it again with its untrained twin, same architecture, random weights ({ckpt}): the control"
         )
         rand = extract_dataset(
             folder,
@@ -169,6 +214,7 @@ def run_demo(
                 or res.random_model_r2 is None
                 or not math.isfinite(res.random_model_r2[b])
                 else round(res.random_model_r2[b], 3),
+                "stable": None if b is None else not res.is_unstable(b),
                 "validated": b is not None and res.is_validated(b, min_r2=settings.r2_threshold),
                 "why_not": None
                 if b is None
@@ -208,6 +254,8 @@ def run_demo(
             "control_store": control,
         },
         aspect_benchmark=bench,
+        comparison=comparison_rows(results, min_r2=settings.r2_threshold) if control else [],
+        family=getattr(checkpoint, "family", "mert"),
     )
 
 
@@ -231,7 +279,7 @@ def _aspect_benchmark(store, control) -> dict[str, Any]:
 def _checkpoint_for_demo(settings):
     """The demo's model; offline without it, the error gives a command to copy."""
     from messai.errors import ModelError
-    from messai.models.mert import resolve_checkpoint
+    from messai.models import resolve_checkpoint
 
     try:
         return resolve_checkpoint(settings.model, revision=settings.revision)
@@ -241,5 +289,6 @@ def _checkpoint_for_demo(settings):
         raise ModelError(
             f"{exc}. To try the demo offline with a random-weight model (numbers mean nothing "
             "musically): mess model random ~/mert-random --preset base && "
-            "mess demo --model ~/mert-random"
+            "mess demo --model ~/mert-random; or, with a trained model that ships offline, "
+            "uv sync --extra crepe && mess demo --model crepe:tiny"
         ) from None

@@ -152,3 +152,44 @@ def test_random_model_control_store(small_store, tmp_path):
     np.testing.assert_allclose(cent["selectivity"], expected, atol=1e-9)
     r = runner.invoke(app, ["probe", "--dataset", "lib", "--control-store", "nope"])
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_a_control_made_by_the_model_itself_is_refused(small_store, tmp_path, tiny_ckpt):
+    """Issue 21.1: a 'random twin' with the model's weights gave random_model_r2 == r2 silently."""
+    import shutil
+
+    copy = tmp_path / "same-weights"  # another folder, the same weights
+    shutil.copytree(tiny_ckpt, copy)
+    for name, model in (("lib-self", tiny_ckpt), ("lib-copy", copy)):
+        r = runner.invoke(
+            app,
+            ["extract", str(small_store), "-d", name, "--model", str(model), "--device", "cpu"],
+        )
+        assert r.exit_code == 0, r.output
+        for cmd in (
+            ["probe", "--dataset", "lib", "--folds", "3", "--bootstrap", "10"],
+            ["benchmark", "aspects", "-d", "lib", "--aspects", "spectral_brightness"],
+        ):
+            r = runner.invoke(app, [*cmd, "--control-store", name])
+            assert r.exit_code == 2, r.output
+            assert "same model weights" in r.output and "no random-weight control" in r.output
+
+
+def test_a_control_with_the_models_windows_is_refused():
+    """Identities that differ but stored windows that are equal: still no control."""
+    from types import SimpleNamespace
+
+    from messai.analysis.discovery import check_control
+    from messai.errors import ConfigError
+
+    def store(name, sha):
+        return SimpleNamespace(
+            dataset=name, model_id=name, model={"id": name, "weights_sha256": sha}
+        )
+
+    feats = np.random.default_rng(0).normal(size=(6, 2, 4)).astype(np.float16)
+    check_control(store("a", "1"), store("b", "2"), feats, feats + np.float16(1))
+    with pytest.raises(ConfigError, match="same features"):
+        check_control(store("a", "1"), store("b", "2"), feats, feats.copy())
+    with pytest.raises(ConfigError, match="same model weights"):
+        check_control(store("a", "1"), store("b", "1"))

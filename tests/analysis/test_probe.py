@@ -267,3 +267,72 @@ def test_control_moves_targets_between_groups_of_unequal_size():
     assert np.all(out[~valid] == 0)
     for g in range(1, 6):  # a recipient gets one donor's values, in order, cycled
         assert len(np.unique(moved_from[group_index[valid] == g])) == 1
+
+
+def _planted_arrays(fold_r2, r2, ci_low):
+    n = len(r2)
+    return {
+        "r2": np.asarray(r2, dtype=float),
+        "r2_ci_low": np.asarray(ci_low, dtype=float),
+        "r2_ci_high": np.full(n, 1.0),
+        "alpha": np.ones(n),
+        "control_r2": np.zeros(n),
+        "fold_r2": np.asarray(fold_r2, dtype=float),
+    }
+
+
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_one_outlier_fold_cannot_carry_the_best_layer(bootstrap):
+    """Issue 20.3: a layer whose pooled R² is carried by one fold (the others far below zero, as
+    spectral flatness at layer 11 on real music: pooled 0.84, folds -9.1, -7.5, -9.9) is not
+    chosen over a layer that every fold agrees on, and its cell is flagged unstable."""
+    from messai.analysis.scores import summarise_target
+
+    carried = [0.97, -9.1, -7.5, -9.9, 0.9]  # pooled 0.84: one big-variance fold dominates it
+    steady = [0.62, 0.58, 0.66, 0.60, 0.64]
+    noise = [0.05, -0.04, 0.02, -0.03, 0.01]
+    arrays = _planted_arrays(
+        [noise, carried, steady],
+        r2=[0.01, 0.84, 0.62],
+        ci_low=[-0.2, -1.5, 0.48] if bootstrap else [math.nan] * 3,
+    )
+    meta = {"n_outputs": 1, "n_samples": 100, "transform": "none"}
+    res = summarise_target("spectral_flatness", meta, arrays, None, has_control=True)
+    assert int(np.argmax(arrays["r2"])) == 1  # what the pooled choice took
+    assert res.best_layer == 2 and res.runner_up_layer == 0  # the carried layer ranks last
+    assert res.unstable == [True, True, False]  # noise flips sign; the carried layer spreads
+    assert res.fold_r2_median[1] == pytest.approx(-7.5)
+    d = res.to_dict()
+    assert d["unstable"] == [True, True, False] and d["fold_r2_median"][2] == pytest.approx(0.62)
+
+
+def test_unstable_cells_by_sign_or_spread():
+    from messai.analysis.scores import unstable_cells
+
+    rows = np.array(
+        [
+            [0.5, 0.6, 0.7],  # agree
+            [0.2, -0.1, 0.3],  # sign
+            [0.9, 0.2, 0.5],  # spread 0.7
+            [-2.0, -0.5, -1.0],  # all below zero, spread 1.5
+            [0.4, np.nan, np.nan],  # one fold: undecidable
+        ]
+    )
+    assert unstable_cells(rows, max_spread=1.0) == [False, True, False, True, False]
+    assert unstable_cells(rows, max_spread=0.5) == [False, True, True, True, False]
+
+
+def test_probe_records_grouping_statistic_and_flags(linear_case):
+    x, targets, groups = linear_case
+    y = targets["y"]
+    res = probe_layers(x, {"t": y}, groups, folds=4, n_bootstrap=50, group_by="work")
+    d = res.to_dict()
+    assert d["group_by"] == "work" and d["best_layer_statistic"] == "r2_ci_low"
+    t = d["targets"]["t"]
+    assert len(t["unstable"]) == x.shape[1] and len(t["fold_r2_median"]) == x.shape[1]
+    ci_low = np.array([np.nan if v is None else v for v in t["r2_ci_low"]])
+    assert t["best_layer"] == int(np.nanargmax(ci_low))
+    back = ProbeResults.from_dict(json.loads(json.dumps(d)))
+    assert back.group_by == "work" and back.targets["t"].unstable == t["unstable"]
+    none = probe_layers(x, {"t": y}, groups, folds=4, n_bootstrap=0)
+    assert none.best_layer_statistic == "median_fold_r2"

@@ -89,9 +89,12 @@ def test_demo_runs_end_to_end(tiny_ckpt, tmp_path):
     assert all(
         row["random_model_r2"] is not None for row in d["probe_summary"] if row["r2"] is not None
     )
-    assert {
+    names = {
         s["dataset"] for s in json.loads(runner.invoke(app, ["datasets", "-f", "json"]).stdout)
-    } == {"demo", "demo-random"}
+    }
+    assert "demo" in names and len(names) == 2
+    assert (names - {"demo"}).pop().startswith("demo-random-")  # one control store per twin
+    assert len(d["comparison"]) == len(d["probe_summary"])  # trained vs twin, per target
     assert {x["aspect"] for x in d["aspects"]} >= {"spectral_brightness", "dynamics"}
     recs = d["recommendations"]["recommendations"]
     assert len(recs) == 5 and all(x["track_id"] != "piano/bach_bwv846_prelude" for x in recs)
@@ -111,15 +114,21 @@ def test_demo_runs_end_to_end(tiny_ckpt, tmp_path):
     assert table.exit_code == 0 and "1000 bootstrap resamples" in table.stdout
 
 
-def test_demo_with_a_random_checkpoint_builds_no_twin(tmp_path):
+def test_demo_with_a_random_checkpoint_has_a_twin_that_differs(tmp_path):
+    """Issue 21.1: the offline recipe (a random checkpoint as the model) must show a random
+    control that differs from the model, and validate nothing."""
     ckpt = tmp_path / "rand"
     assert runner.invoke(app, ["model", "random", str(ckpt), "--preset", "tiny"]).exit_code == 0
     r = runner.invoke(app, ["demo", "--model", str(ckpt), "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
-    assert "model is itself random" in r.stderr
-    assert {
+    assert "random-weight checkpoint" in r.stderr and "nothing should validate" in r.stderr
+    d = json.loads(r.stdout)
+    assert len(d["comparison"]) == 12 and not any(x["validated"] for x in d["comparison"])
+    assert any(x["gain"] not in (None, 0.0) for x in d["comparison"])  # not the model itself
+    names = {
         s["dataset"] for s in json.loads(runner.invoke(app, ["datasets", "-f", "json"]).stdout)
-    } == {"demo"}
+    }
+    assert "demo" in names and len(names) == 2
 
 
 def test_demo_offline_default_model_says_what_to_do():

@@ -289,7 +289,7 @@ def test_recommend_never_imports_torch(store):
         "import sys\nsys.argv=['mess','recommend','-d','syn','--track','c0/track 000','-f','json']\n"
         "from messai.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = {'torch','transformers','sklearn','librosa','torchaudio','scipy','pyarrow',"
-        "'lance','ray','lancedb'} & set(sys.modules)\n"
+        "'lance','ray','lancedb','torchcrepe'} & set(sys.modules)\n"
         "print('HEAVY', sorted(heavy), file=sys.stderr)"
     )
     p = subprocess.run(

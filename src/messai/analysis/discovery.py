@@ -107,6 +107,55 @@ def probe_inputs(
     return ProbeInputs(data["segments"], values, groups.astype(str), list(ids), n_seg)
 
 
+def resolve_grouping(store, group_by: str = "auto") -> str:
+    """``"auto"`` → ``"work"`` when every track of ``store`` has a ``work`` label (whole works
+    stay on one side of a split), else ``"track"``; any other value is returned as given."""
+    if group_by != "auto":
+        return group_by
+    ids = store.track_ids()
+    return "work" if ids and all(store.labels(t).get("work") for t in ids) else "track"
+
+
+def same_weights(model: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two stores' model identities name the same weights: equal weight hashes where
+    both have one, else the same id, revision and config."""
+    a, b = model.get("weights_sha256"), other.get("weights_sha256")
+    if a and b:
+        return a == b
+    keys = ("id", "revision", "config_hash")
+    return all(model.get(k) == other.get(k) for k in keys)
+
+
+def check_control(store, control, features=None, control_features=None) -> None:
+    """Refuse a random-weight control that is the model itself (issue 21.1): a control store
+    extracted with the same weights, or whose stored windows equal the model's.
+
+    Raises
+    ------
+    ConfigError
+        The control is no control.
+    """
+    fix = "extract the same audio with its untrained twin ('mess model random DIR --like MODEL')"
+    if same_weights(store.model, control.model):
+        raise ConfigError(
+            f"control store {control.dataset!r} was extracted with the same model weights as "
+            f"{store.dataset!r} ({control.model_id}): it is no random-weight control; {fix}"
+        )
+    same = (
+        features is not None
+        and control_features is not None
+        and np.shape(features) == np.shape(control_features)
+        and np.array_equal(
+            np.asarray(features, dtype=np.float32), np.asarray(control_features, dtype=np.float32)
+        )
+    )
+    if same:
+        raise ConfigError(
+            f"control store {control.dataset!r} holds the same features as {store.dataset!r} "
+            f"window for window: it is no random-weight control; {fix}"
+        )
+
+
 class LayerDiscovery:
     """Probe every layer of a store against its proxy targets (with controls) and save the result.
 
@@ -123,7 +172,9 @@ class LayerDiscovery:
     folds, seed
         Outer group folds and seed of `probe_layers`.
     group_by
-        ``"track"``, or a label such as ``"work"`` to keep whole works on one side of a split.
+        ``"auto"`` (default): ``"work"`` when every track has a work label, else ``"track"``;
+        or ``"track"``, or a label such as ``"work"`` to keep whole works on one side of a
+        split. The grouping used is ``group_by_`` and is recorded in the results.
     control_store
         Dataset name of the same audio extracted with a random-weights model (random-model
         control), or None.
@@ -148,7 +199,7 @@ class LayerDiscovery:
         targets: list[str] | None = None,
         folds: int = 5,
         seed: int = 0,
-        group_by: str = "track",
+        group_by: str = "auto",
         control_store: str | None = None,
         min_r2: float = DEFAULT_MIN_R2,
         n_bootstrap: int = 1000,
@@ -159,7 +210,9 @@ class LayerDiscovery:
         self.control = (
             FeatureStore.open(control_store, home=home, stores=stores) if control_store else None
         )
-        self.targets, self.folds, self.seed, self.group_by = targets, folds, seed, group_by
+        self.targets, self.folds, self.seed = targets, folds, seed
+        self.group_by = group_by
+        self.group_by_ = resolve_grouping(self.store, group_by)
         self.min_r2, self.n_bootstrap = min_r2, n_bootstrap
         self.results_ = None
 
@@ -167,6 +220,7 @@ class LayerDiscovery:
         if self.control is None:
             return None
         c = self.control
+        check_control(self.store, c)
         missing = [t for t in inputs.track_ids if t not in c]
         if missing:
             raise StoreError(
@@ -186,6 +240,7 @@ class LayerDiscovery:
                 )
             out[row : row + n] = seg
             row += n
+        check_control(self.store, c, inputs.features, out)
         return out
 
     def run_full_discovery(self, *, save: bool = True):
@@ -203,7 +258,7 @@ class LayerDiscovery:
         """
         from messai.analysis.probe import probe_layers
 
-        inputs = probe_inputs(self.store, targets=self.targets, group_by=self.group_by)
+        inputs = probe_inputs(self.store, targets=self.targets, group_by=self.group_by_)
         results = probe_layers(
             inputs.features,
             inputs.targets,
@@ -212,6 +267,7 @@ class LayerDiscovery:
             seed=self.seed,
             control_features=self._control_features(inputs),
             n_bootstrap=self.n_bootstrap,
+            group_by=self.group_by_,
         )
         self.results_ = results
         if save:
@@ -227,7 +283,7 @@ class LayerDiscovery:
             "dataset": self.store.dataset,
             "model": self.store.model_id,
             "store_fingerprint": self.store.fingerprint(probe_inputs=True),
-            "group_by": self.group_by,
+            "group_by": self.group_by_,
             "control_store": self.control.dataset if self.control else None,
             "min_r2": self.min_r2,
             "created": now_iso(),

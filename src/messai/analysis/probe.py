@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from messai.analysis.results import (
+    DEFAULT_MAX_FOLD_SPREAD,
     DEFAULT_MIN_MARGIN,
     DEFAULT_MIN_R2,
     SCHEMA,
@@ -36,6 +37,7 @@ from messai.errors import ConfigError, MessError
 from messai.numeric import single_threaded_blas
 
 __all__ = [
+    "DEFAULT_MAX_FOLD_SPREAD",
     "DEFAULT_MIN_MARGIN",
     "DEFAULT_MIN_R2",
     "DEFAULT_RELATIVE_ALPHAS",
@@ -175,6 +177,8 @@ def probe_layers(
     ci: float = 0.95,
     n_jobs: int | None = -1,
     return_predictions: bool = False,
+    max_fold_spread: float = DEFAULT_MAX_FOLD_SPREAD,
+    group_by: str | None = None,
 ) -> ProbeResults:
     """Cross-validated ridge probe of every layer x target, with controls.
 
@@ -217,6 +221,11 @@ def probe_layers(
         depend on it.
     return_predictions
         Keep the out-of-fold predictions in `ProbeResults.predictions`.
+    max_fold_spread
+        A cell whose fold R²s spread more than this (max − min), or disagree in sign, is
+        flagged ``unstable`` (it still counts; the flag is reported).
+    group_by
+        What ``groups`` are (``"track"``, ``"work"`` ...), recorded in the results.
 
     Returns
     -------
@@ -248,6 +257,8 @@ def probe_layers(
         raise ConfigError(f"ci must be between 0 and 1, got {ci}")
     if n_bootstrap < 0:
         raise ConfigError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    if not max_fold_spread > 0:
+        raise ConfigError(f"max_fold_spread must be positive, got {max_fold_spread}")
 
     options = FitOptions(grid, relative, inner_folds, ci)
     jobs = _resolve_jobs(n_jobs)
@@ -272,7 +283,7 @@ def probe_layers(
     if control_features is not None:
         random_arrays, _ = _run_layers(
             control_features,
-            setup.without_controls(),
+            setup.without_controls(keep_bootstrap=True),
             meta,
             options=options,
             n_jobs=jobs,
@@ -285,6 +296,10 @@ def probe_layers(
             arrays[name],
             None if random_arrays is None else random_arrays[name]["r2"],
             has_control=control == "permute",
+            random_ci=None
+            if random_arrays is None
+            else (random_arrays[name]["r2_ci_low"], random_arrays[name]["r2_ci_high"]),
+            max_fold_spread=max_fold_spread,
         )
         for name in targets
     }
@@ -303,6 +318,9 @@ def probe_layers(
         n_bootstrap=n_bootstrap,
         ci=ci,
         predictions=predictions,
+        max_fold_spread=float(max_fold_spread),
+        best_layer_statistic="r2_ci_low" if n_bootstrap > 0 else "median_fold_r2",
+        group_by=group_by,
     )
 
 

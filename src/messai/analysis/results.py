@@ -17,6 +17,8 @@ from messai.errors import MessError
 from messai.numeric import finite_or_none
 
 __all__ = [
+    "BEST_LAYER_STATISTIC",
+    "DEFAULT_MAX_FOLD_SPREAD",
     "DEFAULT_MIN_MARGIN",
     "DEFAULT_MIN_R2",
     "SCHEMA",
@@ -32,6 +34,12 @@ SCHEMA = "messai.probe/1"
 DEFAULT_MIN_R2 = 0.5
 #: How far the lower end of the R² CI must clear the control for a target to count as validated.
 DEFAULT_MIN_MARGIN = 0.1
+#: A layer × target cell whose fold R²s spread more than this (max − min), or disagree in sign,
+#: is flagged "unstable across folds".
+DEFAULT_MAX_FOLD_SPREAD = 1.0
+#: The statistic a target's best layer is chosen on (one unstable fold cannot carry it): the
+#: lower end of R²'s group-bootstrap CI; "median_fold_r2" when the probe ran no bootstrap.
+BEST_LAYER_STATISTIC = "r2_ci_low"
 
 
 def float_list(values: Any) -> list[float]:
@@ -53,6 +61,10 @@ class TargetProbeResult:
 
     ``docs/probe-method.md`` gives the meaning of each field; ``fold_r2`` is
     ``[n_layers][folds]``. ``random_model_r2`` is None unless control features were probed.
+    ``best_layer`` has the highest lower CI bound ``r2_ci_low`` (the median fold R²
+    ``fold_r2_median`` without a bootstrap; ties by pooled R²);
+    ``unstable[layer]`` flags a cell whose folds disagree in sign or spread more than the run's
+    ``max_fold_spread``.
     """
 
     name: str
@@ -74,6 +86,23 @@ class TargetProbeResult:
     margin_over_median: float
     fold_wins_over_runner_up: int | None
     beats_runner_up: bool | None
+    fold_r2_median: list[float] | None = None
+    unstable: list[bool] | None = None
+    random_model_r2_ci_low: list[float] | None = None
+    random_model_r2_ci_high: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.fold_r2_median is None:  # older results: derive it from the folds
+            self.fold_r2_median = [
+                float(np.median([v for v in row if math.isfinite(v)]))
+                if any(math.isfinite(v) for v in row)
+                else math.nan
+                for row in self.fold_r2
+            ] or [math.nan] * len(self.r2)
+
+    def is_unstable(self, layer: int) -> bool:
+        """Whether the folds of ``layer`` disagree (sign, or spread over ``max_fold_spread``)."""
+        return bool(self.unstable and self.unstable[layer])
 
     def is_validated(
         self,
@@ -181,6 +210,10 @@ class TargetProbeResult:
             "margin_over_median": finite_or_none(self.margin_over_median),
             "fold_wins_over_runner_up": self.fold_wins_over_runner_up,
             "beats_runner_up": self.beats_runner_up,
+            "fold_r2_median": _json_list(self.fold_r2_median),
+            "unstable": None if self.unstable is None else [bool(v) for v in self.unstable],
+            "random_model_r2_ci_low": _json_list(self.random_model_r2_ci_low),
+            "random_model_r2_ci_high": _json_list(self.random_model_r2_ci_high),
         }
 
     @classmethod
@@ -209,6 +242,10 @@ class TargetProbeResult:
             margin_over_median=math.nan if margin is None else float(margin),
             fold_wins_over_runner_up=d.get("fold_wins_over_runner_up"),
             beats_runner_up=d.get("beats_runner_up"),
+            fold_r2_median=_from_json_list(d.get("fold_r2_median")),
+            unstable=None if d.get("unstable") is None else [bool(v) for v in d["unstable"]],
+            random_model_r2_ci_low=_from_json_list(d.get("random_model_r2_ci_low")),
+            random_model_r2_ci_high=_from_json_list(d.get("random_model_r2_ci_high")),
         )
 
 
@@ -235,6 +272,10 @@ class ProbeResults:
     n_bootstrap: int
     ci: float
     predictions: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    max_fold_spread: float = DEFAULT_MAX_FOLD_SPREAD
+    best_layer_statistic: str = BEST_LAYER_STATISTIC
+    #: how windows were grouped into folds ("track", or a label such as "work"); None: unknown
+    group_by: str | None = None
 
     def best_layers(self) -> dict[str, int | None]:
         """The best layer of every target.
@@ -242,7 +283,8 @@ class ProbeResults:
         Returns
         -------
         dict
-            Target name → layer with the highest pooled R² (None when no layer has one).
+            Target name → layer with the highest ``best_layer_statistic`` (ties: pooled R²;
+            None when no layer has a finite R²).
         """
         return {name: t.best_layer for name, t in self.targets.items()}
 
@@ -263,6 +305,9 @@ class ProbeResults:
             "random_model": self.random_model,
             "n_bootstrap": self.n_bootstrap,
             "ci": self.ci,
+            "best_layer_statistic": self.best_layer_statistic,
+            "max_fold_spread": self.max_fold_spread,
+            "group_by": self.group_by,
             "targets": {name: t.to_dict() for name, t in self.targets.items()},
         }
 
@@ -294,4 +339,7 @@ class ProbeResults:
             random_model=bool(d.get("random_model", False)),
             n_bootstrap=int(d.get("n_bootstrap", 0)),
             ci=float(d.get("ci", 0.95)),
+            max_fold_spread=float(d.get("max_fold_spread", DEFAULT_MAX_FOLD_SPREAD)),
+            best_layer_statistic=d.get("best_layer_statistic", "pooled_r2"),
+            group_by=d.get("group_by"),
         )

@@ -2,8 +2,9 @@
 
 `score_layer` fits one layer for every task and scores it: R² pooled over all out-of-fold
 predictions, per fold, and on group-bootstrap resamples (all from per-group sums).
-`summarise_target` turns a target's per-layer arrays into a `TargetProbeResult`: best layer,
-runner-up comparison, selectivity. The method is described in ``docs/probe-method.md``.
+`summarise_target` turns a target's per-layer arrays into a `TargetProbeResult`: best layer
+(by the lower CI bound of R², see `selection_statistic`), runner-up comparison, selectivity, and the cells
+whose folds disagree (`unstable_cells`). The method is described in ``docs/probe-method.md``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from messai.analysis.results import TargetProbeResult, float_list
+from messai.analysis.results import DEFAULT_MAX_FOLD_SPREAD, TargetProbeResult, float_list
 from messai.analysis.ridge import FitOptions, fit_task
 from messai.analysis.tasks import ProbeSetup
 
-__all__ = ["score_layer", "summarise_target"]
+__all__ = [
+    "fold_median",
+    "rank_layers",
+    "score_layer",
+    "selection_statistic",
+    "summarise_target",
+    "unstable_cells",
+]
 
 
 @dataclass
@@ -158,6 +166,8 @@ def summarise_target(
     random_r2: np.ndarray | None,
     *,
     has_control: bool,
+    random_ci: tuple[np.ndarray, np.ndarray] | None = None,
+    max_fold_spread: float = DEFAULT_MAX_FOLD_SPREAD,
 ) -> TargetProbeResult:
     """One target's result over all layers: best layer, runner-up comparison, selectivity.
 
@@ -174,14 +184,18 @@ def summarise_target(
         ``[n_layers]`` R² of the random model's features, or None.
     has_control
         Whether ``arrays["control_r2"]`` holds the permuted control.
+    random_ci
+        ``(low, high)`` ``[n_layers]`` bootstrap CI of the random model's R², or None.
+    max_fold_spread
+        A cell whose fold R²s spread more than this (or disagree in sign) is flagged unstable.
 
     Returns
     -------
     TargetProbeResult
     """
     r2, fold_r2 = arrays["r2"], arrays["fold_r2"]
-    ranked = [int(i) for i in np.argsort(-np.where(np.isfinite(r2), r2, -np.inf), kind="stable")]
-    ranked = [i for i in ranked if np.isfinite(r2[i])]
+    median = fold_median(fold_r2)
+    ranked = rank_layers(r2, selection_statistic(arrays["r2_ci_low"], median))
     best = ranked[0] if ranked else None
     runner_up = ranked[1] if len(ranked) > 1 else None
     margin = float(r2[best] - np.median(r2[ranked])) if best is not None else math.nan
@@ -216,4 +230,55 @@ def summarise_target(
         margin_over_median=margin,
         fold_wins_over_runner_up=wins,
         beats_runner_up=beats,
+        fold_r2_median=float_list(median),
+        unstable=unstable_cells(fold_r2, max_spread=max_fold_spread),
+        random_model_r2_ci_low=None if random_ci is None else float_list(random_ci[0]),
+        random_model_r2_ci_high=None if random_ci is None else float_list(random_ci[1]),
     )
+
+
+def fold_median(fold_r2: np.ndarray) -> np.ndarray:
+    """Median over folds ``[n_layers]`` of ``[n_layers, folds]``, ignoring NaN (NaN if none)."""
+    out = np.full(fold_r2.shape[0], np.nan)
+    for i, row in enumerate(fold_r2):
+        finite = row[np.isfinite(row)]
+        if len(finite):
+            out[i] = float(np.median(finite))
+    return out
+
+
+def selection_statistic(ci_low: np.ndarray, median: np.ndarray) -> np.ndarray:
+    """What the best layer is chosen on: the lower end of the group-bootstrap CI of R²
+    (``r2_ci_low``) when the probe ran a bootstrap, else the median fold R². Neither can be
+    carried by one fold (or a few groups) the way the pooled R² can."""
+    return ci_low if np.isfinite(ci_low).any() else median
+
+
+def rank_layers(r2: np.ndarray, statistic: np.ndarray) -> list[int]:
+    """Layers with a finite pooled R², best first, ranked by ``statistic`` (see
+    :func:`selection_statistic`), ties by pooled R²; layers without a finite statistic come
+    last, by pooled R²."""
+    layers = [i for i in range(len(r2)) if np.isfinite(r2[i])]
+    return sorted(
+        layers,
+        key=lambda i: (
+            0 if np.isfinite(statistic[i]) else 1,
+            -statistic[i] if np.isfinite(statistic[i]) else 0.0,
+            -r2[i],
+            i,
+        ),
+    )
+
+
+def unstable_cells(fold_r2: np.ndarray, *, max_spread: float) -> list[bool]:
+    """Per layer: whether its folds disagree in sign (one below 0, one above) or spread more
+    than ``max_spread`` (max − min fold R²); needs two finite folds."""
+    out = []
+    for row in fold_r2:
+        finite = row[np.isfinite(row)]
+        if len(finite) < 2:
+            out.append(False)
+            continue
+        lo, hi = float(finite.min()), float(finite.max())
+        out.append(bool((lo < 0.0 < hi) or (hi - lo > max_spread)))
+    return out

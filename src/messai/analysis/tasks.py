@@ -61,11 +61,13 @@ class ProbeSetup:
     bootstrap: np.ndarray  # [n_bootstrap, n_groups] resample counts
     folds: int
 
-    def without_controls(self) -> ProbeSetup:
-        """The same folds and tasks with the permuted controls dropped and no bootstrap (what
-        the probe of a random model's features needs)."""
+    def without_controls(self, *, keep_bootstrap: bool = False) -> ProbeSetup:
+        """The same folds and tasks with the permuted controls dropped (what the probe of a
+        random model's features needs), and without the bootstrap unless ``keep_bootstrap``
+        (the same resamples: the random model's R² gets a CI comparable to the model's)."""
         tasks = [_task_without_controls(t) for t in self.tasks]
-        return ProbeSetup(self.order, self.fold_of_group, tasks, self.bootstrap[:0], self.folds)
+        boot = self.bootstrap if keep_bootstrap else self.bootstrap[:0]
+        return ProbeSetup(self.order, self.fold_of_group, tasks, boot, self.folds)
 
 
 def _prepare_target(

@@ -120,11 +120,15 @@ class _Data:
             self.aspects.setdefault(ASPECTS_OF_TARGETS[t], []).append(t)
         self.C_win = self.C = None
         if control is not None:
+            from messai.analysis.discovery import check_control
+
+            check_control(store, control)
             cw = control.read_windows(track_ids=ids)
             if not np.array_equal(cw["n_segments"], w["n_segments"]):
                 raise ConfigError(
                     f"control store {control.dataset!r} has other windows for these tracks (same window settings needed)"
                 )
+            check_control(store, control, w["segments"], cw["segments"])
             self.C_win = np.asarray(cw["segments"][:, layer], dtype=np.float64)
             self.C = control.layer(layer, track_ids=ids)[1].astype(np.float64)
 

@@ -269,7 +269,7 @@ def _bench_one(fx, paths: list[Path], tmp: Path, *, repeats: int) -> dict[str, A
     from messai.features.extractor import result_arrays
     from messai.features.records import TrackEntry
     from messai.features.store import FeatureStore
-    from messai.models.mert import pooled_hidden_states
+    from messai.models import pooled_hidden_states
 
     loaded = fx.loaded
     rate, spec = fx.sample_rate, fx.window

@@ -164,7 +164,7 @@ def planted_store(
         home / "stores" / dataset / "synthetic--planted",
         dataset=dataset,
         model=synthetic_identity("planted", n_layers=n_layers, dim=dim)
-        | {"config_hash": "planted"},
+        | {"config_hash": "planted", "weights_sha256": f"planted-seed-{seed}"},
         settings=synthetic_settings("float32"),
     )
     names = ("spectral_centroid", "rms_db_mean")

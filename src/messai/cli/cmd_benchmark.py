@@ -131,7 +131,10 @@ def bench_similarity_command(
     similarity spread, hubness, retrieval against a label, and aspect fidelity."""
     from messai.bench.similarity import evaluate_similarity, plot_similarity
     from messai.features.store import FeatureStore
+    from messai.plots import check_plot_path
 
+    if plot is not None:
+        check_plot_path(plot)  # before the work, not after it
     settings = common.settings_from(stores=stores)
     store = FeatureStore.open(dataset, model, stores=settings.stores_location)
     chosen = common.parse_layers(layers, store.n_layers)
@@ -224,7 +227,10 @@ def bench_aspects_command(
     triplet accuracy, off-aspect triplet accuracy and leakage, proxy fidelity, list overlap."""
     from messai.bench.aspects import evaluate_aspects, plot_aspects, table_rows
     from messai.features.store import FeatureStore
+    from messai.plots import check_plot_path
 
+    if plot is not None:
+        check_plot_path(plot)  # before the work, not after it
     settings = common.settings_from()
     store = FeatureStore.open(dataset, model, home=settings.home)
     control = FeatureStore.open(control_store, home=settings.home) if control_store else None

@@ -39,11 +39,13 @@ def demo_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Extract → probe → index → recommend on 24 bundled public-domain pieces (6 works × 4
-    instruments) and print: per target, the best layer against its control, the aspect → layer
-    map, and recommendations for one track. With the default hub model it needs the network
-    once; offline, pass --model DIR (a local checkpoint, or 'mess model random DIR --preset base'
-    for a smoke test whose numbers mean nothing musically). By default the demo audio is also
-    extracted by a random-weight twin of the model, the control every layer must beat."""
+    instruments) and print: per target, the best layer against its control, the model against
+    its untrained twin, the aspect → layer map, and recommendations for one track. With the
+    default hub model it needs the network once; offline, pass --model crepe:tiny (a trained
+    pitch model shipped by the 'crepe' extra) or --model DIR (a local checkpoint, or 'mess model
+    random DIR --preset base' for a smoke test whose numbers mean nothing musically). By default
+    the demo audio is also extracted by the model's untrained twin (same architecture, random
+    weights), the control every layer must beat."""
     from messai.demo import run_demo
 
     settings = common.settings_from(
@@ -77,6 +79,14 @@ def demo_command(
         f"{p['n_bootstrap']} bootstrap resamples, seed {p['seed']}, min R² {p['min_r2']:g} "
         "(as 'mess probe')",
     )
+    if report.comparison:
+        common.print_table(
+            comparison_table(report.comparison),
+            title=f"trained vs untrained twin ({report.model}): R² [95% CI] at the model's best "
+            "layer; twin: same architecture, random weights, same layer and bootstrap; "
+            "validated: R² ≥ min and CI low above twin and permuted control by 0.1; "
+            "~ folds disagree",
+        )
     common.print_table(
         report.aspects,
         ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"],
@@ -101,6 +111,29 @@ def demo_command(
             title=f"aspect spaces vs the whole layer {b['layer']} on held-out tracks "
             f"(mess benchmark aspects; k={b['k']}; fitted on one half of split_by, scored on the other)",
         )
+
+
+def comparison_table(rows: list[dict]) -> list[dict]:
+    """`messai.demo.comparison_rows` as table cells: R² with its CI, the twin's, the gain."""
+
+    def ci(r2, low, high):
+        if r2 is None:
+            return None
+        if low is None or high is None:
+            return f"{r2:.2f}"
+        return f"{r2:.2f} [{low:.2f}, {high:.2f}]"
+
+    return [
+        {
+            "target": r["target"],
+            "layer": None if r["layer"] is None else f"{r['layer']}{'' if r['stable'] else '~'}",
+            "model_r2": ci(r["r2"], r["r2_ci_low"], r["r2_ci_high"]),
+            "twin_r2": ci(r["twin_r2"], r["twin_ci_low"], r["twin_ci_high"]),
+            "gain": None if r["gain"] is None else f"{r['gain']:+.2f}",
+            "validated": "yes" if r["validated"] else "no",
+        }
+        for r in rows
+    ]
 
 
 class _DemoProgress(ExtractionListener):

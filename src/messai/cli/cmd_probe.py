@@ -48,9 +48,10 @@ def probe_command(
     group_by: Annotated[
         str,
         typer.Option(
-            "--group-by", help="track, or a label such as work (no group on both sides of a split)."
+            "--group-by",
+            help="auto (work when every track has a work label, else track), track, or a label such as work (no group on both sides of a split).",
         ),
-    ] = "track",
+    ] = "auto",
     control_store: Annotated[
         Optional[str],
         typer.Option(
@@ -87,6 +88,10 @@ def probe_command(
     results with the store; they define 'mess aspects'."""
     from messai.analysis.discovery import LayerDiscovery
 
+    if plot is not None:
+        from messai.plots import check_plot_path
+
+        check_plot_path(plot)  # before the work, not after it
     settings = settings_from(folds=folds, seed=seed, r2_threshold=min_r2, stores=stores)
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     discovery = LayerDiscovery(
@@ -133,7 +138,13 @@ def _print_probe_table(results, min_r2: float) -> None:
     names = list(results.targets)
     title = (
         f"out-of-fold R² per layer (n={results.n_samples} windows, {results.n_groups} groups, "
-        f"{results.folds} folds); * best layer"
+        f"{results.folds} folds)"
+    )
+    statistic = {"r2_ci_low": "highest lower CI bound", "median_fold_r2": "highest median fold R²"}
+    legend = (
+        f"grouped by {results.group_by or 'unknown'}; * best layer "
+        f"({statistic.get(results.best_layer_statistic, results.best_layer_statistic)}); "
+        f"~ unstable across folds (folds differ in sign or by more than {results.max_fold_spread:g})"
     )
 
     def width(name: str) -> int:  # a long header folds onto a second line: half of it
@@ -167,9 +178,12 @@ def _print_probe_table(results, min_r2: float) -> None:
                 res = results.targets[name]
                 r2 = res.r2[layer]
                 txt = "—" if not math.isfinite(r2) else f"{r2:.2f}"
+                if res.is_unstable(layer):
+                    txt += "~"
                 cells.append(f"[bold]{txt}*[/]" if layer == res.best_layer else txt)
             table.add_row(str(layer), *cells)
         console.print(table)
+    console.print(legend, highlight=False, soft_wrap=False)
 
     def at(values, best):
         if best is None or values is None or not math.isfinite(values[best]):
@@ -183,7 +197,7 @@ def _print_probe_table(results, min_r2: float) -> None:
         rows.append(
             {
                 "target": name,
-                "best": best,
+                "best": None if best is None else f"{best}~" if res.is_unstable(best) else best,
                 "r2": at(res.r2, best),
                 "control": at(res.control_r2, best),
                 "random_model": at(res.random_model_r2, best),
@@ -191,9 +205,12 @@ def _print_probe_table(results, min_r2: float) -> None:
                 "why_not": "; ".join(why) if best is not None else "no finite R²",
             }
         )
-    print_table(
-        rows,
-        title="best layer per target; control: permuted targets; random_model: untrained net",
+    print_table(rows, title="best layer per target")
+    console.print(
+        "control: permuted targets; random_model: untrained net of the same architecture; "
+        "~ the best layer's folds disagree (sign, or spread)",
+        highlight=False,
+        soft_wrap=False,
     )
 
 

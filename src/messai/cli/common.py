@@ -188,7 +188,9 @@ def _main(
 ModelOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--model", "-m", help="Hub id (default m-a-p/MERT-v1-95M) or a local checkpoint directory."
+        "--model",
+        "-m",
+        help="Hub id (default m-a-p/MERT-v1-95M), a local checkpoint directory, or crepe:tiny / crepe:full (extra 'crepe').",
     ),
 ]
 RevisionOpt = Annotated[

@@ -1,4 +1,5 @@
-"""Extraction: audio → windows → MERT hidden states of every layer, time-averaged per window.
+"""Extraction: audio → windows → a model's layers (MERT's hidden states, CREPE's conv blocks:
+see :mod:`messai.models`), time-averaged per window.
 
 ``FeatureExtractor`` is the in-memory API (files → arrays, one ``TrackResult`` per track); a
 background thread or a pool of worker processes (:mod:`messai.features.workers`) decodes,
@@ -87,13 +88,14 @@ def check_window(window: WindowSpec, checkpoint) -> WindowSpec:
     if min(segment, minimum) < rf:
         raise ConfigError(
             f"windows must be at least {rf} samples ({rf / checkpoint.sample_rate:.3f} s) "
-            "long, MERT's receptive field: raise --min-seconds / --segment-seconds"
+            "long, the model's receptive field: raise --min-seconds / --segment-seconds"
         )
     return window
 
 
 class FeatureExtractor:
-    """Load a MERT checkpoint once; turn audio files into per-window, per-layer embeddings.
+    """Load a model once (any family of :mod:`messai.models`: a MERT checkpoint, ``crepe:tiny``);
+    turn audio files into per-window, per-layer embeddings.
 
     >>> fx = FeatureExtractor(model="path/to/ckpt", device="cpu")  # doctest: +SKIP
     >>> out = fx.extract("song.flac")  # doctest: +SKIP
@@ -121,16 +123,12 @@ class FeatureExtractor:
         ``precision="int8"`` quantises the linear layers (CPU). ``null_model`` replaces the
         forward by zeros of the same shapes (benchmarks: the cost of everything else)."""
         from messai.device import default_batch_size, select_device, select_dtype
-        from messai.models.mert import MertCheckpoint, resolve_checkpoint
+        from messai.models import resolve_checkpoint
 
         self.device = select_device(device)
         self.dtype = select_dtype(precision, self.device)
         self.precision = precision
-        self.checkpoint = (
-            model
-            if isinstance(model, MertCheckpoint)
-            else resolve_checkpoint(model, revision=revision)
-        )
+        self.checkpoint = resolve_checkpoint(model, revision=revision)
         self.window = check_window(
             WindowSpec(segment_seconds, hop_seconds, min_seconds), self.checkpoint
         )
@@ -155,12 +153,12 @@ class FeatureExtractor:
     def loaded(self):
         """The model, loaded on first use (a run whose files all fail never loads it)."""
         if self._loaded is None:
-            from messai.models.mert import load_mert, null_mert
+            from messai.models import load_model, null_model
 
             if self.null_model:
-                self._loaded = null_mert(self.checkpoint, device=self.device)
+                self._loaded = null_model(self.checkpoint, device=self.device)
             else:
-                self._loaded = load_mert(
+                self._loaded = load_model(
                     self.checkpoint,
                     device=self.device,
                     dtype=self.dtype,
@@ -277,7 +275,7 @@ class FeatureExtractor:
         whose own window cannot be computed."""
         import torch
 
-        from messai.models.mert import pooled_hidden_states
+        from messai.models import pooled_hidden_states
 
         items = [it for it in items if it[0] in run.state]
         if not items:

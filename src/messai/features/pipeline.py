@@ -300,7 +300,7 @@ def _extract_dataset(
     from messai.config import load_settings, validate_dataset_name
     from messai.device import select_device, select_dtype
     from messai.features.store import FeatureStore
-    from messai.models.mert import resolve_checkpoint
+    from messai.models import resolve_checkpoint
 
     settings = settings or load_settings()
     listener = listener or ExtractionListener()

@@ -390,6 +390,12 @@ class FeatureStore:
         return dict(self._meta["model"])
 
     @property
+    def family(self) -> str:
+        """The model family that made the store (:mod:`messai.models`; stores without a
+        ``family`` in their model identity are MERT's)."""
+        return str(self._meta["model"].get("family", "mert"))
+
+    @property
     def settings(self) -> dict[str, Any]:
         """Extraction settings (rate, window, normalisation, dtype, precision; a copy)."""
         return dict(self._meta["settings"])

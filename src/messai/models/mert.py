@@ -58,6 +58,7 @@ class MertCheckpoint:
     config: dict[str, Any]  # config.json as stored
     preprocessor: dict[str, Any]
     weights_file: Path
+    family = "mert"  # a class attribute: the model family (messai.models)
 
     @property
     def sample_rate(self) -> int:
@@ -482,9 +483,15 @@ def write_random_checkpoint(
     revision: str | None = None,
 ) -> Path:
     """Write a random-weight checkpoint in the hub layout. Its embeddings mean nothing musically:
-    it is for smoke tests and for the random-initialisation control of layer probing."""
+    it is for smoke tests and for the random-initialisation control of layer probing.
+
+    With ``preset`` torch is seeded with ``seed``; with ``like`` (the twin of a checkpoint) with
+    :func:`messai.models.twin_seed` of ``seed`` and the source's weights, so a twin never
+    re-draws its source's weights (and one that equals them anyway is refused)."""
     import torch
     from transformers import HubertModel
+
+    from messai.models import refuse_identical, source_fingerprint, twin_seed
 
     if (like is None) == (preset is None):
         raise ModelError("give exactly one of --like ID|DIR or --preset tiny|base|large")
@@ -502,21 +509,31 @@ def write_random_checkpoint(
                 "or --like DIR (a local checkpoint)"
             ) from exc
         config = dict(source.config)
+        config.pop("mess_random_init", None)
         preprocessor = dict(source.preprocessor) or _default_preprocessor(source.sample_rate)
+        torch_seed = twin_seed(seed, source)
+        init = {
+            "seed": seed,
+            "torch_seed": torch_seed,
+            "like": str(like),
+            "like_weights": source_fingerprint(source),
+        }
     else:
+        source, torch_seed = None, seed
+        init = {"seed": seed, "like": preset}
         config = mert_config(preset)
         preprocessor = _default_preprocessor(24000)
     out = Path(directory).expanduser()
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out}: folder exists and is not empty; choose a new folder")
     _check_supported(config, out / "config.json")
-    torch.manual_seed(seed)
+    torch.manual_seed(torch_seed)
     net = HubertModel(
         hubert_config(MertCheckpoint("random", out, "local", config, preprocessor, out))
     )
     state = to_hub_keys(net.state_dict())
     out.mkdir(parents=True, exist_ok=True)
-    config = {**config, "mess_random_init": {"seed": seed, "like": str(like) if like else preset}}
+    config = {**config, "mess_random_init": init}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out / "preprocessor_config.json").write_text(
         json.dumps(preprocessor, indent=2) + "\n", encoding="utf-8"
@@ -531,6 +548,8 @@ def write_random_checkpoint(
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (out / name).exists():
             os.chmod(out / name, mode)  # safetensors writes 0600 whatever the umask
+    if source is not None:
+        refuse_identical(out, source)
     return out
 
 

@@ -274,11 +274,11 @@ class MertWorker:
     def _model(self):
         if self.loaded is None:
             from messai.device import select_device, select_dtype
-            from messai.models.mert import load_mert
+            from messai.models import load_model
 
             device = select_device(self.device)
             dtype = select_dtype(self.precision, device)
-            self.loaded = load_mert(self.checkpoint, device=device, dtype=dtype)
+            self.loaded = load_model(self.checkpoint, device=device, dtype=dtype)
         return self.loaded
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -305,7 +305,7 @@ class MertWorker:
         only the window (and so its track) that cannot be computed."""
         import torch
 
-        from messai.models.mert import pooled_hidden_states
+        from messai.models import pooled_hidden_states
 
         try:
             x = torch.from_numpy(np.stack([windows[r] for r in rows]))
