@@ -37,7 +37,8 @@ def served_home(tmp_path_factory, tiny_ckpt) -> Path:
         mp.setenv("MESS_CONFIG", str(home / "config.toml"))
         runner = CliRunner()
         r = runner.invoke(
-            app, ["extract", str(lib), "-d", "lib", "--model", str(tiny_ckpt), "--device", "cpu", "-q"]
+            app,
+            ["extract", str(lib), "-d", "lib", "--model", str(tiny_ckpt), "--device", "cpu", "-q"],
         )
         assert r.exit_code == 0, r.output
         r = runner.invoke(app, ["probe", "-d", "lib", "--folds", "3", "--bootstrap", "0"])

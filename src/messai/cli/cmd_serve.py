@@ -35,7 +35,9 @@ def serve_command(
     ] = None,
     cors: Annotated[
         Optional[list[str]],
-        typer.Option("--cors", help="Allow this browser origin (repeatable); CORS is off without it."),
+        typer.Option(
+            "--cors", help="Allow this browser origin (repeatable); CORS is off without it."
+        ),
     ] = None,
     model: ModelOpt = None,
     stores: StoresOpt = None,

@@ -14,7 +14,9 @@ and a static listening page.
 from __future__ import annotations
 
 #: pip extra that brings FastAPI and uvicorn
-EXTRA_HINT = "mess serve needs the 'serve' extra: pip install 'messai[serve]' (or: uv sync --extra serve)"
+EXTRA_HINT = (
+    "mess serve needs the 'serve' extra: pip install 'messai[serve]' (or: uv sync --extra serve)"
+)
 
 
 def check_extra() -> None:

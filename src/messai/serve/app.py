@@ -124,14 +124,14 @@ class Guard:
 
         try:
             headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
-            if self.token is not None and path.startswith("/v1/") and path != "/v1/health":
-                if not self._authorised(headers):
-                    await _error(
-                        401,
-                        "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-                        {"WWW-Authenticate": "Bearer"},
-                    )(scope, receive, send_status)
-                    return
+            guarded = path.startswith("/v1/") and path != "/v1/health"
+            if self.token is not None and guarded and not self._authorised(headers):
+                await _error(
+                    401,
+                    "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+                    {"WWW-Authenticate": "Bearer"},
+                )(scope, receive, send_status)
+                return
             length = headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
                 await _error(413, f"request body over {MAX_BODY} bytes")(
@@ -165,7 +165,7 @@ class Guard:
         auth = headers.get("authorization", b"")
         if auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
-        elif b"cookie" in headers:
+        elif "cookie" in headers:
             from http.cookies import SimpleCookie
 
             jar = SimpleCookie()
@@ -274,7 +274,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         """Stored tracks whose id or a label value contains ``q``, sorted by id, paged."""
         return queries.tracks_page(snap(dataset), q=q, cursor=cursor, limit=limit)
 
-    @app.api_route("/v1/tracks/{track_id:path}/audio", methods=["GET", "HEAD"])
+    @app.head("/v1/tracks/{track_id:path}/audio", include_in_schema=False)
+    @app.get("/v1/tracks/{track_id:path}/audio")
     def audio(track_id: str, request: Request, dataset: str | None = None):
         """The track's source file; honours ``Range: bytes=...`` (206, or 416 outside it)."""
         s = snap(dataset)
@@ -335,7 +336,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return queries.track_info(s, track_id, audio_url=audio_url(None, s.dataset, track_id))
 
     @app.post("/v1/recommend")
-    def recommend(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    def recommend(body: Any = Body(...)) -> dict[str, Any]:
         """Playlist shaping: ``{"positive": [ids], "negative": [ids], "aspect": [..], "k": 10,
         "space", "layer", "where", "max_per": "LABEL:N", "explain", "cursor", "dataset"}``."""
         req = _RecommendBody.parse(body)
@@ -367,9 +368,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     def heatmap(fmt: str, dataset: str | None = None) -> Response:
         """The probe heat-map (R² and selectivity by layer × target) as PNG or SVG."""
         data = queries.heatmap(snap(dataset), fmt)
-        return Response(
-            data, media_type="image/png" if fmt == "png" else "image/svg+xml"
-        )
+        return Response(data, media_type="image/png" if fmt == "png" else "image/svg+xml")
 
     # ---------------------------------------------------------------- the page
     static = resources.files("messai.serve") / "static"
@@ -400,19 +399,21 @@ def create_app(config: ServeConfig) -> FastAPI:
 
 
 class _RecommendBody:
-    FIELDS = {
-        "dataset",
-        "positive",
-        "negative",
-        "aspect",
-        "space",
-        "layer",
-        "k",
-        "where",
-        "max_per",
-        "explain",
-        "cursor",
-    }
+    FIELDS: frozenset[str] = frozenset(
+        {
+            "dataset",
+            "positive",
+            "negative",
+            "aspect",
+            "space",
+            "layer",
+            "k",
+            "where",
+            "max_per",
+            "explain",
+            "cursor",
+        }
+    )
 
     @classmethod
     def parse(cls, body: Any) -> dict[str, Any]:
@@ -444,7 +445,7 @@ class _RecommendBody:
 
         def opt(name: str, typ, default=None):
             v = body.get(name, default)
-            if v is not None and (not isinstance(v, typ) or isinstance(v, bool) and typ is int):
+            if v is not None and (not isinstance(v, typ) or (isinstance(v, bool) and typ is int)):
                 raise ConfigError(f"{name} must be {typ.__name__}")
             return v
 

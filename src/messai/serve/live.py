@@ -237,7 +237,10 @@ class LiveDataset:
             key = self.key()
             new = Snapshot(self.dataset, key, self.config)
             if snap is not None:
-                log.info("%s: the store or its indices changed; answering from the new state", self.dataset)
+                log.info(
+                    "%s: the store or its indices changed; answering from the new state",
+                    self.dataset,
+                )
             self._snap = new
             return new
 
@@ -289,12 +292,14 @@ class Registry:
         errors come from the caller; an unknown name is a DatasetNotServed error."""
         from messai.config import validate_dataset_name
 
-        name = self.default() if not dataset else dataset
+        name = dataset if dataset else self.default()
         with contextlib.suppress(KeyError):
             return self._live[name]
         validate_dataset_name(name)
         if name not in self.names():
-            raise DatasetNotServed(f"dataset {name!r} is not served here (served: {', '.join(self.names()) or 'none'})")
+            raise DatasetNotServed(
+                f"dataset {name!r} is not served here (served: {', '.join(self.names()) or 'none'})"
+            )
         with self._lock:
             if name not in self._live:
                 self._live[name] = LiveDataset(name, self.config)

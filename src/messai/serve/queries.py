@@ -44,7 +44,9 @@ def decode_cursor(cursor: str | None) -> int:
         data = json.loads(base64.urlsafe_b64decode(cursor + pad))
         offset = data["o"]
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise ConfigError("invalid cursor: pass back the next_cursor of a previous answer") from None
+        raise ConfigError(
+            "invalid cursor: pass back the next_cursor of a previous answer"
+        ) from None
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise ConfigError("invalid cursor: pass back the next_cursor of a previous answer")
     return offset
@@ -237,9 +239,7 @@ def _by_examples(rec, positive, negative, aspects, k, *, layer, where, max_per, 
     for t in positive + negative:
         rec.tracks.require_track(t)
     if rec.space_plan(aspects, layer) is not None:
-        raise ConfigError(
-            "several example tracks search whole layers here: pass space=layer"
-        )
+        raise ConfigError("several example tracks search whole layers here: pass space=layer")
     vectors = {}
     for _, lay, _ in rec.plan(aspects, layer):
         index = rec.index(lay)
@@ -278,8 +278,10 @@ def tracks_page(snap, *, q: str | None = None, cursor: str | None = None, limit:
     while i < len(ids) and len(out) < limit:
         t = ids[i]
         labels = cat.labels(t)
-        if not needle or needle in t.casefold() or any(
-            needle in str(v).casefold() for v in labels.values()
+        if (
+            not needle
+            or needle in t.casefold()
+            or any(needle in str(v).casefold() for v in labels.values())
         ):
             out.append({"track_id": t, "labels": labels})
         i += 1
@@ -378,7 +380,8 @@ def probe(snap) -> dict[str, Any]:
         "results": results,
         "meta": meta,
         "validation": validation,
-        "stale": bool(meta) and meta.get("store_fingerprint") != store.fingerprint(probe_inputs=True),
+        "stale": bool(meta)
+        and meta.get("store_fingerprint") != store.fingerprint(probe_inputs=True),
     }
 
 
