@@ -23,7 +23,9 @@ def syn(isolated_env):
 def add_track(store, tid: str, seed: int = 1) -> None:
     seg = np.random.default_rng(seed).normal(5.0, 1.0, size=(2, 2, 8)).astype(np.float32)
     targets = {"spectral_centroid": np.array([900.0, 1100.0], dtype=np.float32)}
-    arrays = track_arrays(seg, np.arange(2) * 120000, np.full(2, 120000), targets, store_dtype="float32")
+    arrays = track_arrays(
+        seg, np.arange(2) * 120000, np.full(2, 120000), targets, store_dtype="float32"
+    )
     store.put(synthetic_entry(tid, 2, ("spectral_centroid",), {"work": "new"}), arrays)
 
 
@@ -39,7 +41,12 @@ def test_a_new_extraction_is_answered_from_on_the_next_request(syn, isolated_env
         assert n_tracks(c) == 25
         r = c.get("/v1/tracks/new%2Fone/similar", params={"k": 3})
         assert r.status_code == 200 and len(r.json()["recommendations"]) == 3
-        ids = [x["track_id"] for x in c.get("/v1/tracks/c0%2Ftrack%20000/similar", params={"k": 24}).json()["recommendations"]]
+        ids = [
+            x["track_id"]
+            for x in c.get("/v1/tracks/c0%2Ftrack%20000/similar", params={"k": 24}).json()[
+                "recommendations"
+            ]
+        ]
         assert "new/one" in ids
 
 
