@@ -61,11 +61,11 @@ def test_space_similarity_equals_direct_computation(planted, isolated_env):
     fused = (2 * sims["fa"] + sims["fb"]) / 3
     order = [i for i in np.lexsort((np.arange(len(ids)), -fused)) if ids[i] != QUERY][:5]
     assert [r.track_id for r in res.recommendations] == [ids[i] for i in order]
-    np.testing.assert_allclose([r.similarity for r in res.recommendations], fused[order], atol=1e-9)
+    np.testing.assert_allclose([r.similarity for r in res.recommendations], fused[order], atol=1e-6)
     np.testing.assert_allclose(
         [r.layer_similarities for r in res.recommendations],
         [[sims["fa"][i], sims["fb"][i]] for i in order],
-        atol=1e-9,
+        atol=1e-6,
     )
     d = res.to_dict()
     assert [s["aspect"] for s in d["space"]] == ["fa", "fb"] and d["weights"] == [2.0, 1.0]
@@ -83,8 +83,19 @@ def test_routing(planted, isolated_env):
         _rec(isolated_env, space="aspect").recommend_by_id(QUERY, "spectral_brightness", 3)
     whole = _rec(isolated_env, space="layer").recommend_by_id(QUERY, "spectral_brightness", 3)
     assert whole.to_dict() == layer.to_dict()
-    with pytest.raises(ConfigError, match="unknown aspect 'fa'"):  # --layer: a whole layer
-        _rec(isolated_env).recommend_by_id(QUERY, "fa", 3, layer=1)
+    # --layer with a label aspect: that whole layer, unvalidated (issue 18)
+    given = _rec(isolated_env).recommend_by_id(QUERY, "fa", 3, layer=1)
+    assert given.spaces is None and given.layers == [1] and not given.validated
+    assert "--layer" in given.caveat
+    # --space layer with a label aspect: the layer its space was fitted on, unvalidated
+    by_space = _rec(isolated_env, space="layer").recommend_by_id(QUERY, "fa", 3)
+    assert by_space.spaces is None and by_space.layers == [1]
+    assert "label aspect" in by_space.caveat
+    assert [r.track_id for r in by_space.recommendations] == [
+        r.track_id for r in given.recommendations
+    ]
+    with pytest.raises(ConfigError, match="aspect 'nope' .unknown aspect.*fitted spaces: fa, fb"):
+        _rec(isolated_env, space="layer").recommend_by_id(QUERY, "nope", 3)
 
 
 def test_explain_equals_recomputation_from_the_store(planted, isolated_env):
@@ -184,4 +195,5 @@ def test_cli_fit_list_recommend_explain(isolated_env):
     r = runner.invoke(
         app, ["recommend", "-d", "planted", "-t", QUERY, "-a", "fa", "--space", "layer"]
     )
-    assert r.exit_code == 2 and "no layer for aspect 'fa'" in r.stderr
+    # a label aspect searched as a whole layer: the layer its space was fitted on (issue 18)
+    assert r.exit_code == 0 and "layer 1" in r.stdout and "NOT VALIDATED" in r.stdout

@@ -13,12 +13,12 @@ import pytest
 
 from messai.errors import ConfigError, SearchIndexError, TrackNotFoundError
 from messai.search import index_io
+from messai.search.fusion import fuse
 from messai.search.layer_index import (
     Float16Reranker,
     LayerIndex,
     Normalizer,
     build_index,
-    fuse,
     ivf_nlist,
 )
 

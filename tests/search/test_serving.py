@@ -109,7 +109,7 @@ def test_fused_aspects_apply_the_filter(served):
     build_layer_index(home, store, 1, kind="flat")
     rec = LayerBasedRecommender("syn", home=home, kind="flat")
     vectors = {lay: rec.index(lay).vector_of(QUERIES[0]) for lay in (0, 1)}
-    rec.plan = lambda aspect, layer=None: [("a", 0, 1.0), ("b", 1, 1.0)]  # two layers, no probe
+    rec.layer_for = {"a": 0, "b": 1}.__getitem__  # two layers, no probe
     result = rec.recommend_by_vector(
         vectors,
         ["a", "b"],

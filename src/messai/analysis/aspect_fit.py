@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from messai.analysis.aspect_space import AspectSpace, fit_ridge_span, fit_shrinkage_lda
+from messai.analysis.aspect_space import (
+    AspectSpace,
+    dict_checksum,
+    fit_ridge_span,
+    fit_shrinkage_lda,
+)
+from messai.analysis.results import DEFAULT_MIN_MARGIN
 from messai.errors import ConfigError
 
 SIDE_FILE = "aspect_spaces.json"
@@ -89,6 +95,146 @@ def _fit_on(X, source: SpaceSource, Y, names, labels, groups, *, folds, seed):
     return "shrinkage_lda", fit_shrinkage_lda(X, labels, groups, folds=folds, seed=seed)
 
 
+def _bootstrap_weights(groups: np.ndarray, n_bootstrap: int, seed: int):
+    """(group index per window, [n_bootstrap, n_groups] resample counts of whole groups)."""
+    _, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups = int(gidx.max()) + 1 if len(gidx) else 0
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_groups, size=(n_bootstrap, n_groups))
+    counts = np.zeros((n_bootstrap, n_groups))
+    np.add.at(counts, (np.arange(n_bootstrap)[:, None], draws), 1.0)
+    return gidx, counts
+
+
+def held_out_interval(
+    kind: str, oof, groups: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95
+) -> tuple[float, float, float]:
+    """(value, CI low, CI high) of a space's held-out score, the interval by resampling whole
+    groups (tracks, or the ``--group-by`` label): R² of out-of-fold predictions, pooled and
+    averaged over outputs (``kind`` ``"targets"``), or out-of-fold accuracy (``"label"``)."""
+    if kind == "targets":
+        kept, Y, P = oof
+        g = np.asarray(groups)[kept]
+        ok = np.isfinite(P).all(1)
+        Y, P, g = Y[ok], P[ok], g[ok]
+        gidx, W = _bootstrap_weights(g, n_bootstrap, seed)
+        G = int(gidx.max()) + 1 if len(gidx) else 0
+
+        def per_group(v):
+            out = np.zeros((G, v.shape[1]))
+            np.add.at(out, gidx, v)
+            return out
+
+        n_g = np.bincount(gidx, minlength=G).astype(float)
+        sse_g, y_g, yy_g = per_group((P - Y) ** 2), per_group(Y), per_group(Y**2)
+
+        def r2(w):  # w [b, G] → mean over outputs of 1 - SSE/TSS
+            n = w @ n_g
+            tss = w @ yy_g - (w @ y_g) ** 2 / n[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.nanmean(np.where(tss > 0, 1 - (w @ sse_g) / tss, np.nan), axis=1)
+
+        value = float(r2(np.ones((1, G)))[0])
+        boot = r2(W)
+    else:
+        hit = np.asarray(oof, dtype=np.float64)
+        ok = np.isfinite(hit)
+        gidx, W = _bootstrap_weights(np.asarray(groups)[ok], n_bootstrap, seed)
+        G = int(gidx.max()) + 1 if len(gidx) else 0
+        c_g = np.bincount(gidx, weights=hit[ok], minlength=G)
+        n_g = np.bincount(gidx, minlength=G).astype(float)
+        value = float(c_g.sum() / n_g.sum()) if n_g.sum() else float("nan")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot = (W @ c_g) / (W @ n_g)
+    boot = boot[np.isfinite(boot)]
+    if not len(boot) or not np.isfinite(value):
+        return value, float("nan"), float("nan")
+    tail = (1 - ci) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return value, float(low), float(high)
+
+
+def validate_space(
+    kind: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    min_r2: float,
+    chance: float | None,
+    control: float | None,
+    control_store: str | None,
+    margin: float,
+) -> dict[str, Any]:
+    """The ``evidence["validation"]`` of a space: validated only when the lower confidence
+    bound of its held-out score clears the threshold (R² ``min_r2`` for targets, chance +
+    ``margin`` for a label) and, when a control store exists, the random-weights control's score
+    + ``margin``: the same kind of rule as a layer's (:meth:`TargetProbeResult.is_validated`)."""
+    statistic = "cv_r2" if kind == "targets" else "cv_accuracy"
+    threshold = min_r2 if kind == "targets" else float(chance or 0.0) + margin
+    failures = []
+    if not np.isfinite(low):
+        failures.append(f"no held-out {statistic} interval (too few groups)")
+    elif not low > threshold:
+        failures.append(
+            f"held-out {statistic} {value:.3f} (95% CI low {low:.3f}) is not above "
+            + (
+                f"the R² threshold {threshold:g}"
+                if kind == "targets"
+                else f"chance {chance:g} + {margin:g}"
+            )
+        )
+    if control is not None and np.isfinite(low) and not low > control + margin:
+        failures.append(
+            f"CI low {low:.3f} is not above the random-weights control ({control_store}: "
+            f"{control:.3f}) + {margin:g}"
+        )
+    r = lambda v: None if v is None or not np.isfinite(v) else round(float(v), 4)  # noqa: E731
+    return {
+        "statistic": statistic,
+        "value": r(value),
+        "ci_low": r(low),
+        "ci_high": r(high),
+        "threshold": round(float(threshold), 4),
+        "control": r(control),
+        "control_store": control_store,
+        "validated": not failures,
+        "failures": failures,
+    }
+
+
+def space_validation(space) -> tuple[bool, str | None]:
+    """(validated?, why not) of a fitted space, from its saved evidence."""
+    v = (space.evidence or {}).get("validation")
+    if not isinstance(v, dict):
+        return False, "no held-out validation recorded (fitted by an older mess): refit it"
+    if v.get("validated") is True:
+        return True, None
+    return False, "; ".join(v.get("failures") or ["held-out evidence fails"])
+
+
+def fit_suggestion(store, name: str, *, refit: bool = False, quote=str) -> str:
+    """What to run to fit (or refit) a space for ``name``: a command that works as given (a
+    built-in aspect, or a label of the store: ``--from label:NAME``), else what is missing."""
+    from messai.analysis.aspects import ASPECTS
+
+    base = f"mess aspects fit --dataset {quote(store.dataset)} --aspect {quote(name)}"
+    if refit:
+        spaces = _read(store)
+        d = spaces.get(name) or {}
+        if d.get("kind") == "label" and d.get("sources"):
+            base += f" --from label:{quote(d['sources'][0])}"
+        return base
+    if name in ASPECTS:
+        return f"fit one: {base}"
+    if any(name in store.labels(t) for t in store.track_ids()[:50]):
+        return f"fit one: {base} --from label:{quote(name)}"
+    return (
+        f"{name!r} is neither a built-in aspect ({', '.join(ASPECTS)}) nor a label of "
+        f"{store.dataset!r}; to fit a space for it say what defines it: {base} --from target:NAME"
+    )
+
+
 def _score(evidence: dict[str, Any]) -> float:
     if "cv_r2" in evidence:
         return float(np.nanmean(list(evidence["cv_r2"].values())))
@@ -105,6 +251,9 @@ def fit_aspect_space(
     folds: int = 5,
     seed: int = 0,
     track_ids: list[str] | None = None,
+    control_store: str | None = None,
+    min_r2: float | None = None,
+    n_bootstrap: int = 1000,
 ) -> AspectSpace:
     """Fit ``aspect``'s space on the store's windows.
 
@@ -119,6 +268,17 @@ def fit_aspect_space(
         ``track`` or a label: no group on both sides of a CV split.
     track_ids
         Fit on these tracks only (default all; the benchmark fits on some groups).
+    control_store
+        Dataset name of the same tracks extracted with a random-weights model: the space fitted
+        the same way there is the control its held-out score must clear. Default: the control
+        store the store's probe used, if any; ``""`` for none.
+    min_r2
+        R² threshold of a target space (default: the probe's, else 0.5).
+    n_bootstrap
+        Group resamples of the held-out score's confidence interval.
+
+    The result's ``evidence["validation"]`` says whether the space is validated and why not
+    (:func:`validate_space`).
     """
     from messai.analysis.discovery import probe_inputs
     from messai.features.store import now_iso
@@ -161,10 +321,37 @@ def fit_aspect_space(
     if bad:
         raise ConfigError(f"layer {bad[0]} out of range: the store has 0..{store.n_layers - 1}")
     X = _window_matrix(segments, list(layers))
-    method, (mean, comp, evidence) = _fit_on(
-        X, source, Y, names, labels, groups, folds=folds, seed=seed
-    )
+    if source.kind == "targets":
+        method = "ridge_span"
+        mean, comp, evidence, oof = fit_ridge_span(
+            X, Y, groups, output_names=names, folds=folds, seed=seed, return_oof=True
+        )
+    else:
+        method = "shrinkage_lda"
+        mean, comp, evidence, oof = fit_shrinkage_lda(
+            X, labels, groups, folds=folds, seed=seed, return_oof=True
+        )
     evidence = {**evidence, "group_by": group_by}
+    control_name = control_store if control_store is not None else _probe_control(store)
+    control_score = None
+    if control_name:
+        control_score = _control_score(
+            store, control_name, ids, list(layers), source, Y, names, labels, groups, folds, seed
+        )
+    value, low, high = held_out_interval(
+        source.kind, oof, groups, n_bootstrap=n_bootstrap, seed=seed
+    )
+    evidence["validation"] = validate_space(
+        source.kind,
+        value,
+        low,
+        high,
+        min_r2=min_r2 if min_r2 is not None else _probe_min_r2(store),
+        chance=evidence.get("chance"),
+        control=control_score,
+        control_store=control_name or None,
+        margin=DEFAULT_MIN_MARGIN,
+    )
     if layer_scores is not None:
         evidence["layer_scores"] = {str(k): v for k, v in layer_scores.items()}
     return AspectSpace(
@@ -179,6 +366,45 @@ def fit_aspect_space(
         store.fingerprint(probe_inputs=True) if track_ids is None else None,
         now_iso(),
     )
+
+
+def _probe_meta(store) -> dict[str, Any]:
+    from messai.analysis.aspects import load_probe
+
+    return load_probe(store)[1] or {}
+
+
+def _probe_control(store) -> str | None:
+    return _probe_meta(store).get("control_store")
+
+
+def _probe_min_r2(store) -> float:
+    from messai.analysis.results import DEFAULT_MIN_R2
+
+    return float(_probe_meta(store).get("min_r2", DEFAULT_MIN_R2))
+
+
+def _control_score(store, control_name, ids, layers, source, Y, names, labels, groups, folds, seed):
+    """The held-out score of the same fit on the random-weights control store's windows."""
+    from messai.features.store import FeatureStore
+
+    control = FeatureStore.open(control_name) if isinstance(control_name, str) else control_name
+    missing = [t for t in ids if t not in control]
+    if missing:
+        raise ConfigError(
+            f"control store {control.dataset!r} lacks {len(missing)} of the {len(ids)} tracks "
+            f"(e.g. {missing[0]!r}); extract them with the random-weights model"
+        )
+    data = control.read_windows(track_ids=list(ids))
+    segments = data["segments"]
+    if len(segments) != len(groups):
+        raise ConfigError(
+            f"control store {control.dataset!r} has other windows than {store.dataset!r} "
+            "(different segment settings); extract it with the same settings"
+        )
+    X = _window_matrix(segments, layers)
+    _, (_, _, ev) = _fit_on(X, source, Y, names, labels, groups, folds=folds, seed=seed)
+    return _score(ev)
 
 
 def _default_layers(store, aspect: str, source: SpaceSource) -> list[int] | None:
@@ -211,7 +437,8 @@ def _read(store) -> dict[str, Any]:
 def save_space(store, space: AspectSpace) -> str:
     """Add (or replace) ``space`` in the store's ``aspect_spaces.json``; return its location."""
     spaces = _read(store)
-    spaces[space.name] = space.to_dict()
+    entry = space.to_dict()
+    spaces[space.name] = {**entry, "checksum": dict_checksum(entry)}
     text = json.dumps({"format": FORMAT, "version": 1, "spaces": spaces}, ensure_ascii=False)
     return store.write_side_file(SIDE_FILE, (text + "\n").encode("utf-8"))
 
@@ -235,6 +462,12 @@ def load_spaces(store) -> dict[str, tuple[AspectSpace, bool]]:
     now = store.fingerprint(probe_inputs=True)
     out = {}
     for name, d in spaces.items():
+        problem = space_file_problem(d)
+        if problem is not None:
+            raise ConfigError(
+                f"{store.uri}/{SIDE_FILE}: space {name!r} {problem}; fit it again "
+                f"({fit_suggestion(store, name, refit=True)})"
+            )
         try:
             space = AspectSpace.from_dict(d)
         except (KeyError, TypeError, ValueError) as exc:
@@ -243,3 +476,25 @@ def load_spaces(store) -> dict[str, tuple[AspectSpace, bool]]:
             ) from None
         out[name] = (space, space.fingerprint != now)
     return out
+
+
+def space_file_problem(d: Any) -> str | None:
+    """Why a saved space entry must not be used (None when it is intact): its checksum does
+    not match its content (the file was edited after the fit), or it has none (saved by an
+    older mess: content unverifiable)."""
+    if not isinstance(d, dict):
+        return "is not an object"
+    if "checksum" not in d:
+        return "has no checksum (saved by an older mess; its content cannot be verified)"
+    if d["checksum"] != dict_checksum(d):
+        return "was edited after it was fitted (its checksum does not match its content)"
+    return None
+
+
+def verify_spaces(store) -> list[dict[str, Any]]:
+    """``[{"space", "status"}]`` per saved space: ``ok`` or why it is unusable (for ``mess
+    index --verify``)."""
+    return [
+        {"space": name, "status": "ok" if (p := space_file_problem(d)) is None else f"damaged: {p}"}
+        for name, d in _read(store).items()
+    ]

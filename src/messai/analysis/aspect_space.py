@@ -102,6 +102,11 @@ class AspectSpace:
             "components": self.components_.astype(np.float32).tolist(),
         }
 
+    def checksum(self) -> str:
+        """SHA-256 (hex, 20 characters) of the space as saved (:func:`dict_checksum` of
+        :meth:`to_dict`): what its index and results depend on."""
+        return dict_checksum(self.to_dict())
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AspectSpace:
         mean = np.asarray(d["mean"], dtype=np.float64)
@@ -118,6 +123,17 @@ class AspectSpace:
             d.get("fingerprint"),
             d.get("created"),
         )
+
+
+def dict_checksum(d: dict[str, Any]) -> str:
+    """SHA-256 (hex, 20 characters) of a saved space's canonical JSON, its own ``checksum``
+    entry left out (numbers as float32 values, as saved)."""
+    import hashlib
+    import json
+
+    body = {k: v for k, v in d.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
 def similarity_from_distance(d2: np.ndarray, dim: int) -> np.ndarray:
@@ -167,8 +183,10 @@ def fit_ridge_span(
     output_names: list[str] | None = None,
     folds: int = 5,
     seed: int = 0,
+    return_oof: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The whitened span of a ridge probe's weights.
+    """The whitened span of a ridge probe's weights (``return_oof``: also ``(kept, Y,
+    predictions)``, the windows used, their targets and out-of-fold predictions).
 
     Parameters
     ----------
@@ -196,6 +214,7 @@ def fit_ridge_span(
     splits = _folds(groups, folds, seed)
     alphas = np.asarray(ALPHAS)
     sse = np.zeros((len(alphas), Y.shape[1]))
+    oof = np.full((len(alphas), *Y.shape), np.nan) if return_oof else None
     for train, test in splits:
         mx, ix = _standardise(X[train])
         my, sy = Y[train].mean(0), Y[train].std(0)
@@ -206,6 +225,8 @@ def fit_ridge_span(
         for i, W in enumerate(Ws):
             p = (Xt @ W) * sy + my
             sse[i] += ((p - Y[test]) ** 2).sum(0)
+            if oof is not None:
+                oof[i][test] = p
     tss = ((Y - Y.mean(0)) ** 2).sum(0)
     tss = np.where(tss > 0, tss, np.nan)
     r2 = 1.0 - sse / tss  # [n_alphas, m]
@@ -233,6 +254,8 @@ def fit_ridge_span(
         "folds": len(splits),
         "n_windows": len(X),
     }
+    if return_oof:  # (windows kept, their out-of-fold predictions at the chosen alpha)
+        return mx, components, evidence, (ok, Y, oof[best])
     return mx, components, evidence
 
 
@@ -245,6 +268,7 @@ def fit_shrinkage_lda(
     seed: int = 0,
     max_components: int | None = None,
     evaluate: bool = True,
+    return_oof: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """A shrinkage-LDA projection (scikit-learn ``solver="eigen", shrinkage="auto"``);
     ``evaluate=False`` skips the cross-validated accuracy (``cv_accuracy`` None).
@@ -267,6 +291,7 @@ def fit_shrinkage_lda(
     mx, ix = _standardise(X)
     Xs = (X - mx) * ix
     correct, tried = 0, 0
+    hit = np.full(len(labels), np.nan)  # out-of-fold: 1 right, 0 wrong, nan untested
     splits = _folds(np.asarray(groups), folds, seed) if evaluate else []
     for train, test in splits:
         if len(np.unique(labels[train])) < 2:
@@ -274,7 +299,9 @@ def fit_shrinkage_lda(
         lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(
             Xs[train], labels[train]
         )
-        correct += int((lda.predict(Xs[test]) == labels[test]).sum())
+        right = lda.predict(Xs[test]) == labels[test]
+        hit[test] = right
+        correct += int(right.sum())
         tried += len(test)
     lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(Xs, labels)
     r = len(classes) - 1 if max_components is None else min(max_components, len(classes) - 1)
@@ -287,4 +314,6 @@ def fit_shrinkage_lda(
         "folds": len(splits),
         "n_windows": len(X),
     }
+    if return_oof:
+        return mx, components, evidence, hit
     return mx, components, evidence

@@ -372,18 +372,19 @@ def recommend_command(
         return
     if track != "-":
         result = rec.recommend_by_id(
-            track, aspects, k, layer=layer, exclude_same=exclude_same or (), **scoping
+            track,
+            aspects,
+            k,
+            layer=layer,
+            exclude_same=exclude_same or (),
+            explain=explain,
+            **scoping,
         )
-        if explain:
-            from messai.search.explain import explain_result
-
-            result = explain_result(rec, result)
         _short_notice(result, k)
         _missing_notice(rec, result)
         _render(result, fmt, header=not no_header)
         return
-    if rec.space_plan(aspects, layer) is None:  # a bad --aspect/--layer fails once, up front
-        rec.plan(aspects, layer)
+    rec.plan_parts(aspects, layer)  # a bad --aspect/--layer fails once, up front
     failed = 0
     header = not no_header
     for line in sys.stdin:
@@ -394,12 +395,14 @@ def recommend_command(
             tid = tid.strip()  # stray spaces from a hand-made list
         try:
             result = rec.recommend_by_id(
-                tid, aspects, k, layer=layer, exclude_same=exclude_same or (), **scoping
+                tid,
+                aspects,
+                k,
+                layer=layer,
+                exclude_same=exclude_same or (),
+                explain=explain,
+                **scoping,
             )
-            if explain:
-                from messai.search.explain import explain_result
-
-                result = explain_result(rec, result)
         except MessError as exc:
             error_line(str(exc))
             failed += 1

@@ -98,6 +98,39 @@ def stale_command(
     )
 
 
+@dataclass(frozen=True)
+class LayerSource:
+    """What a layer's index is built from: its vectors, their fingerprint, its folder and the
+    command that rebuilds it. A fitted aspect space has its own source
+    (:class:`messai.search.spaces.FittedSpaceSource`); :func:`build_source_index` and
+    :func:`load_source_index` take either."""
+
+    store: Any
+    layer: int
+
+    @property
+    def what(self) -> str:
+        return f"layer {self.layer}"
+
+    def folder(self, home: Path, *, normalize: str, kind: str) -> Path:
+        return index_dir(home, self.store, self.layer, normalize=normalize, kind=kind)
+
+    def fingerprint(self, *, normalize: str, kind: str, params: dict[str, Any] | None) -> str:
+        return index_fingerprint(
+            self.store, self.layer, normalize=normalize, kind=kind, params=params
+        )
+
+    def vectors(self, track_ids: list[str]) -> np.ndarray:
+        return layer_vectors(self.store, self.layer, track_ids)[1]
+
+    def command(self, *, normalize: str, kind: str, params: dict[str, Any] | None) -> str:
+        return stale_command(self.store, self.layer, normalize=normalize, kind=kind, params=params)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"layer": self.layer}
+
+
 @dataclass
 class IndexOutcome:
     layer: int
@@ -108,9 +141,11 @@ class IndexOutcome:
     memory_bytes: int = 0  # the FAISS structure, held in RAM when loaded
     mapped_bytes: int = 0  # ivfpq/hnsw-sq8 re-ranking vectors: on disk, paged in on demand
     n_removed: int = 0  # tombstones until the next rebuild
+    space: str | None = None  # a fitted aspect space's index (then layer is its first layer)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **({} if self.space is None else {"space": self.space}),
             "layer": self.layer,
             "path": str(self.path),
             "action": self.action,
@@ -122,7 +157,7 @@ class IndexOutcome:
         }
 
 
-def _outcome(layer: int, path: Path, action: str, index) -> IndexOutcome:
+def _outcome(source, path: Path, action: str, index) -> IndexOutcome:
     from messai.search.index_io import INDEX_FILE, VECTORS_FILE
 
     def size(name: str) -> int:
@@ -132,13 +167,14 @@ def _outcome(layer: int, path: Path, action: str, index) -> IndexOutcome:
             return 0
 
     return IndexOutcome(
-        layer,
+        int(source.meta["layer"]),
         path,
         action,
         len(index),
         memory_bytes=size(INDEX_FILE),
         mapped_bytes=size(VECTORS_FILE),
         n_removed=index.n_removed,
+        space=source.meta.get("space"),
     )
 
 
@@ -153,13 +189,28 @@ def build_layer_index(
     force: bool = False,
 ) -> IndexOutcome:
     """Build (or bring up to date) the index of one layer and save it atomically."""
+    return build_source_index(
+        home, LayerSource(store, layer), normalize=normalize, kind=kind, params=params, force=force
+    )
+
+
+def build_source_index(
+    home: Path,
+    source,
+    *,
+    normalize: str = "center",
+    kind: str = "flat",
+    params: dict[str, Any] | None = None,
+    force: bool = False,
+) -> IndexOutcome:
+    """Build (or bring up to date) the index of any source (a layer, a fitted aspect space)."""
     import time
 
     t0 = time.perf_counter()
-    path = index_dir(home, store, layer, normalize=normalize, kind=kind)
+    path = source.folder(home, normalize=normalize, kind=kind)
     with _build_lock(path):
         out = _build_locked(
-            path, store, layer, normalize=normalize, kind=kind, params=params, force=force
+            path, source, normalize=normalize, kind=kind, params=params, force=force
         )
     out.seconds = time.perf_counter() - t0
     return out
@@ -167,8 +218,7 @@ def build_layer_index(
 
 def _build_locked(
     path: Path,
-    store,
-    layer: int,
+    source,
     *,
     normalize: str,
     kind: str,
@@ -177,6 +227,7 @@ def _build_locked(
 ) -> IndexOutcome:
     from messai.search.layer_index import LayerIndex, build_index
 
+    store = source.store
     ids = store.track_ids()
     if not ids:
         raise SearchIndexError(f"dataset {store.dataset!r} has no tracks to index")
@@ -190,23 +241,25 @@ def _build_locked(
         params = old.meta.get("params_requested") or None
     if force:
         old = None
-    fp = index_fingerprint(store, layer, normalize=normalize, kind=kind, params=params)
+    fp = source.fingerprint(normalize=normalize, kind=kind, params=params)
     if old is not None and old.fingerprint == fp:
-        return _outcome(layer, path, "up to date", old)
+        return _outcome(source, path, "up to date", old)
     versions = _versions(store, ids)
     meta = {
         "dataset": store.dataset,
         "model": store.model_id,
-        "layer": layer,
+        **source.meta,
         "versions": versions,
         "params_requested": params or {},
     }
     # Appending keeps the old corpus statistics, so an exact flat index is only appended to when it
-    # has none (l2); flat center/zscore indices are cheap to rebuild and then equal a fresh build.
+    # has none (l2, or none for an aspect space); flat center/zscore indices are cheap to rebuild
+    # and then equal a fresh build.
     if (
         old is not None
         and old.meta.get("params_requested") == (params or {})
-        and (kind != "flat" or normalize == "l2")
+        and {k: old.meta.get(k) for k in source.meta} == source.meta
+        and (kind != "flat" or normalize in ("l2", "none"))
     ):
         before = old.meta.get("versions", {})
         new_ids = [t for t in ids if t not in before]
@@ -218,17 +271,21 @@ def _build_locked(
         if unchanged and not back and (new_ids or gone) and few and few_removed:
             old.remove(gone, fingerprint=fp)
             if new_ids:
-                _, vecs = layer_vectors(store, layer, new_ids)
-                old.add(vecs, new_ids, fingerprint=fp)
+                old.add(source.vectors(new_ids), new_ids, fingerprint=fp)
             old.meta.update(meta)
             _save(old, path)
-            return _outcome(layer, path, "updated" if gone else "appended", old)
-    _, vecs = layer_vectors(store, layer, ids)
+            return _outcome(source, path, "updated" if gone else "appended", old)
     index = build_index(
-        vecs, ids, kind=kind, normalize=normalize, params=params, fingerprint=fp, meta=meta
+        source.vectors(ids),
+        ids,
+        kind=kind,
+        normalize=normalize,
+        params=params,
+        fingerprint=fp,
+        meta=meta,
     )
     _save(index, path)
-    return _outcome(layer, path, "built", index)
+    return _outcome(source, path, "built", index)
 
 
 def _save(index, path: Path) -> None:
@@ -263,29 +320,43 @@ def load_layer_index(
     kind: str = "flat",
     on_notice: Callable[[str], None] | None = None,
 ):
-    """The up-to-date index of one layer: loaded from the cache; a missing or stale flat index is
-    (re)built on the fly with a notice; a missing or stale hnsw/ivf index is an error."""
+    """The up-to-date index of one layer (see :func:`load_source_index`)."""
+    return load_source_index(
+        home, LayerSource(store, layer), normalize=normalize, kind=kind, on_notice=on_notice
+    )
+
+
+def load_source_index(
+    home: Path,
+    source,
+    *,
+    normalize: str = "center",
+    kind: str = "flat",
+    on_notice: Callable[[str], None] | None = None,
+):
+    """The up-to-date index of a source (a layer, a fitted aspect space): loaded from the cache;
+    a missing or stale flat index is (re)built on the fly with a notice; a missing or stale
+    approximate one is an error naming the command that builds it."""
     from messai.search.layer_index import LayerIndex
 
-    path = index_dir(home, store, layer, normalize=normalize, kind=kind)
-    index = _load_if_fresh(path, store, layer, normalize=normalize, kind=kind, on_notice=on_notice)
+    path = source.folder(home, normalize=normalize, kind=kind)
+    index = _load_if_fresh(path, source, normalize=normalize, kind=kind, on_notice=on_notice)
     if index is not None:
         return index
     with _build_lock(path):  # another process may have rebuilt it meanwhile
-        index = _load_if_fresh(path, store, layer, normalize=normalize, kind=kind, on_notice=None)
+        index = _load_if_fresh(path, source, normalize=normalize, kind=kind, on_notice=None)
         if index is None:
-            _build_locked(
-                path, store, layer, normalize=normalize, kind=kind, params=None, force=True
-            )
+            _build_locked(path, source, normalize=normalize, kind=kind, params=None, force=True)
             index = LayerIndex.load(path)
     return index
 
 
-def _load_if_fresh(path: Path, store, layer: int, *, normalize: str, kind: str, on_notice):
+def _load_if_fresh(path: Path, source, *, normalize: str, kind: str, on_notice):
     """The cached index if it is up to date; None when a flat one must be (re)built (with a
-    notice); SearchIndexError when an hnsw/ivf one is missing or stale."""
+    notice); SearchIndexError when an approximate one is missing or stale."""
     from messai.search.layer_index import LayerIndex
 
+    store = source.store
     index = None
     if (path / "meta.json").is_file():
         try:
@@ -296,26 +367,26 @@ def _load_if_fresh(path: Path, store, layer: int, *, normalize: str, kind: str, 
             if on_notice:
                 on_notice(f"note: {exc}; rebuilding")
     params = index.meta.get("params_requested") if index is not None else None
-    command = stale_command(store, layer, normalize=normalize, kind=kind, params=params)
+    command = source.command(normalize=normalize, kind=kind, params=params)
     if index is not None:
-        if index.fingerprint == index_fingerprint(
-            store, layer, normalize=normalize, kind=kind, params=params
-        ):
+        if index.fingerprint == source.fingerprint(normalize=normalize, kind=kind, params=params):
             return index
         if kind != "flat":
             raise SearchIndexError(
-                f"the {kind} index of layer {layer} of {store.dataset!r} is stale (the store changed); run: {command}"
+                f"the {kind} index of {source.what} of {store.dataset!r} is stale (the store "
+                f"or the space changed); run: {command}"
             )
         if on_notice:
             on_notice(
-                f"note: layer {layer} index of {store.dataset!r} was stale (the store changed); rebuilding it"
+                f"note: the {source.what} index of {store.dataset!r} was stale (the store or "
+                "the space changed); rebuilding it"
             )
     elif kind != "flat":
         raise SearchIndexError(
-            f"no {kind} index for layer {layer} of {store.dataset!r}; run: {command}"
+            f"no {kind} index for {source.what} of {store.dataset!r}; run: {command}"
         )
     elif on_notice:
         on_notice(
-            f"note: building the layer {layer} index of {store.dataset!r} ({len(store)} tracks)"
+            f"note: building the {source.what} index of {store.dataset!r} ({len(store)} tracks)"
         )
     return None

@@ -77,13 +77,12 @@ def target_differences(
     return rows[:top]
 
 
-def explain_result(rec, result, *, top_targets: int = 3):
+def explain_result(rec, result, *, query_track: str | None = None, top_targets: int = 3):
     """``result`` (a ``RecommendationResult`` of ``rec``) with each recommendation's
-    ``explanation`` filled in."""
-    from messai.analysis.aspect_fit import load_spaces
-    from messai.search.aspect_search import space_index
+    ``explanation`` filled in, relative to ``query_track`` (default the result's query track)."""
+    from messai.search.spaces import load_fitted
 
-    query = result.query.get("track_id")
+    query = query_track if query_track is not None else result.query.get("track_id")
     if query is None:
         raise ConfigError(
             "--explain needs a stored query track (--track): an audio file has no stored targets"
@@ -92,17 +91,17 @@ def explain_result(rec, result, *, top_targets: int = 3):
     ids = store.track_ids()
     row = {t: i for i, t in enumerate(ids)}
     means = track_target_means(store, ids)
-    spaces = load_spaces(store)
-    positions = {}
-    for name, (space, stale) in spaces.items():
-        idx = space_index(rec, space)
-        positions[name + (" (stale)" if stale else "")] = idx
+    spaces = {
+        name + (" (stale)" if stale else ""): load_fitted(rec, space, stale=stale)
+        for name, (space, stale) in rec.fitted_spaces().items()
+    }
+    anchors = {label: fs.query_of(query) for label, fs in spaces.items()}
     recs = []
     for r in result.recommendations:
-        sims = {}
-        for label, idx in positions.items():
-            z = idx.position_of(query)
-            sims[label] = round(float(idx.similarities(z)[idx.track_ids.index(r.track_id)]), 6)
+        sims = {
+            label: round(float(fs.similarities(anchors[label], [r.track_id])[0]), 6)
+            for label, fs in spaces.items()
+        }
         explanation = {
             "aspect_similarities": sims,
             "target_differences": target_differences(

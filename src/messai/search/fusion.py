@@ -1,17 +1,15 @@
-"""Weighted fusion of several layer indices' similarities (a mix of aspects)."""
+"""Weighted fusion of several spaces' similarities (a mix of aspects; see
+:mod:`messai.search.spaces`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from messai.errors import ConfigError, SearchIndexError, TrackNotFoundError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from messai.search.layer_index import LayerIndex
 
 __all__ = ["FusionResult", "fuse"]
 
@@ -55,7 +53,7 @@ class FusionResult:
 
 
 def fuse(
-    parts: Sequence[tuple[float, LayerIndex, str | np.ndarray]],
+    parts: Sequence[tuple[float, Any, str | np.ndarray]],
     k: int,
     *,
     exclude_ids: Iterable[str] = (),
@@ -63,13 +61,15 @@ def fuse(
     normalized: bool = False,
     scope: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> FusionResult:
-    """Weighted fusion of per-layer similarities over the union of per-layer candidates.
+    """Weighted fusion of per-space similarities over the union of per-space candidates.
 
     Parameters
     ----------
-    parts : sequence of (float, LayerIndex, str or np.ndarray)
-        ``(weight, index, query)`` per aspect/layer; ``weight`` > 0; ``query`` is a track id
-        (excluded from the results) or a vector [dim] for that index's layer.
+    parts : sequence of (float, space, str or np.ndarray)
+        ``(weight, space, query)`` per aspect; ``weight`` > 0. A space is a
+        :class:`messai.search.spaces.LayerSpace` or ``FittedSpace`` (or a bare ``LayerIndex``,
+        taken as its layer's space); ``query`` is a track id (excluded from the results) or
+        the space's query vector.
     k : int
         Results wanted.
     exclude_ids : iterable of str
@@ -79,10 +79,10 @@ def fuse(
         these is re-scored exactly in every part, so the result is exact over that union; a
         track outside every part's candidate list cannot appear.
     normalized : bool
-        Query vectors are already normalised by their index (``index.transform`` or
-        ``index.vector_of``); by default they are raw and normalised here.
+        Bare ``LayerIndex`` parts only: the query vectors are already normalised
+        (``index.transform`` or ``index.vector_of``); by default they are raw.
     scope : callable, optional
-        Maps an index's track ids to a bool mask of those that may be returned (a filter),
+        Maps a space's track ids to a bool mask of those that may be returned (a filter),
         applied inside each part's search.
 
     Returns
@@ -91,23 +91,20 @@ def fuse(
         Ranked by Σ w·sim / Σ w (ties by first appearance in the union).
     """
     if not parts:
-        raise ConfigError("fusion needs at least one (weight, index, query) part")
+        raise ConfigError("fusion needs at least one (weight, space, query) part")
     weights = np.array([float(w) for w, _, _ in parts])
     if not (np.isfinite(weights).all() and (weights > 0).all()):
         raise ConfigError(f"fusion weights must be positive, got {weights.tolist()}")
     excluded = set(exclude_ids) | {q for _, _, q in parts if isinstance(q, str)}
-    queries = [_normalized_query(index, query, normalized) for _, index, query in parts]
+    spaces = [_as_space(space) for _, space, _ in parts]
+    queries = [_query(sp, q, normalized) for sp, (_, _, q) in zip(spaces, parts)]
     per_part = n_candidates if n_candidates is not None else max(4 * k, 50)
 
     candidates: dict[str, None] = {}
-    for (_, index, _), qn in zip(parts, queries):
-        exclude = index.positions_of(excluded)
-        allow = None if scope is None else np.asarray(scope(index.track_ids), dtype=bool)
-        _, positions = index.search_normalized(
-            qn[None, :], per_part, exclude=[exclude], allow=allow
-        )
-        for p in positions[0][positions[0] >= 0]:
-            candidates.setdefault(index.track_ids[p], None)
+    for space, q in zip(spaces, queries):
+        _, found = space.nearest(q, per_part, exclude_ids=excluded, scope=scope)
+        for t in found:
+            candidates.setdefault(t, None)
     ids = list(candidates)
     if not ids:
         return FusionResult(
@@ -116,33 +113,34 @@ def fuse(
             np.zeros((0, len(parts)), np.float32),
             tuple(weights.tolist()),
         )
-
-    layer_sims = np.stack(
-        [_exact_similarities(index, qn, ids) for (_, index, _), qn in zip(parts, queries)], axis=1
-    )
-    fused = (layer_sims.astype(np.float64) @ weights / weights.sum()).astype(np.float32)
+    try:
+        layer_sims = np.stack(
+            [np.asarray(sp.similarities(q, ids)) for sp, q in zip(spaces, queries)], axis=1
+        )
+    except TrackNotFoundError as exc:
+        raise SearchIndexError(
+            f"the indices being fused cover different tracks ({exc}); rebuild them"
+        ) from None
+    fused = layer_sims.astype(np.float64) @ weights / weights.sum()
+    if all(sp.kind == "layer" for sp in spaces):  # cosines: float32, as a layer search gives
+        fused, layer_sims = fused.astype(np.float32), layer_sims.astype(np.float32)
     order = np.lexsort((np.arange(len(ids)), -fused))[:k]
     return FusionResult(
         [ids[i] for i in order], fused[order], layer_sims[order], tuple(weights.tolist())
     )
 
 
-def _normalized_query(index: LayerIndex, query: str | np.ndarray, normalized: bool) -> np.ndarray:
+def _as_space(space: Any) -> Any:
+    if hasattr(space, "similarities"):
+        return space
+    from messai.search.spaces import LayerSpace  # a bare LayerIndex: its layer's space
+
+    return LayerSpace(space, 0)
+
+
+def _query(space: Any, query: str | np.ndarray, normalized: bool) -> np.ndarray:
     if isinstance(query, str):
-        return index.vector_of(query)
-    if normalized:
-        return np.asarray(query, dtype=np.float32)
-    return index.transform(query)[0]
-
-
-def _exact_similarities(index: LayerIndex, qn: np.ndarray, track_ids: list[str]) -> np.ndarray:
-    """Cosine of normalised query qn [dim] with each of track_ids in ``index`` → [c] float32."""
-    try:
-        positions = np.array([index.position(t) for t in track_ids], dtype=np.int64)
-    except TrackNotFoundError as exc:
-        raise SearchIndexError(
-            f"the indices being fused cover different tracks ({exc}); rebuild them"
-        ) from None
-    # einsum, not BLAS: a few hundred rows, and threaded BLAS is erratic on small shared CPUs
-    sims = np.einsum("ij,j->i", index.vectors_at(positions), qn)
-    return np.clip(sims, -1.0, 1.0).astype(np.float32)
+        return space.query_of(query)
+    if normalized or not hasattr(space.index, "transform") or space.kind != "layer":
+        return np.asarray(query)
+    return np.asarray(space.index.transform(query)[0], dtype=np.float32)

@@ -25,7 +25,7 @@ from messai.search.backend import (
     apply_search_params,
     load_faiss,
 )
-from messai.search.normalise import NORMALIZE_MODES, Normalizer
+from messai.search.normalise import INDEX_MODES, Normalizer
 
 if TYPE_CHECKING:  # pragma: no cover
     from messai.search.layer_index import LayerIndex
@@ -307,7 +307,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
         if not ok or (kind is int and isinstance(value, bool)):
             raise SearchIndexError(f"{meta_path}: missing or malformed field {key!r}")
-    if record["kind"] not in KINDS or record["normalize"] not in NORMALIZE_MODES:
+    if record["kind"] not in KINDS or record["normalize"] not in INDEX_MODES:
         raise SearchIndexError(f"{meta_path}: unknown kind or normalisation")
     ids = record["track_ids"]
     if len(ids) != record["n"] or not all(isinstance(t, str) for t in ids):

@@ -8,8 +8,9 @@ index kinds and the on-disk folder format are described in ``docs/index-format.m
 The parts live in sibling modules: :mod:`messai.search.normalise` (``Normalizer``),
 :mod:`messai.search.backend` (FAISS kinds, parameters, raw searches),
 :mod:`messai.search.reranker` (the float16 two-stage exact search of large flat indices),
-:mod:`messai.search.index_io` (the folder format) and :mod:`messai.search.fusion` (``fuse``);
-their public names are re-exported here.
+:mod:`messai.search.index_io` (the folder format); their public names are re-exported here.
+Fusion of several spaces lives in :mod:`messai.search.fusion`, which uses this module (never
+the other way round).
 
 Imports only numpy at module level (faiss lazily), so importing this module is cheap.
 """
@@ -35,7 +36,6 @@ from messai.search.backend import (
     new_faiss_index,
     resolve_params,
 )
-from messai.search.fusion import FusionResult, fuse
 from messai.search.index_io import FORMAT_VERSION, read_index_dir, save_index
 from messai.search.normalise import NORMALIZE_MODES, Normalizer
 from messai.search.reranker import Float16Reranker
@@ -46,11 +46,9 @@ __all__ = [
     "KINDS",
     "NORMALIZE_MODES",
     "Float16Reranker",
-    "FusionResult",
     "LayerIndex",
     "Normalizer",
     "build_index",
-    "fuse",
     "ivf_nlist",
 ]
 

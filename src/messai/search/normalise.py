@@ -12,9 +12,20 @@ import numpy as np
 
 from messai.errors import ConfigError
 
-__all__ = ["NORMALIZE_MODES", "Normalizer", "column_mean_var", "floored_std", "row_chunks"]
+__all__ = [
+    "INDEX_MODES",
+    "NORMALIZE_MODES",
+    "Normalizer",
+    "column_mean_var",
+    "floored_std",
+    "row_chunks",
+]
 
+#: the normalisations a user chooses for a layer's index
 NORMALIZE_MODES = ("center", "zscore", "l2")
+#: those an index may record: also ``"none"`` (vectors kept as given), used by the indices of
+#: fitted aspect spaces (``messai.search.spaces``), whose rows are already search coordinates
+INDEX_MODES = (*NORMALIZE_MODES, "none")
 
 #: rows × columns processed at once (64 MiB of float32)
 CHUNK_ELEMENTS = 1 << 24
@@ -46,7 +57,7 @@ class Normalizer:
     """
 
     def __init__(self, mode: str = "center", *, min_scale: float = 1e-2) -> None:
-        if mode not in NORMALIZE_MODES:
+        if mode not in INDEX_MODES:
             raise ConfigError(
                 f"unknown normalisation {mode!r}; choose one of {', '.join(NORMALIZE_MODES)}"
             )
@@ -57,7 +68,7 @@ class Normalizer:
         """Learn ``mean_`` and ``scale_`` from ``X`` [n, dim] (any float dtype); returns self."""
         X = np.asarray(X)
         n, dim = X.shape
-        if self.mode == "l2":
+        if self.mode in ("l2", "none"):
             mean, scale = np.zeros(dim), np.ones(dim)
         else:
             mean, var = column_mean_var(X)
@@ -85,6 +96,8 @@ class Normalizer:
 
     def _transform_chunk(self, X: np.ndarray) -> np.ndarray:
         X = X.astype(np.float64)
+        if self.mode == "none":  # search coordinates already (an aspect space's index)
+            return X
         Y = (X - self.mean_) / self.scale_
         norms = np.linalg.norm(Y, axis=1)
         # "Zero" relative to the input's own magnitude: a row equal to the mean up to
