@@ -165,101 +165,31 @@ def examples(
     return _paged(result.to_dict(), k=k, offset=offset, n_tracks=len(rec.tracks))
 
 
-def _library_pages(rec) -> bool:
-    """Whether the library's recommend calls take ``offset`` and ``explain`` themselves."""
-    import inspect
-
-    return "offset" in inspect.signature(rec.recommend_by_id).parameters
-
-
 def _by_id(rec, track_id, aspects, k, *, layer, where, max_per, explain, offset):
-    if _library_pages(rec):
-        return rec.recommend_by_id(
-            track_id,
-            aspects,
-            k,
-            layer=layer,
-            where=where,
-            max_per=max_per,
-            explain=explain,
-            offset=offset,
-        )
-    import dataclasses
-
-    result = rec.recommend_by_id(
-        track_id, aspects, offset + k, layer=layer, where=where, max_per=max_per
+    return rec.recommend_by_id(
+        track_id,
+        aspects,
+        k,
+        layer=layer,
+        where=where,
+        max_per=max_per,
+        explain=explain,
+        offset=offset,
     )
-    result = dataclasses.replace(result, recommendations=result.recommendations[offset:])
-    if explain:
-        from messai.search.explain import explain_result
-
-        result = explain_result(rec, result)
-    return result
 
 
 def _by_examples(rec, positive, negative, aspects, k, *, layer, where, max_per, explain, offset):
-    if hasattr(rec, "recommend_by_examples"):
-        return rec.recommend_by_examples(
-            positive,
-            negative,
-            aspects,
-            k,
-            layer=layer,
-            where=where,
-            max_per=max_per,
-            explain=explain,
-            offset=offset,
-        )
-    # Until the library has recommend_by_examples: one positive and no negative is exactly
-    # recommend_by_id; anything else is a whole-layer query with the mean of the positives'
-    # normalised vectors minus the mean of the negatives', through recommend_by_vector.
-    if not positive:
-        raise ConfigError("give at least one positive example track")
-    both = sorted(set(positive) & set(negative))
-    if both:
-        raise ConfigError(f"track {both[0]!r} is given as both a positive and a negative example")
-    if len(positive) == 1 and not negative:
-        return _by_id(
-            rec,
-            positive[0],
-            aspects,
-            k,
-            layer=layer,
-            where=where,
-            max_per=max_per,
-            explain=explain,
-            offset=offset,
-        )
-    if explain:
-        raise ConfigError("explain needs exactly one positive example and no negative ones")
-    import dataclasses
-
-    import numpy as np
-
-    for t in positive + negative:
-        rec.tracks.require_track(t)
-    if rec.space_plan(aspects, layer) is not None:
-        raise ConfigError("several example tracks search whole layers here: pass space=layer")
-    vectors = {}
-    for _, lay, _ in rec.plan(aspects, layer):
-        index = rec.index(lay)
-        q = np.mean([index.vector_of(t) for t in positive], axis=0)
-        if negative:
-            q = q - np.mean([index.vector_of(t) for t in negative], axis=0)
-        norm = float(np.linalg.norm(q))
-        vectors[lay] = q / norm if norm > 0 else q
-    result = rec.recommend_by_vector(
-        vectors,
+    return rec.recommend_by_examples(
+        positive,
+        negative,
         aspects,
-        offset + k,
+        k,
         layer=layer,
-        exclude_ids=set(positive) | set(negative),
-        normalized=True,
-        query={"positive": positive, "negative": negative, "dataset": rec.store.dataset},
         where=where,
         max_per=max_per,
+        explain=explain,
+        offset=offset,
     )
-    return dataclasses.replace(result, recommendations=result.recommendations[offset:])
 
 
 # ---------------------------------------------------------------------------- tracks
