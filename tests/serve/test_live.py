@@ -98,3 +98,23 @@ def test_the_staleness_check_never_reads_the_store(syn, isolated_env, monkeypatc
         key = live.key()
         assert live.key() == key and live.snapshot().key == key
         assert n_tracks(c) == 24  # answered from the loaded state
+
+
+def test_track_search_matches_label_values_and_pages(syn, isolated_env):
+    want = [t for t in syn.track_ids() if syn.labels(t)["work"] == "work1"]
+    with make_client(isolated_env) as c:
+        got, cursor = [], None
+        while True:
+            params = {"q": "WORK1", "limit": 2, **({"cursor": cursor} if cursor else {})}
+            d = c.get("/v1/tracks", params=params).json()
+            got += [t["track_id"] for t in d["tracks"]]
+            assert all(t["labels"]["work"] == "work1" for t in d["tracks"])
+            cursor = d["next_cursor"]
+            if cursor is None:
+                break
+        assert got == want and len(want) == 6
+        assert (
+            c.get("/v1/tracks", params={"q": "track 00"}).json()["tracks"][0]["track_id"]
+            == "c0/track 000"
+        )
+        assert c.get("/v1/tracks", params={"q": "k0\nc"}).json()["tracks"] == []  # never spans two

@@ -53,6 +53,8 @@ from messai.serve.live import DatasetNotServed, Registry, ServeConfig
 
 log = logging.getLogger("messai.serve")
 
+#: ranges up to this many bytes are read at once, larger ones streamed in chunks
+SMALL_RANGE = 1024 * 1024
 #: largest request body accepted (bytes)
 MAX_BODY = 64 * 1024
 #: the cookie the listening page keeps the token in (for <audio src>, which sends no headers)
@@ -236,12 +238,12 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     # ---------------------------------------------------------------- routes
     @app.get("/v1/health")
-    def health() -> dict[str, Any]:
+    def health() -> MessJSON:
         """Liveness (no token needed)."""
-        return {"status": "ok", "version": __version__}
+        return MessJSON({"status": "ok", "version": __version__})
 
     @app.get("/v1/datasets")
-    def datasets() -> dict[str, Any]:
+    def datasets() -> MessJSON:
         """The served datasets: model, tracks, layers, dimension, index kind."""
         rows = []
         for name in registry.names():
@@ -262,7 +264,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 )
             except MessError as exc:
                 rows.append({"dataset": name, "error": str(exc).splitlines()[0]})
-        return {"datasets": rows}
+        return MessJSON({"datasets": rows})
 
     @app.get("/v1/tracks")
     def tracks(
@@ -270,9 +272,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         q: str | None = Query(None, max_length=queries.MAX_TEXT),
         limit: int = Query(50, ge=1, le=queries.MAX_K),
         cursor: str | None = Query(None, max_length=200),
-    ) -> dict[str, Any]:
+    ) -> MessJSON:
         """Stored tracks whose id or a label value contains ``q``, sorted by id, paged."""
-        return queries.tracks_page(snap(dataset), q=q, cursor=cursor, limit=limit)
+        return MessJSON(queries.tracks_page(snap(dataset), q=q, cursor=cursor, limit=limit))
 
     @app.head("/v1/tracks/{track_id:path}/audio", include_in_schema=False)
     @app.get("/v1/tracks/{track_id:path}/audio")
@@ -294,6 +296,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         common["Content-Length"] = str(max(0, end - start + 1))
         if request.method == "HEAD" or f.size == 0:
             return Response(status_code=status, headers=common, media_type=f.content_type)
+        if end - start < SMALL_RANGE:  # one read here: no thread hop per chunk
+            data = b"".join(read_chunks(f.path, start, end))
+            common["Content-Length"] = str(len(data))
+            return Response(data, status_code=status, headers=common, media_type=f.content_type)
         return StreamingResponse(
             read_chunks(f.path, start, end),
             status_code=status,
@@ -313,10 +319,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         max_per: str | None = Query(None, max_length=200, description="LABEL:N"),
         explain: bool = False,
         cursor: str | None = Query(None, max_length=200),
-    ) -> dict[str, Any]:
+    ) -> MessJSON:
         """The nearest tracks for an aspect (``aspect`` repeated or ``NAME:WEIGHT`` for a mix):
         ``mess recommend --format json``'s answer, with ``next_cursor`` for more."""
-        return queries.similar(
+        answer = queries.similar(
             snap(dataset),
             track_id,
             aspects=aspect,
@@ -328,19 +334,22 @@ def create_app(config: ServeConfig) -> FastAPI:
             explain=explain,
             cursor=cursor,
         )
+        return MessJSON(answer)
 
     @app.get("/v1/tracks/{track_id:path}")
-    def track(track_id: str, dataset: str | None = None) -> dict[str, Any]:
+    def track(track_id: str, dataset: str | None = None) -> MessJSON:
         """One stored track: labels, duration, status, audio."""
         s = snap(dataset)
-        return queries.track_info(s, track_id, audio_url=audio_url(None, s.dataset, track_id))
+        return MessJSON(
+            queries.track_info(s, track_id, audio_url=audio_url(None, s.dataset, track_id))
+        )
 
     @app.post("/v1/recommend")
-    def recommend(body: Any = Body(...)) -> dict[str, Any]:
+    def recommend(body: Any = Body(...)) -> MessJSON:
         """Playlist shaping: ``{"positive": [ids], "negative": [ids], "aspect": [..], "k": 10,
         "space", "layer", "where", "max_per": "LABEL:N", "explain", "cursor", "dataset"}``."""
         req = _RecommendBody.parse(body)
-        return queries.examples(
+        answer = queries.examples(
             snap(req["dataset"]),
             req["positive"],
             req["negative"],
@@ -353,16 +362,17 @@ def create_app(config: ServeConfig) -> FastAPI:
             explain=req["explain"],
             cursor=req["cursor"],
         )
+        return MessJSON(answer)
 
     @app.get("/v1/aspects")
-    def aspects(dataset: str | None = None) -> dict[str, Any]:
+    def aspects(dataset: str | None = None) -> MessJSON:
         """Aspect → layer with held-out evidence and validation; fitted aspect spaces."""
-        return queries.aspects(snap(dataset))
+        return MessJSON(queries.aspects(snap(dataset)))
 
     @app.get("/v1/probe")
-    def probe(dataset: str | None = None) -> dict[str, Any]:
+    def probe(dataset: str | None = None) -> MessJSON:
         """The saved probe results and each target's validation."""
-        return queries.probe(snap(dataset))
+        return MessJSON(queries.probe(snap(dataset)))
 
     @app.get("/v1/probe/heatmap.{fmt}")
     def heatmap(fmt: str, dataset: str | None = None) -> Response:

@@ -119,7 +119,7 @@ class Snapshot:
     config: ServeConfig
     made_at: float = field(default_factory=time.time)
     _recs: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
     _memo: dict[str, Any] = field(default_factory=dict)
 
     def recommender(self, space: str = "auto"):
@@ -171,6 +171,7 @@ class LiveDataset:
         self._n_layers = 0
         self._remote_checked = 0.0
         self._remote_key: tuple = ()
+        self._watched: list[Path] | None = None
 
     def _open_store(self):
         from messai.features.store import FeatureStore
@@ -179,6 +180,7 @@ class LiveDataset:
             self.dataset, self.config.model, home=self.config.home, stores=self.config.stores
         )
         self._uri, self._n_layers = store.uri, store.n_layers
+        self._watched = self._watch()
         return store
 
     def key(self) -> tuple:
@@ -188,35 +190,46 @@ class LiveDataset:
         if self._uri is None:
             self._open_store()
         assert self._uri is not None
-        root = loc.local_path(self._uri)
-        if root is None:  # object storage: read store.json, at most every few seconds
-            now = time.monotonic()
-            if now - self._remote_checked >= REMOTE_CHECK_SECONDS or not self._remote_key:
-                raw = loc.read_bytes(loc.join(self._uri, "store.json")) or b""
-                import hashlib
+        if self._watched is not None:
+            return tuple(_stat(p) for p in self._watched)
+        # object storage: read store.json, at most every few seconds
+        now = time.monotonic()
+        if now - self._remote_checked >= REMOTE_CHECK_SECONDS or not self._remote_key:
+            import hashlib
 
-                self._remote_key = ("remote", hashlib.sha256(raw).hexdigest())
-                self._remote_checked = now
-            return self._remote_key
+            raw = loc.read_bytes(loc.join(self._uri, "store.json")) or b""
+            self._remote_key = ("remote", hashlib.sha256(raw).hexdigest())
+            self._remote_checked = now
+        return self._remote_key
+
+    def _watch(self) -> list[Path] | None:
+        """The local files whose stats make the key (None for object storage)."""
+        from messai.features import location as loc
         from messai.search.cache import index_dir
 
-        parts: list[Any] = [
-            _stat(root / "store.json"),
-            _stat(root / "tracks.lance" / "_versions"),
-            _stat(root / "probe.json"),
-            _stat(root / "aspect_spaces.json"),
-        ]
+        assert self._uri is not None
+        root = loc.local_path(self._uri)
+        if root is None:
+            return None
         holder = _StoreName(self.dataset, root.name)
-        for layer in range(self._n_layers):
-            d = index_dir(
+        indices = [
+            index_dir(
                 self.config.home,
                 holder,
                 layer,
                 normalize=self.config.normalize,
                 kind=self.config.kind,
             )
-            parts.append(_stat(d / "meta.json"))
-        return tuple(parts)
+            / "meta.json"
+            for layer in range(self._n_layers)
+        ]
+        return [
+            root / "store.json",
+            root / "tracks.lance" / "_versions",
+            root / "probe.json",
+            root / "aspect_spaces.json",
+            *indices,
+        ]
 
     def snapshot(self) -> Snapshot:
         """The snapshot to answer from (renewed when the store, its probe, its aspect spaces or

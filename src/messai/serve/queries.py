@@ -200,29 +200,49 @@ def tracks_page(snap, *, q: str | None = None, cursor: str | None = None, limit:
         raise ConfigError(f"limit must be within 1..{MAX_K}, got {limit}")
     _check_text("q", q)
     offset = decode_cursor(cursor)
-    cat = snap.recommender("auto").tracks
-    ids = cat.track_ids()
+    ids, text, starts = snap.memo("track_search", lambda: _search_texts(snap))
     needle = (q or "").strip().casefold()
-    out: list[dict[str, Any]] = []
-    i = offset
-    while i < len(ids) and len(out) < limit:
-        t = ids[i]
-        labels = cat.labels(t)
-        if (
-            not needle
-            or needle in t.casefold()
-            or any(needle in str(v).casefold() for v in labels.values())
-        ):
-            out.append({"track_id": t, "labels": labels})
-        i += 1
-    more = i < len(ids) and len(out) == limit
+    cat = snap.recommender("auto").tracks
+    hits: list[int] = []
+    if not needle:
+        hits = list(range(offset, min(len(ids), offset + limit + 1)))
+    elif "\n" not in needle and "\x00" not in needle:
+        from bisect import bisect_right
+
+        pos = starts[offset] if offset < len(ids) else len(text)
+        while len(hits) <= limit:
+            pos = text.find(needle, pos)
+            if pos < 0:
+                break
+            i = bisect_right(starts, pos) - 1
+            hits.append(i)
+            pos = starts[i + 1] if i + 1 < len(starts) else len(text)
+    more = len(hits) > limit
+    hits = hits[:limit]
     return {
         "dataset": snap.dataset,
         "q": q or "",
         "n_tracks": len(ids),
-        "tracks": out,
-        "next_cursor": encode_cursor(i) if more else None,
+        "tracks": [{"track_id": ids[i], "labels": cat.labels(ids[i])} for i in hits],
+        "next_cursor": encode_cursor(hits[-1] + 1) if more else None,
     }
+
+
+def _search_texts(snap) -> tuple[list[str], str, list[int]]:
+    """Sorted ids, the case-folded text a search scans (per track its id and label values,
+    ``\\x00`` between them and ``\\n`` between tracks, so no match spans two of them) and where
+    each track's part starts."""
+    cat = snap.recommender("auto").tracks
+    ids = cat.track_ids()
+    parts = [
+        "\x00".join([t, *(str(v) for v in cat.labels(t).values())]).casefold().replace("\n", " ")
+        for t in ids
+    ]
+    starts, pos = [], 0
+    for p in parts:
+        starts.append(pos)
+        pos += len(p) + 1
+    return ids, "\n".join(parts), starts
 
 
 def track_info(snap, track_id: str, *, audio_url: str) -> dict[str, Any]:
