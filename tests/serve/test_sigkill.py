@@ -48,6 +48,13 @@ def start_server(home, port: int) -> subprocess.Popen:
     raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-500:])
 
 
+def wait_for(answers: list, n: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while answers.count(200) < n:
+        assert time.monotonic() < deadline, answers[-3:]
+        time.sleep(0.05)
+
+
 def hammer(port: int, stop: threading.Event, answers: list) -> None:
     """Queries that make the server load, rebuild (the store changes) and search indices."""
     i = 0
@@ -65,7 +72,7 @@ def hammer(port: int, stop: threading.Event, answers: list) -> None:
 
 WRITER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     import numpy as np
     from messai.bench.synthetic import synthetic_entry
     from messai.features.records import track_arrays
@@ -73,8 +80,12 @@ WRITER = textwrap.dedent(
 
     store = FeatureStore.open("syn")
     rng = np.random.default_rng(7)
+    go_on = sys.argv[1]
     with store.writer():
         for b in range(8):
+            if b == 4:  # half-way: wait until the test has killed the server
+                while not os.path.exists(go_on):
+                    time.sleep(0.05)
             for j in range(4):
                 seg = rng.normal(5.0, 1.0, size=(2, 2, 8)).astype(np.float32)
                 arrays = track_arrays(seg, np.arange(2) * 120000, np.full(2, 120000),
@@ -82,7 +93,6 @@ WRITER = textwrap.dedent(
                 store.put(synthetic_entry(f"new/{b}-{j}", 2, ("spectral_centroid",), {"work": "new"}), arrays)
             store.commit()
             print("batch", b, flush=True)
-            time.sleep(0.25)
     """
 )
 
@@ -103,7 +113,7 @@ def test_sigkill_during_extraction_leaves_store_and_indices_intact(isolated_env)
     stop, answers = threading.Event(), []
     t = threading.Thread(target=hammer, args=(port, stop, answers))
     t.start()
-    time.sleep(1.5)
+    wait_for(answers, 3)
     server.send_signal(signal.SIGKILL)
     server.wait(timeout=10)
     stop.set()
@@ -114,8 +124,9 @@ def test_sigkill_during_extraction_leaves_store_and_indices_intact(isolated_env)
     # 2. killed while another process extracts into the store: the writer finishes undisturbed
     server = start_server(isolated_env, port)
     env = {**os.environ, "MESS_HOME": str(isolated_env)}
+    go_on = isolated_env / "server-killed"
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER],
+        [sys.executable, "-c", WRITER, str(go_on)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -124,15 +135,17 @@ def test_sigkill_during_extraction_leaves_store_and_indices_intact(isolated_env)
     stop, answers = threading.Event(), []
     t = threading.Thread(target=hammer, args=(port, stop, answers))
     t.start()
-    assert writer.stdout.readline().startswith("batch")  # the extraction is under way
-    time.sleep(0.3)
+    for b in range(4):  # four batches committed; the writer holds the store and waits
+        assert writer.stdout.readline() == f"batch {b}\n"
+    wait_for(answers, 3)  # the server answered while the store was being written
     server.send_signal(signal.SIGKILL)
     server.wait(timeout=10)
     stop.set()
     t.join()
+    go_on.touch()  # the extraction goes on after the kill
     out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0, err
-    assert out.count("batch") == 7  # the first line was read above
+    assert out.count("batch") == 4  # batches 4..7
 
     fresh = FeatureStore.open("syn")
     assert len(fresh) == 24 + 32
