@@ -53,7 +53,7 @@ def test_listen_find_neighbours_and_exclude(home, chromium, tmp_path):
                 "request",
                 lambda r: posts.append(r.post_data or "") if r.method == "POST" else None,
             )
-            page.set_default_timeout(20_000)
+            page.set_default_timeout(90_000)  # a loaded CI machine: generous, never a timing check
             page.goto(srv.url + "/")
             page.wait_for_selector("#dataset option[value='lib']", state="attached")
             # keyboard: '/' focuses the search box
