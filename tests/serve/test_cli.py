@@ -72,3 +72,10 @@ def test_help_and_cold_recommend_never_import_the_web_stack(home):
     ):
         mods = _modules(argv)
         assert not {m.split(".")[0] for m in mods} & WEB, (argv, WEB & mods)
+
+
+def test_a_dataset_without_a_store_fails_at_start(isolated_env):
+    r = runner.invoke(app, ["serve", "--dataset", "nothing"])
+    assert r.exit_code == 2
+    assert "no feature store for dataset 'nothing'" in r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -70,6 +70,10 @@ def serve_command(
         token=token or None,
         cors=tuple(cors or ()),
     )
+    from messai.features.store import FeatureStore
+
+    for name in config.datasets:  # a misspelt dataset fails here, in one line, not per request
+        FeatureStore.open(name, model, home=config.home, stores=config.stores)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     serve_log = logging.getLogger("messai.serve")
