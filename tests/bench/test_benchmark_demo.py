@@ -95,7 +95,7 @@ def test_demo_runs_end_to_end(tiny_ckpt, tmp_path):
     assert {x["aspect"] for x in d["aspects"]} >= {"spectral_brightness", "dynamics"}
     recs = d["recommendations"]["recommendations"]
     assert len(recs) == 5 and all(x["track_id"] != "piano/bach_bwv846_prelude" for x in recs)
-    assert {"composer", "work", "instrument"} <= set(recs[0])
+    assert {"composer", "work", "instrument"} <= set(recs[0]["labels"])
     # the probe ran with 'mess probe' defaults, and says so; reasons for "not validated"
     assert d["probe_settings"]["folds"] == 5 and d["probe_settings"]["n_bootstrap"] == 1000
     assert d["probe_settings"]["group_by"] == "work"

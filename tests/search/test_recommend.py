@@ -69,7 +69,7 @@ def test_json_equals_brute_force_cosine(store, normalize, center):
             and d["normalize"] == normalize
         )
         assert [x["rank"] for x in d["recommendations"]] == list(range(1, 8))
-        assert d["recommendations"][0]["work"].startswith("work")
+        assert d["recommendations"][0]["labels"]["work"].startswith("work")
 
 
 def test_stdout_is_clean_and_notices_go_to_stderr(store):
@@ -154,7 +154,8 @@ def test_exclude_same_work(store):
     )
     d = json.loads(r.stdout)
     assert (
-        all(x["work"] != "work1" for x in d["recommendations"]) and len(d["recommendations"]) == 10
+        all(x["labels"]["work"] != "work1" for x in d["recommendations"])
+        and len(d["recommendations"]) == 10
     )
     r = runner.invoke(
         app, ["recommend", "-d", "syn", "--track", "c1/track 001", "--exclude-same", "genre"]

@@ -212,10 +212,12 @@ def test_cli_where_max_per_and_errors(tmp_path, monkeypatch):
     r = runner.invoke(app, [*base, "-k", "5", "--where", "composer = 'comp2' AND year < 1900"])
     assert r.exit_code == 0, r.output
     recs = json.loads(r.stdout)["recommendations"]
-    assert len(recs) == 5 and all(x["composer"] == "comp2" and int(x["year"]) < 1900 for x in recs)
+    assert len(recs) == 5 and all(
+        x["labels"]["composer"] == "comp2" and int(x["labels"]["year"]) < 1900 for x in recs
+    )
     r = runner.invoke(app, [*base, "-k", "4", "--max-per", "work", "1"])
     assert r.exit_code == 0, r.output
-    works = [x["work"] for x in json.loads(r.stdout)["recommendations"]]
+    works = [x["labels"]["work"] for x in json.loads(r.stdout)["recommendations"]]
     assert len(set(works)) == 4
     for where, message in [
         ("composr = 'x'", "unknown column 'composr'"),

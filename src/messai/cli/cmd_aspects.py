@@ -57,13 +57,17 @@ def add_space_rows(store, rows: list[dict[str, Any]]) -> list[str]:
     its aspect, or a row of its own for a label-defined aspect. Returns the extra table columns
     (none when nothing is fitted, so the listing is unchanged)."""
     from messai.analysis.aspect_fit import load_spaces
+    from messai.analysis.space_validation import space_validation
 
     spaces = load_spaces(store)
     if not spaces:
         return []
     by_aspect = {r["aspect"]: r for r in rows}
     for name, (space, stale) in spaces.items():
-        info = {**space.describe(), "stale": stale}
+        ok, why = space_validation(space)
+        if stale:
+            why = "; ".join(x for x in (why, "fitted before the store changed") if x)
+        info = {**space.describe(), "stale": stale, "validated": ok and not stale, "caveat": why}
         row = by_aspect.get(name)
         if row is None:
             row = {"aspect": name, "layer": space.layers[0], "source": f"label:{space.sources[0]}"}
@@ -87,7 +91,11 @@ def _summary(s: dict[str, Any]) -> str:
     else:
         fig = f"cv accuracy {ev.get('cv_accuracy')} (chance {ev.get('chance')})"
     layers = ",".join(map(str, s["layers"]))
-    return f"{s['dim']}-d {s['method']} on layer(s) {layers}; {fig}" + (
+    v = ev.get("validation") or {}
+    if v.get("ci_low") is not None:
+        fig += f" (CI low {v['ci_low']})"
+    verdict = "validated" if s.get("validated") else f"NOT VALIDATED: {s.get('caveat')}"
+    return f"{s['dim']}-d {s['method']} on layer(s) {layers}; {fig}; {verdict}" + (
         " [stale]" if s.get("stale") else ""
     )
 
@@ -125,12 +133,22 @@ def fit_command(
         ),
     ] = "track",
     folds: Annotated[int, typer.Option("--folds", min=2, help="Grouped CV folds.")] = 5,
+    control_store: Annotated[
+        Optional[str],
+        typer.Option(
+            "--control-store",
+            help="Dataset of the same tracks extracted with a random-weights model: the space "
+            "is validated only when its held-out score clears that control's (default: the "
+            "control store of the probe, if any).",
+        ),
+    ] = None,
     model: ModelOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Fit an aspect space (ridge-probe span for targets, shrinkage LDA for a label) on one or more
     layers and save it with the store; 'mess recommend --aspect NAME' then searches it."""
     from messai.analysis.aspect_fit import fit_aspect_space, save_space
+    from messai.analysis.space_validation import space_validation
     from messai.cli.common import parse_layers
     from messai.features.store import FeatureStore
 
@@ -145,19 +163,14 @@ def fit_command(
         group_by=group_by,
         folds=folds,
         seed=settings.seed,
+        control_store=control_store,
     )
     where = save_space(store, space)
     notice(f"saved the {aspect} space with the store ({where})")
-    ev = space.evidence
-    weak = ("cv_r2" in ev and not max(ev["cv_r2"].values(), default=0.0) > 0) or (
-        "cv_accuracy" in ev and not (ev["cv_accuracy"] or 0.0) > ev["chance"]
-    )
-    if weak:
-        notice(
-            f"note: the held-out evidence is weak ({_summary(space.describe())}): "
-            "distances in this space are close to noise"
-        )
-    info = space.describe()
+    ok, why = space_validation(space)
+    info = {**space.describe(), "validated": ok, "caveat": why}
+    if not ok:
+        notice(f"note: the space is NOT VALIDATED ({why}): its results will carry this caveat")
     if fmt == Format.json:
         print_json(info)
         return

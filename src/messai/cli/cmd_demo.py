@@ -82,8 +82,10 @@ def demo_command(
         ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"],
         title="aspect → layer",
     )
+    from messai.search.recommend import flat_row
+
     r = report.recommendations
-    rows, cols = r["recommendations"], ["rank", "track_id", "similarity"]
+    rows, cols = [flat_row(x) for x in r["recommendations"]], ["rank", "track_id", "similarity"]
     title = f"tracks like {r['query']['track_id']} in {r['aspect']} (layer {r['layer']})"
     if not r.get("validated", True):
         rows = [{**x, "validated": "no"} for x in rows]  # the caveat next to the results

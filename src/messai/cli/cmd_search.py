@@ -114,12 +114,22 @@ def index_command(
         typer.Option("--refine", help="ivfpq/hnsw-sq8: refine × k candidates re-ranked exactly."),
     ] = None,
     backend: BackendOpt = Backend.faiss,
+    space: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--space",
+            help="Index these fitted aspect spaces ('mess aspects fit'; 'all' for every one) "
+            "instead of layers: same kinds, fingerprints, appends and tombstones; a refit "
+            "makes the index stale.",
+        ),
+    ] = None,
     verify: Annotated[
         bool,
         typer.Option(
             "--verify",
             help="Check the cached indices against their full checksums instead of building "
-            "(loads check files over 16 MiB by a sample only); exit 1 if one is damaged.",
+            "(loads check files over 16 MiB by a sample only), and every fitted space in "
+            "aspect_spaces.json against its own checksum; exit 1 if one is damaged.",
         ),
     ] = False,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
@@ -167,23 +177,38 @@ def index_command(
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --kind {settings.index_kind}")
     if verify:
-        _verify_indices(store, parse_layers(layers, store.n_layers), settings, fmt)
+        _verify_indices(store, parse_layers(layers, store.n_layers), settings, fmt, space)
         return
     if backend == Backend.lancedb:
+        if space:
+            raise ConfigError(
+                "--backend lancedb indexes whole layers only; fitted aspect spaces are indexed "
+                "and searched with --backend faiss"
+            )
         _index_lancedb(store, layers, settings, params, fmt)
         return
-    rows = []
-    for layer in parse_layers(layers, store.n_layers):
-        out = build_layer_index(
-            settings.home,
-            store,
-            layer,
-            normalize=settings.normalize,
-            kind=settings.index_kind,
-            params=params,
-            force=force,
-        )
-        rows.append(out.to_dict())
+    if space:
+        from messai.search.spaces import build_space_indices
+
+        rows = [
+            out.to_dict()
+            for out in build_space_indices(
+                settings.home, store, space, kind=settings.index_kind, params=params, force=force
+            )
+        ]
+    else:
+        rows = [
+            build_layer_index(
+                settings.home,
+                store,
+                layer,
+                normalize=settings.normalize,
+                kind=settings.index_kind,
+                params=params,
+                force=force,
+            ).to_dict()
+            for layer in parse_layers(layers, store.n_layers)
+        ]
     if fmt == Format.json:
         print_json(rows)
     elif fmt == Format.tsv:
@@ -191,7 +216,8 @@ def index_command(
     else:
         print_table(
             rows,
-            [
+            (["space"] if space else [])
+            + [
                 "layer",
                 "action",
                 "n_tracks",
@@ -205,13 +231,13 @@ def index_command(
         )
 
 
-def _verify_indices(store, layers: list[int], settings, fmt: Format) -> None:
+def _verify_indices(store, layers: list[int], settings, fmt: Format, spaces) -> None:
     from messai.errors import SearchIndexError
     from messai.search.cache import index_dir
     from messai.search.index_io import verify_index_dir
 
     rows, bad = [], 0
-    for layer in layers:
+    for layer in [] if spaces else layers:
         path = index_dir(
             settings.home, store, layer, normalize=settings.normalize, kind=settings.index_kind
         )
@@ -221,9 +247,38 @@ def _verify_indices(store, layers: list[int], settings, fmt: Format) -> None:
         except SearchIndexError as exc:
             status, bad = f"damaged: {exc}", bad + 1
         rows.append({"layer": layer, "status": status, "path": str(path)})
-    render_rows(rows, fmt, title=f"verify {settings.index_kind}/{settings.normalize} indices")
-    if bad:
+    space_rows, space_bad = _verify_spaces(store, settings, spaces)
+    render_rows(
+        rows + space_rows, fmt, title=f"verify {settings.index_kind}/{settings.normalize} indices"
+    )
+    if bad or space_bad:
         raise typer.Exit(1)
+
+
+def _verify_spaces(store, settings, spaces) -> tuple[list[dict], int]:
+    """Every fitted space against its checksum in aspect_spaces.json, and the indices of the
+    ``--space`` ones."""
+    from messai.analysis.aspect_fit import verify_spaces
+    from messai.errors import SearchIndexError
+    from messai.search.index_io import verify_index_dir
+
+    rows, bad = [], 0
+    for row in verify_spaces(store):
+        bad += row["status"] != "ok"
+        rows.append({"space": row["space"], "status": row["status"], "path": row["path"]})
+        if not spaces or not ("all" in spaces or row["space"] in spaces) or row["status"] != "ok":
+            continue
+        from messai.search.spaces import FittedSpaceSource
+
+        source = FittedSpaceSource(store, row["fitted"])
+        path = source.folder(settings.home, normalize="none", kind=settings.index_kind)
+        try:
+            verify_index_dir(path)
+            status = "ok"
+        except SearchIndexError as exc:
+            status, bad = f"damaged: {exc}", bad + 1
+        rows.append({"space": row["space"], "status": f"index: {status}", "path": str(path)})
+    return rows, bad
 
 
 def _index_lancedb(store, layers: str, settings, params, fmt: Format) -> None:
@@ -264,7 +319,7 @@ def recommend_command(
         typer.Option(
             "--aspect",
             "-a",
-            help="Aspect (default spectral_brightness), or several as NAME[:WEIGHT] for weighted fusion; see 'mess aspects'.",
+            help="Aspect (default spectral_brightness), or several as NAME[:WEIGHT] for weighted fusion: repeat -a, or separate with commas (-a a:0.7,b:0.3); see 'mess aspects'.",
         ),
     ] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of recommendations.")] = 5,
@@ -353,6 +408,17 @@ def recommend_command(
         backend=backend.value,
     )
     scoping = {"where": where, "max_per": max_per if max_per and max_per[0] else None}
+    if track not in (None, "-"):  # an unknown track is the one line said, before any notice
+        from messai.features.records import nfc
+
+        rec.tracks.require_track(nfc(track))
+    parts = rec.plan_parts(aspects, layer)  # a bad --aspect/--layer fails once, up front
+    fitted = [p.aspect for p in parts if p.space.kind == "aspect"]
+    if normalize is not None and fitted:
+        raise ConfigError(
+            f"--normalize applies to whole layers; the fitted space of {fitted[0]!r} is searched "
+            "in its own coordinates (drop --normalize, or add --space layer)"
+        )
     if audio is not None:
         if explain:
             raise ConfigError("--explain needs --track: an --audio query has no stored targets")
@@ -384,7 +450,6 @@ def recommend_command(
         _missing_notice(rec, result)
         _render(result, fmt, header=not no_header)
         return
-    rec.plan_parts(aspects, layer)  # a bad --aspect/--layer fails once, up front
     failed = 0
     header = not no_header
     for line in sys.stdin:
@@ -453,8 +518,12 @@ def _describe(result: RecommendationResult) -> str:
 def _render(
     typed: RecommendationResult, fmt: ListFormat, *, with_query: bool = False, header: bool = True
 ) -> None:
+    from messai.search.recommend import flat_row
+
     result = typed.to_dict()
     recs = result["recommendations"]
+    if fmt in (ListFormat.table, ListFormat.tsv):
+        recs = [flat_row(r) for r in recs]
     if fmt in (ListFormat.table, ListFormat.tsv) and recs and "explain" in recs[0]:
         from messai.search.explain import format_explanation
 

@@ -120,7 +120,7 @@ class LayerSource:
             self.store, self.layer, normalize=normalize, kind=kind, params=params
         )
 
-    def vectors(self, track_ids: list[str]) -> np.ndarray:
+    def vectors(self, track_ids: list[str], *, kind: str) -> np.ndarray:
         return layer_vectors(self.store, self.layer, track_ids)[1]
 
     def command(self, *, normalize: str, kind: str, params: dict[str, Any] | None) -> str:
@@ -271,12 +271,12 @@ def _build_locked(
         if unchanged and not back and (new_ids or gone) and few and few_removed:
             old.remove(gone, fingerprint=fp)
             if new_ids:
-                old.add(source.vectors(new_ids), new_ids, fingerprint=fp)
+                old.add(source.vectors(new_ids, kind=kind), new_ids, fingerprint=fp)
             old.meta.update(meta)
             _save(old, path)
             return _outcome(source, path, "updated" if gone else "appended", old)
     index = build_index(
-        source.vectors(ids),
+        source.vectors(ids, kind=kind),
         ids,
         kind=kind,
         normalize=normalize,

@@ -88,9 +88,12 @@ def explain_result(rec, result, *, query_track: str | None = None, top_targets: 
             "--explain needs a stored query track (--track): an audio file has no stored targets"
         )
     store = rec.store
-    ids = store.track_ids()
+    cache = rec.__dict__.setdefault("_target_means", {})  # a batch of queries reads them once
+    if "ids" not in cache:
+        cache["ids"] = store.track_ids()
+        cache["means"] = track_target_means(store, cache["ids"])
+    ids, means = cache["ids"], cache["means"]
     row = {t: i for i, t in enumerate(ids)}
-    means = track_target_means(store, ids)
     spaces = {
         name + (" (stale)" if stale else ""): load_fitted(rec, space, stale=stale)
         for name, (space, stale) in rec.fitted_spaces().items()

@@ -1,165 +1,33 @@
-"""Layer-based recommendations: the nearest tracks for one musical aspect (or a weighted mix).
+"""Recommendations: the nearest tracks for one musical aspect (or a weighted mix).
 
-An aspect resolves to a layer through the store's probe results (``messai.analysis.aspects``); that
-layer's FAISS index (``messai.search.cache``) is searched with the query track's vector. The
-query is never among its results. Only ``recommend_audio`` (a file outside the store) loads
-torch; everything else needs numpy and faiss alone.
+An aspect resolves to a space (:mod:`messai.search.spaces`): its fitted aspect space, or the
+layer the store's probe results map it to (``messai.analysis.aspects``). Every query (a stored
+track, examples, an audio file, raw vectors) ends in :meth:`LayerBasedRecommender.search`, the
+one query path. The query is never among its results. Only ``recommend_by_audio`` (a file
+outside the store) loads torch; everything else needs numpy and faiss alone.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from messai.errors import ConfigError, MessError
+from messai.search.records import (  # noqa: F401 - re-exported: the public names live here too
+    RESULT_FIELDS,
+    Part,
+    Recommendation,
+    RecommendationResult,
+    flat_row,
+    parse_aspect_spec,
+    split_aspect_specs,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """One recommended track.
-
-    Attributes
-    ----------
-    rank : int
-        1 for the best.
-    track_id : str
-        The track.
-    similarity : float
-        Cosine of normalised vectors (fused: Σ w·sim / Σ w).
-    labels : dict
-        The track's labels in the store (``store.labels``).
-    layer_similarities : list of float, optional
-        Fused queries only: the cosine in each part's layer, in the order of the aspects.
-    """
-
-    rank: int
-    track_id: str
-    similarity: float
-    labels: dict[str, Any] = field(default_factory=dict)
-    layer_similarities: list[float] | None = None
-    explanation: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"rank", "track_id", "similarity", ["layer_similarities"], **labels}``, rounded
-        to 6 decimals."""
-        row: dict[str, Any] = {
-            "rank": self.rank,
-            "track_id": self.track_id,
-            "similarity": round(float(self.similarity), 6),
-        }
-        if self.layer_similarities is not None:
-            row["layer_similarities"] = [round(float(v), 6) for v in self.layer_similarities]
-        row.update(self.labels)
-        if self.explanation is not None:  # --explain (messai.search.explain)
-            row["explain"] = self.explanation
-        return row
-
-
-@dataclass(frozen=True)
-class RecommendationResult:
-    """The answer to one query: what was asked and the ranked tracks.
-
-    Attributes
-    ----------
-    query : dict
-        ``{"track_id", "dataset"}`` or ``{"audio", "dataset"}`` (or the caller's own).
-    caveat : str or None
-        Set when a layer searched is not its aspect's validated layer (an unvalidated probe
-        result, the prototype defaults, or ``--layer``): the results carry no evidence.
-    aspects, layers, weights : list
-        One entry per requested aspect: its name, the layer searched, its weight.
-    normalize : str
-        The indices' normalisation.
-    recommendations : list of Recommendation
-        Best first.
-    """
-
-    query: dict[str, Any]
-    aspects: list[str]
-    layers: list[int]
-    weights: list[float]
-    normalize: str
-    recommendations: list[Recommendation]
-    spaces: list[dict[str, Any]] | None = None
-    #: why the layers searched are not validated for their aspects (None when they all are)
-    caveat: str | None = None
-
-    @property
-    def validated(self) -> bool:
-        """Whether every layer searched is its aspect's validated layer."""
-        return self.caveat is None
-
-    @property
-    def fused(self) -> bool:
-        """Whether several aspects were mixed."""
-        return len(self.aspects) > 1
-
-    def to_dict(self) -> dict[str, Any]:
-        """The documented JSON: ``query``, ``aspect``, ``layer`` (lists and ``weights`` when
-        fused), ``normalize``, ``recommendations``."""
-        single = not self.fused
-        return {
-            "query": self.query,
-            "aspect": self.aspects[0] if single else list(self.aspects),
-            "layer": self.layers[0] if single else list(self.layers),
-            **({} if single else {"weights": list(self.weights)}),
-            "normalize": self.normalize,
-            # searched in fitted aspect spaces (messai.search.aspect_search); absent for layers
-            **({} if self.spaces is None else {"space": self.spaces[0] if single else self.spaces}),
-            "validated": self.validated,
-            "caveat": self.caveat,
-            "recommendations": [r.to_dict() for r in self.recommendations],
-        }
-
-
-def parse_aspect_spec(spec: str) -> tuple[str, float]:
-    """``"timbral_texture:0.5"`` → ``("timbral_texture", 0.5)``; weight 1 when omitted."""
-    name, _, weight = spec.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise ConfigError(f"invalid aspect {spec!r}: expected NAME or NAME:WEIGHT")
-    try:
-        w = float(weight) if weight.strip() else 1.0
-    except ValueError:
-        raise ConfigError(
-            f"invalid aspect weight in {spec!r}: expected a number after ':' "
-            "(several aspects: NAME:W,NAME:W or -a repeated)"
-        ) from None
-    if not w > 0:
-        raise ConfigError(f"aspect weight must be positive in {spec!r}")
-    return name, w
-
-
-def split_aspect_specs(aspect: str | Sequence[str]) -> list[str]:
-    """Aspect specs as given (``-a`` repeated, or comma-separated in one): ``["a:0.7,b:0.3",
-    "c"]`` → ``["a:0.7", "b:0.3", "c"]``."""
-    specs = [aspect] if isinstance(aspect, str) else list(aspect)
-    out = [part for spec in specs for part in str(spec).split(",")]
-    if any(not part.strip() for part in out):
-        raise ConfigError(
-            f"invalid aspect list {', '.join(map(repr, specs))}: an empty entry between commas"
-        )
-    return [part.strip() for part in out]
-
-
-@dataclass(frozen=True)
-class Part:
-    """One weighted aspect of a query and the space it is searched in."""
-
-    aspect: str
-    weight: float
-    space: Any  # messai.search.spaces.LayerSpace or FittedSpace
-    #: why this part's results carry no evidence (None when validated)
-    caveat: str | None = None
-    #: say the caveat on stderr too, once (an aspect's own layer; not a --layer the user chose)
-    notice: bool = False
 
 
 class LayerBasedRecommender:
@@ -259,7 +127,7 @@ class LayerBasedRecommender:
         return f"{name} → layer {lay} is not validated ({why})"
 
     def _space_caveat(self, space, stale: bool) -> str | None:
-        from messai.analysis.aspect_fit import space_validation
+        from messai.analysis.space_validation import space_validation
 
         ok, why = space_validation(space)
         notes = [] if ok else [f"{space.name} space is not validated ({why})"]
@@ -323,6 +191,15 @@ class LayerBasedRecommender:
                     "--layer overrides the layer of one aspect; with several aspects each uses its own layer"
                 )
             self._check_layer(layer)
+            from messai.analysis.aspects import ASPECTS
+
+            name = parsed[0][0]
+            if name not in ASPECTS and name not in self.fitted_spaces():
+                spaces = sorted(self.fitted_spaces())
+                raise ConfigError(
+                    f"unknown aspect {name!r}; known: {', '.join(ASPECTS)}"
+                    + (f"; fitted spaces: {', '.join(spaces)}" if spaces else "")
+                )
         if self.space != "layer" and layer is None:
             fitted = self._fitted_parts(parsed)
             if fitted is not None:
@@ -854,6 +731,7 @@ class LayerBasedRecommender:
             [(p.weight, p.space, q) for p, q in zip(parts, queries)],
             k,
             exclude_ids=excluded,
+            normalized=True,  # the queries are the spaces' search vectors already
             scope=scope,
         )
         sims, ids, per_part = res.similarities, res.track_ids, res.layer_similarities

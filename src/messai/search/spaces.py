@@ -15,9 +15,9 @@ is done once, for every space, by :meth:`messai.search.recommend.LayerBasedRecom
 
 A layer space searches cosine similarity of normalised vectors. A fitted space searches its
 own coordinates ``z = (x - mean) @ components`` with similarity ``exp(-d² / (2 · dim))``; its
-index (any kind: flat, hnsw, ivf, ivfpq, hnsw-sq8) holds the rows ``[z, -|z|²/2]`` under
-inner product with queries ``[q, 1]``, whose inner product ``q·z - |z|²/2`` orders tracks
-exactly as ``-|q - z|²`` does; the similarity returned is recomputed from the distance.
+index (any kind: flat, hnsw, ivf, ivfpq, hnsw-sq8) holds rows lifted from ``z`` so that inner
+product orders tracks as ``-|q - z|²`` does (exactly for flat; see :class:`Lift`); the
+similarity returned is recomputed from the distance.
 
 Routing (``LayerBasedRecommender(space=...)``, ``mess recommend --space``):
 
@@ -60,10 +60,44 @@ def track_matrix(store, layers: list[int], track_ids: list[str] | None = None):
     return ids, np.concatenate(parts, axis=1).astype(np.float64)
 
 
-def augment(Z: np.ndarray) -> np.ndarray:
-    """Index rows ``[z, -|z|²/2]`` of space coordinates ``Z`` [n, dim] (see the module doc)."""
-    Z = np.asarray(Z, dtype=np.float64)
-    return np.concatenate([Z, -0.5 * (Z**2).sum(1, keepdims=True)], axis=1)
+@dataclass(frozen=True)
+class Lift:
+    """How a fitted space's coordinates ``z`` [dim] become index rows searched by inner product.
+
+    - ``flat`` indices: rows ``[z, -|z|²/2]``, queries ``[q, 1]``; the inner product
+      ``q·z - |z|²/2`` orders tracks exactly as ``-|q - z|²``;
+    - approximate kinds (graphs and inverted lists compare rows with rows, which that lift makes
+      meaningless): unit rows ``[z/R, √(1 - |z|²/R²)]`` with ``R = 10·√dim`` (the coordinates
+      are whitened: |z| is about √dim), whose cosine is ``1 - |q - z|²/(2R²)`` up to a relative
+      error of at most ``(|q| + |z|)²/(4R²)`` (about 1%); a row beyond R (10 standard deviations
+      out) is put on the sphere's equator. :meth:`FittedSpace.nearest` takes ``max(4k, k + 32)``
+      candidates from such an index and re-scores them exactly from the recovered ``z``.
+    """
+
+    kind: str
+    radius: float = 1.0
+
+    @classmethod
+    def for_index(cls, kind: str, dim: int) -> Lift:
+        return cls("augment") if kind == "flat" else cls("sphere", 10.0 * np.sqrt(max(dim, 1)))
+
+    def rows(self, Z: np.ndarray) -> np.ndarray:
+        Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+        sq = (Z**2).sum(1, keepdims=True)
+        if self.kind == "augment":
+            return np.concatenate([Z, -0.5 * sq], axis=1)
+        return np.concatenate(
+            [Z / self.radius, np.sqrt(np.clip(1.0 - sq / self.radius**2, 0.0, None))], axis=1
+        )
+
+    def query(self, q: np.ndarray) -> np.ndarray:
+        if self.kind == "augment":
+            return np.append(np.asarray(q, dtype=np.float64), 1.0).astype(np.float32)
+        return self.rows(q)[0].astype(np.float32)
+
+    def coordinates(self, rows: np.ndarray) -> np.ndarray:
+        z = np.asarray(rows, dtype=np.float64)[..., :-1]
+        return z if self.kind == "augment" else z * self.radius
 
 
 @dataclass(frozen=True)
@@ -87,13 +121,14 @@ class FittedSpaceSource:
 
     def fingerprint(self, *, normalize: str, kind: str, params: dict[str, Any] | None) -> str:
         blob = json.dumps(
-            [self.store.fingerprint(), self.space.checksum(), kind, params or {}], sort_keys=True
+            [self.store.fingerprint(), self.space.checksum(), kind, params or {}, "lift-1"],
+            sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
-    def vectors(self, track_ids: list[str]) -> np.ndarray:
+    def vectors(self, track_ids: list[str], *, kind: str) -> np.ndarray:
         _, X = track_matrix(self.store, self.space.layers, track_ids)
-        return augment(self.space.transform(X))
+        return Lift.for_index(kind, self.space.dim).rows(self.space.transform(X))
 
     def command(self, *, normalize: str, kind: str, params: dict[str, Any] | None) -> str:
         from shlex import quote
@@ -159,6 +194,7 @@ class FittedSpace:
 
     def __init__(self, space, index, *, stale: bool = False) -> None:
         self.space, self.index, self.stale = space, index, stale
+        self.lift = Lift.for_index(index.kind, space.dim)
         self.layers = [int(x) for x in space.layers]
         self.layer = self.layers[0]
 
@@ -167,7 +203,7 @@ class FittedSpace:
         return space_info(self.space)
 
     def query_of(self, track_id: str) -> np.ndarray:
-        return self.index.vector_of(track_id)[:-1].astype(np.float64)
+        return self.lift.coordinates(self.index.vector_of(track_id))
 
     def encode(self, vectors) -> np.ndarray:
         x = np.concatenate([np.asarray(vectors[la], dtype=np.float64) for la in self.layers])
@@ -179,19 +215,19 @@ class FittedSpace:
         return np.mean(positive, axis=0) - (np.mean(negative, axis=0) if negative else 0.0)
 
     def nearest(self, q, k: int, *, exclude_ids=(), scope=None):
-        qa = np.append(np.asarray(q, dtype=np.float32), np.float32(1.0))
-        _, ids = self.index.nearest(qa, k, exclude_ids=exclude_ids, scope=scope)
+        want = k if self.lift.kind == "augment" else max(4 * k, k + 32)
+        _, ids = self.index.nearest(self.lift.query(q), want, exclude_ids=exclude_ids, scope=scope)
         if not ids:
             return np.zeros(0, np.float64), []
         sims = self.similarities(q, ids)
-        order = np.lexsort((np.arange(len(ids)), -sims))  # stable: equal ones keep index order
+        order = np.lexsort((np.arange(len(ids)), -sims))[:k]  # equal ones keep index order
         return sims[order], [ids[i] for i in order]
 
     def similarities(self, q: np.ndarray, track_ids: list[str]) -> np.ndarray:
         from messai.analysis.aspect_space import similarity_from_distance
 
         positions = np.array([self.index.position(t) for t in track_ids], dtype=np.int64)
-        Z = self.index.vectors_at(positions)[:, :-1].astype(np.float64)
+        Z = self.lift.coordinates(self.index.vectors_at(positions))
         d2 = ((Z - np.asarray(q, dtype=np.float64)[None]) ** 2).sum(1)
         return similarity_from_distance(d2, self.space.dim)
 
@@ -250,3 +286,35 @@ def open_fitted(
         home, FittedSpaceSource(store, space), normalize="none", kind=kind, on_notice=on_notice
     )
     return FittedSpace(space, index, stale=stale)
+
+
+def build_space_indices(
+    home, store, names: list[str], *, kind: str = "flat", params=None, force: bool = False
+):
+    """Build (or bring up to date) the cached indices of fitted spaces (``names``, or
+    ``["all"]``) for ``mess index --space``: :class:`messai.search.cache.IndexOutcome` each."""
+    from messai.analysis.aspect_fit import load_spaces
+    from messai.search.cache import build_source_index
+
+    spaces = load_spaces(store)
+    if not spaces:
+        raise ConfigError(
+            f"dataset {store.dataset!r} has no fitted aspect spaces; fit one with 'mess aspects fit'"
+        )
+    wanted = sorted(spaces) if "all" in names else list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in spaces]
+    if unknown:
+        raise ConfigError(
+            f"no fitted space {unknown[0]!r} in {store.dataset!r}; fitted: {', '.join(sorted(spaces))}"
+        )
+    return [
+        build_source_index(
+            home,
+            FittedSpaceSource(store, spaces[n][0]),
+            normalize="none",
+            kind=kind,
+            params=params,
+            force=force,
+        )
+        for n in wanted
+    ]
