@@ -190,8 +190,7 @@ function renderResult(d, more) {
   if (!more) list.replaceChildren();
   for (const r of d.recommendations) {
     const id = r.track_id;
-    const labels = { ...r };
-    for (const k of ["rank", "track_id", "similarity", "layer_similarities", "explain"]) delete labels[k];
+    const labels = r.labels || {};
     const item = el("li", { class: "neighbour", "data-track": id },
       el("span", { class: "rank" }, `${r.rank}.`),
       el("button", { type: "button", class: "track", onclick: () => openTrack(id) }, id),
