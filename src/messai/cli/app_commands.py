@@ -18,6 +18,7 @@ COMMAND_MODULES = {
     "probe": "cmd_probe",
     "recommend": "cmd_search",
     "remove": "cmd_remove",
+    "serve": "cmd_serve",
     "store": "cmd_store",
     "targets": "cmd_probe",
     "tracks": "cmd_stores",

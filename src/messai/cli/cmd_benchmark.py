@@ -440,3 +440,41 @@ def bench_serving_command(
         from messai.files import atomic_write_bytes
 
         atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+
+
+@bench_app.command("serve")
+def bench_serve_command(
+    tracks: Annotated[
+        int, typer.Option("--tracks", min=100, help="Synthetic tracks in the served store.")
+    ] = 10_000,
+    dim: Annotated[int, typer.Option("--dim", min=8, help="Vector dimension.")] = 768,
+    layers: Annotated[int, typer.Option("--layers", min=1, help="Layers in the store.")] = 3,
+    clients: Annotated[
+        int, typer.Option("--clients", min=1, max=256, help="Concurrent keep-alive clients.")
+    ] = 32,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=1.0, max=600.0, help="Duration of the load.")
+    ] = 20.0,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Also write the JSON to this file.")
+    ] = None,
+) -> None:
+    """Load on 'mess serve' over 127.0.0.1 only: CLIENTS concurrent clients for SECONDS against a
+    synthetic store, a mix of similar (k=10), track searches and 64 KiB audio ranges; requests/s,
+    p50/p99 per kind, errors and the server's RSS over the run — as JSON (needs the serve extra)."""
+    import json
+
+    from messai.bench.serve_load import bench_serve
+
+    common.notice(
+        f"serve benchmark: {tracks} tracks × {dim}, {clients} clients for {seconds:g} s on 127.0.0.1 ..."
+    )
+    report = bench_serve(
+        n_tracks=tracks, n_layers=layers, dim=dim, clients=clients, seconds=seconds
+    )
+    report = {"benchmark": "serve", **report}
+    print_json(report)
+    if out is not None:
+        from messai.files import atomic_write_bytes
+
+        atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
