@@ -244,6 +244,11 @@ def _recommend(*args: str):
     return runner.invoke(app, ["recommend", "-d", "syn", "--layer", "1", "-k", "5", *args])
 
 
+def _label(row: dict, name: str):
+    """A label of a recommendation row (top level, or nested under "labels")."""
+    return row.get("labels", row)[name]
+
+
 def _cache(home: Path) -> Path:
     return home / "indices" / "syn" / "synthetic--model"
 
@@ -265,7 +270,8 @@ def test_catalogue_is_mapped_and_answers_like_the_store(store, isolated_env):
         assert cat.labels(t) == store.labels(t)
     assert cat.label_rows() == {t: store.labels(t) for t in store.track_ids()}
     d = json.loads(r.stdout)
-    assert all(x["work"] == store.labels(x["track_id"])["work"] for x in d["recommendations"])
+    rows = d["recommendations"]
+    assert rows and all(_label(x, "work") == store.labels(x["track_id"])["work"] for x in rows)
 
 
 def test_edited_catalogue_is_rebuilt_not_believed(store, isolated_env):
@@ -278,7 +284,7 @@ def test_edited_catalogue_is_rebuilt_not_believed(store, isolated_env):
     assert "labels.str: checksum mismatch" in r.stderr and "rebuilding" in r.stderr
     assert json.loads(r.stdout)["recommendations"] == []  # no track is in work9
     r = _recommend("--track", "c1/track 005", "--format", "json", "--where", "work = 'work1'")
-    assert {x["work"] for x in json.loads(r.stdout)["recommendations"]} == {"work1"}
+    assert {_label(x, "work") for x in json.loads(r.stdout)["recommendations"]} == {"work1"}
 
 
 def test_old_catalogue_json_and_old_index_are_replaced(store, isolated_env):
