@@ -67,6 +67,7 @@ def test_listen_find_neighbours_and_exclude(home, chromium, tmp_path):
             track.click()
             page.wait_for_selector("#query-id")
             assert page.text_content("#query-id") == "a/t1"
+            assert not page.is_visible("#shaping")  # nothing included or excluded yet
             # play: the element reaches canplay on a ranged (206) answer
             page.wait_for_function("document.getElementById('player').readyState >= 3")
             page.evaluate("document.getElementById('player').play()")
@@ -97,6 +98,7 @@ def test_listen_find_neighbours_and_exclude(home, chromium, tmp_path):
             assert after != before and before[0] not in after and "a/t1" not in after
             assert any('"negative":["' + before[0] + '"]' in b for b in posts), posts
             assert page.text_content("#negatives").startswith(before[0])
+            assert page.is_visible("#shaping")
             # the probe heat-map loaded
             page.wait_for_function(
                 "document.getElementById('heatmap').complete && document.getElementById('heatmap').naturalWidth > 0"
