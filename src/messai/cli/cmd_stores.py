@@ -88,5 +88,5 @@ def datasets_command(
             }
             for s in rows
         ]
-    title = f"stores under {short_path(str(settings.stores_location), 60)}"
+    title = f"stores under {settings.stores_location}"  # a title wraps: the whole path
     render_rows(rows, fmt, columns=columns, title=title, header=not no_header)
