@@ -17,12 +17,19 @@ The side file (documented in ``docs/aspect-spaces.md``)::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from messai.analysis.aspect_space import AspectSpace, fit_ridge_span, fit_shrinkage_lda
+from messai.analysis.aspect_space import (
+    AspectSpace,
+    _folds,
+    _standardise,
+    fit_ridge_span,
+    fit_shrinkage_lda,
+)
 from messai.errors import ConfigError
 
 SIDE_FILE = "aspect_spaces.json"
@@ -105,6 +112,7 @@ def fit_aspect_space(
     folds: int = 5,
     seed: int = 0,
     track_ids: list[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> AspectSpace:
     """Fit ``aspect``'s space on the store's windows.
 
@@ -119,6 +127,9 @@ def fit_aspect_space(
         ``track`` or a label: no group on both sides of a CV split.
     track_ids
         Fit on these tracks only (default all; the benchmark fits on some groups).
+    progress
+        Called as ``progress(step, done, total)``: after each layer of the search (step
+        ``"searching layers"``) and around the final fit (``"fitting the space"``).
     """
     from messai.analysis.discovery import probe_inputs
     from messai.features.store import now_iso
@@ -151,19 +162,30 @@ def fit_aspect_space(
     if layers is None:
         layers = _default_layers(store, aspect, source)
     if layers is None:  # choose by grouped CV, one layer at a time
-        layer_scores = {}
-        for layer in range(store.n_layers):
-            X = _window_matrix(segments, [layer])
-            _, (_, _, ev) = _fit_on(X, source, Y, names, labels, groups, folds=folds, seed=seed)
-            layer_scores[layer] = round(_score(ev), 4)
+        searched = search_layers(
+            segments, source, Y, names, labels, groups, folds=folds, seed=seed, progress=progress
+        )
+        layer_scores = {k: round(_score(ev), 4) for k, ev in searched.items()}
         layers = [max(layer_scores, key=lambda k: layer_scores[k])]
     bad = [la for la in layers if not 0 <= la < store.n_layers]
     if bad:
         raise ConfigError(f"layer {bad[0]} out of range: the store has 0..{store.n_layers - 1}")
     X = _window_matrix(segments, list(layers))
-    method, (mean, comp, evidence) = _fit_on(
-        X, source, Y, names, labels, groups, folds=folds, seed=seed
-    )
+    if progress is not None:
+        progress("fitting the space", 0, 1)
+    if layer_scores is not None and source.kind == "label":
+        # the search has the chosen layer's out-of-fold accuracy already (the same classifier)
+        method = "shrinkage_lda"
+        mean, comp, evidence = fit_shrinkage_lda(
+            X, labels, groups, folds=folds, seed=seed, evaluate=False
+        )
+        evidence = {**evidence, **searched[layers[0]]}
+    else:
+        method, (mean, comp, evidence) = _fit_on(
+            X, source, Y, names, labels, groups, folds=folds, seed=seed
+        )
+    if progress is not None:
+        progress("fitting the space", 1, 1)
     evidence = {**evidence, "group_by": group_by}
     if layer_scores is not None:
         evidence["layer_scores"] = {str(k): v for k, v in layer_scores.items()}
@@ -179,6 +201,79 @@ def fit_aspect_space(
         store.fingerprint(probe_inputs=True) if track_ids is None else None,
         now_iso(),
     )
+
+
+def search_layers(
+    segments: np.ndarray,
+    source: SpaceSource,
+    Y: np.ndarray | None,
+    names: list[str] | None,
+    labels: np.ndarray | None,
+    groups: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Layer → the grouped-CV evidence of a space fitted on that layer alone (``segments``:
+    ``[n_windows, n_layers, dim]``): ``cv_r2`` of the ridge probe for targets, ``cv_accuracy``
+    and ``folds`` of the shrinkage-LDA classifier for a label — the figures the fit itself
+    reports, computed without fitting the spaces that are not kept (for a label:
+    :func:`lda_cv_accuracy`, the same classifier without its projection)."""
+    n_layers = segments.shape[1]
+    splits = None if source.kind == "targets" else _folds(np.asarray(groups), folds, seed)
+    evidence: dict[int, dict[str, Any]] = {}
+    for layer in range(n_layers):
+        X = _window_matrix(segments, [layer])
+        if source.kind == "targets":
+            _, _, ev = fit_ridge_span(X, Y, groups, output_names=names, folds=folds, seed=seed)
+            evidence[layer] = {"cv_r2": ev["cv_r2"]}
+        else:
+            mx, ix = _standardise(X)
+            accuracy = lda_cv_accuracy((X - mx) * ix, labels, splits)
+            evidence[layer] = {"cv_accuracy": accuracy, "folds": len(splits)}
+        if progress is not None:
+            progress("searching layers", layer + 1, n_layers)
+    return evidence
+
+
+def lda_cv_accuracy(Xs: np.ndarray, labels: np.ndarray, splits) -> float | None:
+    """Out-of-fold window accuracy of scikit-learn's ``LinearDiscriminantAnalysis(solver=
+    "eigen", shrinkage="auto")`` — as :func:`~messai.analysis.aspect_space.fit_shrinkage_lda`
+    reports it — without the generalised eigendecomposition: with every eigenvector kept, that
+    classifier's coefficients are ``Σw⁻¹ μ`` (Σw: the prior-weighted Ledoit-Wolf class
+    covariances, each estimated on standardised data and scaled back, as scikit-learn does),
+    here from a Cholesky solve. ``Xs``: standardised ``[n_windows, dim]``; folds whose
+    training side has one class are skipped, as there."""
+    from scipy import linalg
+    from sklearn.covariance import ledoit_wolf
+
+    labels = np.asarray(labels).astype(str)
+    correct, tried = 0, 0
+    for train, test in splits:
+        y = labels[train]
+        classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+        if len(classes) < 2:
+            continue
+        Xt = Xs[train]
+        priors = counts / len(y)
+        means = np.stack([Xt[inverse == k].mean(0) for k in range(len(classes))])
+        cov = np.zeros((Xs.shape[1], Xs.shape[1]))
+        for k in range(len(classes)):
+            Xg = Xt[inverse == k]
+            scale = Xg.std(0)
+            scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0  # as StandardScaler
+            shrunk = ledoit_wolf((Xg - Xg.mean(0)) / scale)[0]
+            cov += priors[k] * (scale[:, None] * shrunk * scale[None, :])
+        try:
+            coef = linalg.cho_solve(linalg.cho_factor(cov), means.T).T
+        except linalg.LinAlgError:  # not positive definite in floating point: least squares
+            coef = linalg.lstsq(cov, means.T)[0].T
+        intercept = -0.5 * np.einsum("kd,kd->k", means, coef) + np.log(priors)
+        predicted = classes[np.argmax(Xs[test] @ coef.T + intercept, axis=1)]
+        correct += int((predicted == labels[test]).sum())
+        tried += len(test)
+    return round(correct / tried, 4) if tried else None
 
 
 def _default_layers(store, aspect: str, source: SpaceSource) -> list[int] | None:
