@@ -238,8 +238,13 @@ def _checkpoint_for_demo(settings):
     except ModelError as exc:
         if Path(str(settings.model)).expanduser().exists():
             raise
+        import os
+        import shlex
+
+        run = "uv run mess" if os.environ.get("UV") else "mess"  # as this one was started
+        folder = shlex.quote(str(settings.home.expanduser() / "models" / "mert-random"))
         raise ModelError(
             f"{exc}. To try the demo offline with a random-weight model (numbers mean nothing "
-            "musically): mess model random ~/mert-random --preset base && "
-            "mess demo --model ~/mert-random"
+            f"musically): {run} model random {folder} --preset base && "
+            f"{run} demo --model {folder}"
         ) from None

@@ -27,8 +27,10 @@ from messai.analysis.aspect_space import (
     AspectSpace,
     _folds,
     _standardise,
+    cv_r2_by_name,
     fit_ridge_span,
     fit_shrinkage_lda,
+    ridge_cv,
 )
 from messai.errors import ConfigError
 
@@ -218,16 +220,18 @@ def search_layers(
     """Layer → the grouped-CV evidence of a space fitted on that layer alone (``segments``:
     ``[n_windows, n_layers, dim]``): ``cv_r2`` of the ridge probe for targets, ``cv_accuracy``
     and ``folds`` of the shrinkage-LDA classifier for a label — the figures the fit itself
-    reports, computed without fitting the spaces that are not kept (for a label:
-    :func:`lda_cv_accuracy`, the same classifier without its projection)."""
+    reports, computed without fitting the spaces that are not kept (for targets the probe's
+    cross-validation only; for a label :func:`lda_cv_accuracy`, the same classifier without
+    its projection)."""
     n_layers = segments.shape[1]
     splits = None if source.kind == "targets" else _folds(np.asarray(groups), folds, seed)
     evidence: dict[int, dict[str, Any]] = {}
     for layer in range(n_layers):
         X = _window_matrix(segments, [layer])
-        if source.kind == "targets":
-            _, _, ev = fit_ridge_span(X, Y, groups, output_names=names, folds=folds, seed=seed)
-            evidence[layer] = {"cv_r2": ev["cv_r2"]}
+        if source.kind == "targets":  # the probe's CV, as fit_ridge_span reports it
+            _, _, r2, _ = ridge_cv(X, Y, groups, folds=folds, seed=seed)
+            best = int(np.nanargmax(np.nanmean(r2, axis=1)))
+            evidence[layer] = {"cv_r2": cv_r2_by_name(r2[best], names)}
         else:
             mx, ix = _standardise(X)
             accuracy = lda_cv_accuracy((X - mx) * ix, labels, splits)
