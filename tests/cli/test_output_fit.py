@@ -205,3 +205,19 @@ def test_fit_table_keeps_ids_whole_wraps_text_and_drops_from_the_right():
     tight = fit_table(cols, cells, 44)
     assert tight.dropped == ["source", "year", "work"]
     assert [c.name for c in tight.columns] == ["track_id", "seconds", "status"]
+
+
+def test_fitted_space_tables_fit_80_and_60_columns(long_names_store):
+    env = long_names_store
+    for width in (80, 60):
+        fit = mess("aspects", "fit", "-d", "tables", "--aspect", "instrument", "--folds", "2",
+                   env={**env, "COLUMNS": str(width)})  # fmt: skip
+        assert fit.exit_code == 0, fit.output
+        listing = mess("aspects", "-d", "tables", env={**env, "COLUMNS": str(width)})
+        bench = mess("benchmark", "similarity", "-d", "tables", "--layers", "0", "-k", "2",
+                     env={**env, "COLUMNS": str(width)})  # fmt: skip
+        for r in (fit, listing, bench):
+            assert r.exit_code == 0, r.output
+            too_wide = [line for line in r.stdout.splitlines() if len(line) > width]
+            assert not too_wide, "\n".join(too_wide)
+        assert "instrument" in listing.stdout and "shrinkage_lda" in fit.stdout
