@@ -87,3 +87,23 @@ def test_target_search_reports_progress_and_keeps_its_scores(planted):
     scores = space.evidence["layer_scores"]
     assert space.layers == [1] and scores["1"] == max(scores.values())
     assert space.evidence["cv_r2"]["spectral_centroid"] == scores["1"]
+
+
+@pytest.mark.parametrize("n,dim", [(40, 100), (200, 30), (60, 60)])
+def test_shrinkage_lda_coef_equals_sklearn(n, dim):
+    """Fewer windows than features (the Woodbury path), more, and as many; a constant feature."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from messai.analysis.aspect_fit import shrinkage_lda_coef
+
+    rng = np.random.default_rng(n + dim)
+    y = np.repeat(["a", "b", "c", "d"], n // 4)
+    X = (
+        rng.normal(size=(len(y), dim)) * rng.uniform(0.1, 10, dim)
+        + rng.normal(size=(4, dim))[np.searchsorted(["a", "b", "c", "d"], y)]
+    )
+    X[:, 3] = 2.0
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(X, y)
+    coef, intercept = shrinkage_lda_coef(X, y)
+    np.testing.assert_allclose(coef, lda.coef_, rtol=1e-7, atol=1e-9 * np.abs(lda.coef_).max())
+    np.testing.assert_allclose(intercept, lda.intercept_, rtol=1e-7, atol=1e-9)

@@ -244,40 +244,78 @@ def search_layers(
 def lda_cv_accuracy(Xs: np.ndarray, labels: np.ndarray, splits) -> float | None:
     """Out-of-fold window accuracy of scikit-learn's ``LinearDiscriminantAnalysis(solver=
     "eigen", shrinkage="auto")`` — as :func:`~messai.analysis.aspect_space.fit_shrinkage_lda`
-    reports it — without the generalised eigendecomposition: with every eigenvector kept, that
-    classifier's coefficients are ``Σw⁻¹ μ`` (Σw: the prior-weighted Ledoit-Wolf class
-    covariances, each estimated on standardised data and scaled back, as scikit-learn does),
-    here from a Cholesky solve. ``Xs``: standardised ``[n_windows, dim]``; folds whose
-    training side has one class are skipped, as there."""
-    from scipy import linalg
-    from sklearn.covariance import ledoit_wolf
-
+    reports it — without its generalised eigendecomposition: with every eigenvector kept, that
+    classifier's coefficients are ``Σw⁻¹ μ`` (:func:`shrinkage_lda_coef`). ``Xs``:
+    standardised ``[n_windows, dim]``; folds whose training side has one class are skipped,
+    as there."""
     labels = np.asarray(labels).astype(str)
     correct, tried = 0, 0
     for train, test in splits:
         y = labels[train]
-        classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+        classes = np.unique(y)
         if len(classes) < 2:
             continue
-        Xt = Xs[train]
-        priors = counts / len(y)
-        means = np.stack([Xt[inverse == k].mean(0) for k in range(len(classes))])
-        cov = np.zeros((Xs.shape[1], Xs.shape[1]))
-        for k in range(len(classes)):
-            Xg = Xt[inverse == k]
-            scale = Xg.std(0)
-            scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0  # as StandardScaler
-            shrunk = ledoit_wolf((Xg - Xg.mean(0)) / scale)[0]
-            cov += priors[k] * (scale[:, None] * shrunk * scale[None, :])
-        try:
-            coef = linalg.cho_solve(linalg.cho_factor(cov), means.T).T
-        except linalg.LinAlgError:  # not positive definite in floating point: least squares
-            coef = linalg.lstsq(cov, means.T)[0].T
-        intercept = -0.5 * np.einsum("kd,kd->k", means, coef) + np.log(priors)
+        coef, intercept = shrinkage_lda_coef(Xs[train], y)
         predicted = classes[np.argmax(Xs[test] @ coef.T + intercept, axis=1)]
         correct += int((predicted == labels[test]).sum())
         tried += len(test)
     return round(correct / tried, 4) if tried else None
+
+
+def shrinkage_lda_coef(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients ``[n_classes, dim]`` and intercepts of scikit-learn's shrinkage LDA
+    (``shrinkage="auto"``: each class's Ledoit-Wolf covariance estimated on its standardised
+    windows and scaled back, weighted by the class priors: Σw), for every class in sorted order
+    (no two-class reduction): ``coef = Σw⁻¹ μ_k``, ``intercept = −½ μ_k·coef_k + log p_k``.
+
+    Σw is a low-rank part plus a diagonal, ``Aᵀ A + Λ`` (``A``: the centred windows, each
+    class's scaled by ``√(p (1 − s) / n)``; ``Λ = Σ p s μ scale²``), and the Ledoit-Wolf
+    shrinkage ``s`` needs only the windows' Gram matrices: with fewer windows than features
+    the solve goes through the windows (Woodbury: an ``n × n`` Cholesky) and nothing of size
+    ``dim × dim`` is formed."""
+    from scipy import linalg
+
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    n, d = X.shape
+    priors = counts / n
+    means = np.stack([X[inverse == k].mean(0) for k in range(len(classes))])
+    rows, diag = [], np.zeros(d)
+    for k in range(len(classes)):
+        Xc = X[inverse == k] - means[k]
+        nc = len(Xc)
+        scale = Xc.std(0)
+        scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0  # as StandardScaler
+        Z = Xc / scale
+        Z = Z - Z.mean(0)  # ledoit_wolf centres again
+        Z2 = Z**2
+        trace = Z2.sum(0) / nc
+        mu = trace.sum() / d
+        gram = Z @ Z.T
+        delta_ = float((gram**2).sum()) / nc**2  # ‖ZᵀZ‖²_F = ‖Z Zᵀ‖²_F
+        beta_ = float((Z2.sum(1) ** 2).sum())  # Σ of the entries of (Z²)ᵀ Z²
+        beta = (beta_ / nc - delta_) / (d * nc)
+        delta = (delta_ - 2.0 * mu * trace.sum() + d * mu**2) / d
+        beta = min(beta, delta)
+        shrink = 0.0 if beta == 0 else beta / delta
+        rows.append(np.sqrt(priors[k] * (1.0 - shrink) / nc) * Xc)
+        diag += priors[k] * shrink * mu * scale**2
+    A = np.concatenate(rows)
+    M = means.T  # [d, k]
+    if n < d and diag.min() > 0:
+        B = A / diag  # A Λ⁻¹
+        K = B @ A.T
+        K.flat[:: n + 1] += 1.0  # I + A Λ⁻¹ Aᵀ
+        coef_t = M / diag[:, None] - B.T @ linalg.cho_solve(linalg.cho_factor(K), B @ M)
+    else:
+        cov = A.T @ A
+        cov.flat[:: d + 1] += diag
+        try:
+            coef_t = linalg.cho_solve(linalg.cho_factor(cov), M)
+        except linalg.LinAlgError:  # not positive definite in floating point: least squares
+            coef_t = linalg.lstsq(cov, M)[0]
+    coef = coef_t.T
+    intercept = -0.5 * np.einsum("kd,kd->k", means, coef) + np.log(priors)
+    return coef, intercept
 
 
 def _default_layers(store, aspect: str, source: SpaceSource) -> list[int] | None:
