@@ -286,9 +286,14 @@ def _checkpoint_for_demo(settings):
     except ModelError as exc:
         if Path(str(settings.model)).expanduser().exists():
             raise
+        import os
+        import shlex
+
+        run = "uv run mess" if os.environ.get("UV") else "mess"  # as this one was started
+        folder = shlex.quote(str(settings.home.expanduser() / "models" / "mert-random"))
         raise ModelError(
             f"{exc}. To try the demo offline with a random-weight model (numbers mean nothing "
-            "musically): mess model random ~/mert-random --preset base && "
-            "mess demo --model ~/mert-random; or, with a trained model that ships offline, "
-            "uv sync --extra crepe && mess demo --model crepe:tiny"
+            f"musically): {run} model random {folder} --preset base && "
+            f"{run} demo --model {folder}; or, with a trained model that ships offline, "
+            f"uv sync --extra crepe && {run} demo --model crepe:tiny"
         ) from None

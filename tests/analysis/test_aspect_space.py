@@ -71,7 +71,7 @@ def test_saved_with_the_store_and_stale_after_a_change(planted, tmp_path):
     assert load_spaces(planted)["fa"][1] is True
 
 
-@pytest.mark.parametrize("n,d", [(20, 50), (80, 30)])
+@pytest.mark.parametrize("n,d", [(20, 50), (80, 30), (60, 200)])
 def test_ridge_weights_match_sklearn(n, d):
     from sklearn.linear_model import Ridge
 

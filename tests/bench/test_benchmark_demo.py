@@ -131,14 +131,22 @@ def test_demo_with_a_random_checkpoint_has_a_twin_that_differs(tmp_path):
     assert "demo" in names and len(names) == 2
 
 
-def test_demo_offline_default_model_says_what_to_do():
+def test_demo_offline_default_model_says_what_to_do(isolated_env, monkeypatch):
+    """The hint is a command to copy: run as this one was (uv run or not), and the model goes
+    under the data root, not the home folder (issue 21 item 14)."""
+    folder = isolated_env / "models" / "mert-random"
+    monkeypatch.setenv("UV", "/usr/bin/uv")  # started by 'uv run'
     r = runner.invoke(app, ["demo", "--device", "cpu"])
     assert r.exit_code == 2
     assert "not in the Hugging Face cache" in r.output
     assert (
-        "mess model random ~/mert-random --preset base && mess demo --model ~/mert-random"
-        in r.output
+        f"uv run mess model random {folder} --preset base && uv run mess demo --model {folder}"
+        in " ".join(r.output.split())
     )
+    monkeypatch.delenv("UV")
+    r = runner.invoke(app, ["demo", "--device", "cpu"])
+    assert f"mess model random {folder} --preset base" in " ".join(r.output.split())
+    assert "uv run" not in r.output
 
 
 def test_speed_benchmarks_run_at_small_sizes(tiny_ckpt):

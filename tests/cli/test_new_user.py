@@ -341,12 +341,8 @@ def test_extraction_benchmark_warms_both_paths_up(tiny_ckpt, monkeypatch):
 
 @pytest.fixture()
 def at_80_columns(monkeypatch):
-    from messai.cli import common
-
-    monkeypatch.setenv("COLUMNS", "80")
-    common.out_console.cache_clear()
+    monkeypatch.setenv("COLUMNS", "80")  # the console follows COLUMNS (one per value)
     yield
-    common.out_console.cache_clear()
 
 
 def assert_fits_80(text: str) -> None:

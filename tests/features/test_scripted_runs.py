@@ -136,3 +136,36 @@ def test_ctrl_c_on_a_base_shaped_model_stops_cleanly(tmp_path, isolated_env, sig
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert len(FeatureStore.open("c")) == n
+
+
+def test_a_stored_file_that_became_unreadable_fails_once_then_is_failed_earlier(
+    lib_with_bad, tiny_ckpt
+):
+    """Issue 21 item 3: a track stored before its file became unreadable failed again on every
+    run (exit 1 each time); it fails once, then is listed as failed earlier until it changes."""
+    args = ("extract", lib_with_bad, "-d", "x", "--model", tiny_ckpt, "--device", "cpu")
+    mess(*args)  # a.wav and b.wav stored
+    a = lib_with_bad / "a.wav"
+    good = a.read_bytes()
+    a.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # unreadable from now on
+    broke = mess(*args, "--json")
+    assert broke.exit_code == 1, broke.output
+    assert [f["path"] for f in json.loads(broke.stdout)["failures"]] == [str(a)]
+    for _ in range(2):
+        again = mess(*args, "--json")
+        assert again.exit_code == 0, again.output
+        report = json.loads(again.stdout)
+        assert report["failures"] == [] and report["n_extracted"] == 0
+        assert str(a) in [f["path"] for f in report["failed_earlier"]]
+        assert "failed earlier (unchanged" in again.stderr
+    rows = {r["track_id"]: r for r in FeatureStore.open("x").track_rows()}
+    assert rows["a"]["status"].startswith("stale")
+    a.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk, changed")  # changed since: retried
+    assert mess(*args).exit_code == 1
+    a.write_bytes(good)  # the stored content again (a new mtime): up to date, no longer stale
+    back = mess(*args, "--json")
+    assert back.exit_code == 0, back.output
+    report = json.loads(back.stdout)
+    assert report["n_extracted"] == 0 and str(a) not in str(report["failed_earlier"])
+    rows = {r["track_id"]: r for r in FeatureStore.open("x").track_rows()}
+    assert rows["a"]["status"] == "ok"

@@ -17,6 +17,7 @@ The side file (documented in ``docs/aspect-spaces.md``)::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,13 @@ import numpy as np
 
 from messai.analysis.aspect_space import (
     AspectSpace,
+    _folds,
+    _standardise,
+    cv_r2_by_name,
     dict_checksum,
     fit_ridge_span,
     fit_shrinkage_lda,
+    ridge_cv,
 )
 from messai.analysis.results import DEFAULT_MIN_MARGIN
 from messai.analysis.space_validation import held_out_interval, validate_space
@@ -137,6 +142,7 @@ def fit_aspect_space(
     control_store: str | None = None,
     min_r2: float | None = None,
     n_bootstrap: int = 1000,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> AspectSpace:
     """Fit ``aspect``'s space on the store's windows.
 
@@ -159,6 +165,9 @@ def fit_aspect_space(
         R² threshold of a target space (default: the probe's, else 0.5).
     n_bootstrap
         Group resamples of the held-out score's confidence interval.
+    progress
+        Called as ``progress(step, done, total)``: after each layer of the search (step
+        ``"searching layers"``) and around the final fit (``"fitting the space"``).
 
     The result's ``evidence["validation"]`` says whether the space is validated and why not
     (:func:`messai.analysis.space_validation.validate_space`).
@@ -194,26 +203,47 @@ def fit_aspect_space(
     if layers is None:
         layers = _default_layers(store, aspect, source)
     if layers is None:  # choose by grouped CV, one layer at a time
-        layer_scores = {}
-        for layer in range(store.n_layers):
-            X = _window_matrix(segments, [layer])
-            _, (_, _, ev) = _fit_on(X, source, Y, names, labels, groups, folds=folds, seed=seed)
-            layer_scores[layer] = round(_score(ev), 4)
+        hits_by_layer: dict[int, np.ndarray] = {}
+        searched = search_layers(
+            segments,
+            source,
+            Y,
+            names,
+            labels,
+            groups,
+            folds=folds,
+            seed=seed,
+            progress=progress,
+            hits=hits_by_layer,
+        )
+        layer_scores = {k: round(_score(ev), 4) for k, ev in searched.items()}
         layers = [max(layer_scores, key=lambda k: layer_scores[k])]
     bad = [la for la in layers if not 0 <= la < store.n_layers]
     if bad:
         raise ConfigError(f"layer {bad[0]} out of range: the store has 0..{store.n_layers - 1}")
     X = _window_matrix(segments, list(layers))
+    if progress is not None:
+        progress("fitting the space", 0, 1)
     if source.kind == "targets":
         method = "ridge_span"
         mean, comp, evidence, oof = fit_ridge_span(
             X, Y, groups, output_names=names, folds=folds, seed=seed, return_oof=True
         )
+    elif layer_scores is not None:
+        # the search scored the chosen layer with the same classifier: reuse its held-out hits
+        method = "shrinkage_lda"
+        mean, comp, evidence = fit_shrinkage_lda(
+            X, labels, groups, folds=folds, seed=seed, evaluate=False
+        )
+        evidence = {**evidence, **searched[layers[0]]}
+        oof = hits_by_layer[layers[0]]
     else:
         method = "shrinkage_lda"
         mean, comp, evidence, oof = fit_shrinkage_lda(
             X, labels, groups, folds=folds, seed=seed, return_oof=True
         )
+    if progress is not None:
+        progress("fitting the space", 1, 1)
     evidence = {**evidence, "group_by": group_by}
     control_name = control_store if control_store is not None else _probe_control(store)
     control_score = None
@@ -288,6 +318,130 @@ def _control_score(store, control_name, ids, layers, source, Y, names, labels, g
     X = _window_matrix(segments, layers)
     _, (_, _, ev) = _fit_on(X, source, Y, names, labels, groups, folds=folds, seed=seed)
     return _score(ev)
+
+
+def search_layers(
+    segments: np.ndarray,
+    source: SpaceSource,
+    Y: np.ndarray | None,
+    names: list[str] | None,
+    labels: np.ndarray | None,
+    groups: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+    hits: dict[int, np.ndarray] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Layer → the grouped-CV evidence of a space fitted on that layer alone (``segments``:
+    ``[n_windows, n_layers, dim]``): ``cv_r2`` of the ridge probe for targets, ``cv_accuracy``
+    and ``folds`` of the shrinkage-LDA classifier for a label — the figures the fit itself
+    reports, computed without fitting the spaces that are not kept (for targets the probe's
+    cross-validation only; for a label :func:`lda_cv_accuracy`, the same classifier without
+    its projection)."""
+    n_layers = segments.shape[1]
+    splits = None if source.kind == "targets" else _folds(np.asarray(groups), folds, seed)
+    evidence: dict[int, dict[str, Any]] = {}
+    for layer in range(n_layers):
+        X = _window_matrix(segments, [layer])
+        if source.kind == "targets":  # the probe's CV, as fit_ridge_span reports it
+            _, _, r2, _ = ridge_cv(X, Y, groups, folds=folds, seed=seed)
+            best = int(np.nanargmax(np.nanmean(r2, axis=1)))
+            evidence[layer] = {"cv_r2": cv_r2_by_name(r2[best], names)}
+        else:
+            mx, ix = _standardise(X)
+            right = lda_cv_hits((X - mx) * ix, labels, splits)
+            if hits is not None:  # per window: 1 right, 0 wrong, nan untested
+                hits[layer] = right
+            tried = np.isfinite(right)
+            accuracy = round(float(right[tried].mean()), 4) if tried.any() else None
+            evidence[layer] = {"cv_accuracy": accuracy, "folds": len(splits)}
+        if progress is not None:
+            progress("searching layers", layer + 1, n_layers)
+    return evidence
+
+
+def lda_cv_hits(Xs: np.ndarray, labels: np.ndarray, splits) -> np.ndarray:
+    """Per window, whether scikit-learn's ``LinearDiscriminantAnalysis(solver="eigen",
+    shrinkage="auto")`` classifies it right out of fold (1 right, 0 wrong, nan untested) — as
+    :func:`~messai.analysis.aspect_space.fit_shrinkage_lda` reports it — without its
+    generalised eigendecomposition: with every eigenvector kept, that classifier's coefficients
+    are ``Σw⁻¹ μ`` (:func:`shrinkage_lda_coef`). ``Xs``: standardised ``[n_windows, dim]``;
+    folds whose training side has one class are skipped, as there."""
+    labels = np.asarray(labels).astype(str)
+    right = np.full(len(labels), np.nan)
+    for train, test in splits:
+        y = labels[train]
+        classes = np.unique(y)
+        if len(classes) < 2:
+            continue
+        coef, intercept = shrinkage_lda_coef(Xs[train], y)
+        predicted = classes[np.argmax(Xs[test] @ coef.T + intercept, axis=1)]
+        right[test] = predicted == labels[test]
+    return right
+
+
+def lda_cv_accuracy(Xs: np.ndarray, labels: np.ndarray, splits) -> float | None:
+    """Out-of-fold window accuracy of :func:`lda_cv_hits` (None when no fold could be tried)."""
+    right = lda_cv_hits(Xs, labels, splits)
+    tried = np.isfinite(right)
+    return round(float(right[tried].mean()), 4) if tried.any() else None
+
+
+def shrinkage_lda_coef(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients ``[n_classes, dim]`` and intercepts of scikit-learn's shrinkage LDA
+    (``shrinkage="auto"``: each class's Ledoit-Wolf covariance estimated on its standardised
+    windows and scaled back, weighted by the class priors: Σw), for every class in sorted order
+    (no two-class reduction): ``coef = Σw⁻¹ μ_k``, ``intercept = −½ μ_k·coef_k + log p_k``.
+
+    Σw is a low-rank part plus a diagonal, ``Aᵀ A + Λ`` (``A``: the centred windows, each
+    class's scaled by ``√(p (1 − s) / n)``; ``Λ = Σ p s μ scale²``), and the Ledoit-Wolf
+    shrinkage ``s`` needs only the windows' Gram matrices: with fewer windows than features
+    the solve goes through the windows (Woodbury: an ``n × n`` Cholesky) and nothing of size
+    ``dim × dim`` is formed."""
+    from scipy import linalg
+
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    n, d = X.shape
+    priors = counts / n
+    means = np.stack([X[inverse == k].mean(0) for k in range(len(classes))])
+    rows, diag = [], np.zeros(d)
+    for k in range(len(classes)):
+        Xc = X[inverse == k] - means[k]
+        nc = len(Xc)
+        scale = Xc.std(0)
+        scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0  # as StandardScaler
+        Z = Xc / scale
+        Z = Z - Z.mean(0)  # ledoit_wolf centres again
+        Z2 = Z**2
+        trace = Z2.sum(0) / nc
+        mu = trace.sum() / d
+        gram = Z @ Z.T
+        delta_ = float((gram**2).sum()) / nc**2  # ‖ZᵀZ‖²_F = ‖Z Zᵀ‖²_F
+        beta_ = float((Z2.sum(1) ** 2).sum())  # Σ of the entries of (Z²)ᵀ Z²
+        beta = (beta_ / nc - delta_) / (d * nc)
+        delta = (delta_ - 2.0 * mu * trace.sum() + d * mu**2) / d
+        beta = min(beta, delta)
+        shrink = 0.0 if beta == 0 else beta / delta
+        rows.append(np.sqrt(priors[k] * (1.0 - shrink) / nc) * Xc)
+        diag += priors[k] * shrink * mu * scale**2
+    A = np.concatenate(rows)
+    M = means.T  # [d, k]
+    if n < d and diag.min() > 0:
+        B = A / diag  # A Λ⁻¹
+        K = B @ A.T
+        K.flat[:: n + 1] += 1.0  # I + A Λ⁻¹ Aᵀ
+        coef_t = M / diag[:, None] - B.T @ linalg.cho_solve(linalg.cho_factor(K), B @ M)
+    else:
+        cov = A.T @ A
+        cov.flat[:: d + 1] += diag
+        try:
+            coef_t = linalg.cho_solve(linalg.cho_factor(cov), M)
+        except linalg.LinAlgError:  # not positive definite in floating point: least squares
+            coef_t = linalg.lstsq(cov, M)[0]
+    coef = coef_t.T
+    intercept = -0.5 * np.einsum("kd,kd->k", means, coef) + np.log(priors)
+    return coef, intercept
 
 
 def _default_layers(store, aspect: str, source: SpaceSource) -> list[int] | None:

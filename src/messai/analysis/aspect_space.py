@@ -162,17 +162,71 @@ def _folds(groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, 
 
 
 def ridge_weights(Xs: np.ndarray, Y: np.ndarray, alphas: np.ndarray):
-    """Ridge weights ``[n_features, n_outputs]`` for each alpha: from the thin SVD of ``Xs``
-    when there are fewer windows than features, else from the eigen-decomposition of the Gram
-    matrix (the same solution, ``V diag(1/(s² + alpha)) Vᵀ Xᵀ Y``)."""
+    """Ridge weights ``[n_features, n_outputs]`` for each alpha: with fewer windows than
+    features from the eigen-decomposition of the windows' Gram matrix ``Xs Xsᵀ = U diag(s) Uᵀ``
+    (``Xsᵀ U diag(1/(s + alpha)) Uᵀ Y``, a few times cheaper than the thin SVD it equals), else
+    from that of the features' one (the same solution, ``V diag(1/(s + alpha)) Vᵀ Xᵀ Y``)."""
     if len(Xs) < Xs.shape[1]:
-        U, sv, Vt = np.linalg.svd(Xs, full_matrices=False)
-        B = U.T @ Y
-        return [Vt.T @ (B * (sv / (sv**2 + a))[:, None]) for a in alphas]
+        s, U = np.linalg.eigh(Xs @ Xs.T)
+        s = np.maximum(s, 0.0)
+        B = U.T @ Y  # [n, m]
+        return [Xs.T @ (U @ (B / (s + a)[:, None])) for a in alphas]
     s, V = np.linalg.eigh(Xs.T @ Xs)
     s = np.maximum(s, 0.0)
     B = V.T @ (Xs.T @ Y)  # [D, m]
     return [V @ (B / (s + a)[:, None]) for a in alphas]
+
+
+def ridge_cv(
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    return_oof: bool = False,
+) -> tuple:
+    """The grouped cross-validation of :func:`fit_ridge_span`: windows with a non-finite value
+    dropped, then the pooled out-of-fold R² ``[n_alphas, n_outputs]`` of a ridge probe at each
+    of ``ALPHAS`` (standardisation inside the folds). Returns ``(X, Y, r2, splits)`` with the
+    windows kept; ``return_oof`` adds ``(kept, predictions)``: the mask of windows kept and
+    their out-of-fold predictions ``[n_alphas, n_kept, n_outputs]``."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+    ok = np.isfinite(Y).all(1) & np.isfinite(X).all(1)
+    X, Y, groups = X[ok], Y[ok], np.asarray(groups)[ok]
+    if len(X) < 4:
+        raise ConfigError(f"fitting an aspect space needs at least 4 windows; got {len(X)}")
+    splits = _folds(groups, folds, seed)
+    alphas = np.asarray(ALPHAS)
+    sse = np.zeros((len(alphas), Y.shape[1]))
+    oof = np.full((len(alphas), *Y.shape), np.nan) if return_oof else None
+    for train, test in splits:
+        mx, ix = _standardise(X[train])
+        my, sy = Y[train].mean(0), Y[train].std(0)
+        sy = np.where(sy > 0, sy, 1.0)
+        Xs = (X[train] - mx) * ix
+        Ws = ridge_weights(Xs, (Y[train] - my) / sy, alphas * len(train))
+        Xt = (X[test] - mx) * ix
+        for i, W in enumerate(Ws):
+            p = (Xt @ W) * sy + my
+            sse[i] += ((p - Y[test]) ** 2).sum(0)
+            if oof is not None:
+                oof[i][test] = p
+    tss = ((Y - Y.mean(0)) ** 2).sum(0)
+    tss = np.where(tss > 0, tss, np.nan)
+    if return_oof:
+        return X, Y, 1.0 - sse / tss, splits, ok, oof
+    return X, Y, 1.0 - sse / tss, splits
+
+
+def cv_r2_by_name(r2: np.ndarray, output_names: list[str] | None) -> dict[str, float]:
+    """One alpha's out-of-fold R² per output, averaged over outputs that share a name."""
+    names = output_names or [f"y{i}" for i in range(len(r2))]
+    by_name: dict[str, list[float]] = {}
+    for name, value in zip(names, r2):
+        by_name.setdefault(name, []).append(float(value))
+    return {k: round(float(np.nanmean(v)), 4) for k, v in by_name.items()}
 
 
 def fit_ridge_span(
@@ -205,31 +259,11 @@ def fit_ridge_span(
     evidence : dict
         ``alpha`` (per window), ``cv_r2`` name → out-of-fold R² at that alpha, ``folds``.
     """
-    X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
-    ok = np.isfinite(Y).all(1) & np.isfinite(X).all(1)
-    X, Y, groups = X[ok], Y[ok], np.asarray(groups)[ok]
-    if len(X) < 4:
-        raise ConfigError(f"fitting an aspect space needs at least 4 windows; got {len(X)}")
-    splits = _folds(groups, folds, seed)
+    if return_oof:
+        X, Y, r2, splits, ok, oof = ridge_cv(X, Y, groups, folds=folds, seed=seed, return_oof=True)
+    else:
+        X, Y, r2, splits = ridge_cv(X, Y, groups, folds=folds, seed=seed)
     alphas = np.asarray(ALPHAS)
-    sse = np.zeros((len(alphas), Y.shape[1]))
-    oof = np.full((len(alphas), *Y.shape), np.nan) if return_oof else None
-    for train, test in splits:
-        mx, ix = _standardise(X[train])
-        my, sy = Y[train].mean(0), Y[train].std(0)
-        sy = np.where(sy > 0, sy, 1.0)
-        Xs = (X[train] - mx) * ix
-        Ws = ridge_weights(Xs, (Y[train] - my) / sy, alphas * len(train))
-        Xt = (X[test] - mx) * ix
-        for i, W in enumerate(Ws):
-            p = (Xt @ W) * sy + my
-            sse[i] += ((p - Y[test]) ** 2).sum(0)
-            if oof is not None:
-                oof[i][test] = p
-    tss = ((Y - Y.mean(0)) ** 2).sum(0)
-    tss = np.where(tss > 0, tss, np.nan)
-    r2 = 1.0 - sse / tss  # [n_alphas, m]
     best = int(np.nanargmax(np.nanmean(r2, axis=1)))
     mx, ix = _standardise(X)
     my, sy = Y.mean(0), Y.std(0)
@@ -244,13 +278,9 @@ def fit_ridge_span(
         raise ConfigError("the ridge probe predicts a constant: no aspect space to fit")
     lam, U = lam[keep][::-1], U[:, keep][:, ::-1]
     components = (ix[:, None] * W) @ (U / np.sqrt(lam))
-    names = output_names or [f"y{i}" for i in range(Y.shape[1])]
-    cv_r2: dict[str, list[float]] = {}
-    for name, value in zip(names, r2[best]):
-        cv_r2.setdefault(name, []).append(float(value))
     evidence = {
         "alpha": float(alphas[best]),
-        "cv_r2": {k: round(float(np.nanmean(v)), 4) for k, v in cv_r2.items()},
+        "cv_r2": cv_r2_by_name(r2[best], output_names),
         "folds": len(splits),
         "n_windows": len(X),
     }

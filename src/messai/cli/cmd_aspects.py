@@ -17,6 +17,7 @@ from messai.cli.common import (
     print_json,
     render_rows,
     settings_from,
+    step_progress,
 )
 
 aspects_app = typer.Typer(
@@ -155,16 +156,18 @@ def fit_command(
     settings = settings_from()
     store = FeatureStore.open(dataset, model, home=settings.home)
     chosen = parse_layers(layers, store.n_layers) if layers else None
-    space = fit_aspect_space(
-        store,
-        aspect,
-        sources=sources,
-        layers=chosen,
-        group_by=group_by,
-        folds=folds,
-        seed=settings.seed,
-        control_store=control_store,
-    )
+    with step_progress() as progress:  # the layer search can take a while: show it
+        space = fit_aspect_space(
+            store,
+            aspect,
+            sources=sources,
+            layers=chosen,
+            group_by=group_by,
+            folds=folds,
+            seed=settings.seed,
+            control_store=control_store,
+            progress=progress,
+        )
     where = save_space(store, space)
     notice(f"saved the {aspect} space with the store ({where})")
     ok, why = space_validation(space)

@@ -12,6 +12,7 @@ def config_command(fmt: FormatOpt = Format.table) -> None:
 
     settings, sources = resolve_settings({})
     values = settings.model_dump(mode="json")
+    values["stores"] = str(settings.stores_location)  # resolved: <home>/stores by default
     if fmt == Format.json:
         print_json(
             {

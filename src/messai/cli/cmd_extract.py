@@ -103,7 +103,11 @@ def extract_command(
     ] = False,
     quiet: Annotated[
         bool,
-        typer.Option("--quiet", "-q", help="No progress output; failures and the summary only."),
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bar or plan notices: failures, notes and the summary line only.",
+        ),
     ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the run's report as JSON on stdout.")
@@ -211,21 +215,21 @@ def extract_command(
             "re-run to continue"
         )
         raise typer.Exit(130)
-    if not quiet or report.failures:
-        speed = (
-            (
-                f"{report.audio_seconds / 3600:.3f} h of audio in {report.wall_seconds:.1f} s "
-                f"({report.realtime_factor:.2f}× real time)"
-            )
-            if report.n_extracted
-            else f"{report.wall_seconds:.1f} s"
+    # the summary line, also with --quiet (which drops the progress and the plan notices)
+    speed = (
+        (
+            f"{report.audio_seconds / 3600:.3f} h of audio in {report.wall_seconds:.1f} s "
+            f"({report.realtime_factor:.2f}× real time)"
         )
-        notice(
-            f"{report.dataset}: {report.n_extracted} extracted, {report.n_skipped} up to date, "
-            f"{len(report.failures)} failed"
-            + (f", {len(report.failed_earlier)} failed earlier" if report.failed_earlier else "")
-            + f" of {report.n_tracks} tracks; {speed} → {report.store_path}"
-        )
+        if report.n_extracted
+        else f"{report.wall_seconds:.1f} s"
+    )
+    notice(
+        f"{report.dataset}: {report.n_extracted} extracted, {report.n_skipped} up to date, "
+        f"{len(report.failures)} failed"
+        + (f", {len(report.failed_earlier)} failed earlier" if report.failed_earlier else "")
+        + f" of {report.n_tracks} tracks; {speed} → {report.store_path}"
+    )
     if report.failures:
         raise typer.Exit(1)
 
@@ -307,17 +311,47 @@ def _resolve_path(path, dataset, layout, settings):
     raise ConfigError("give a folder of audio: mess extract PATH [--dataset NAME]")
 
 
-class ExtractProgress(ExtractionListener):
-    """Rich progress on stderr: files, audio hours, × real time, ETA."""
+def progress_fields(
+    *, done_files: int, n_files: int, done_seconds: float, total_seconds: float, elapsed: float
+) -> dict[str, str]:
+    """The text of an extraction bar: files, audio hours, × real time and ETA.
 
-    def __init__(self, *, quiet: bool = False):
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+    No rate before it means something: windows are reported as they are decoded, ahead of the
+    model, so until a file is finished (or ``RATE_AFTER_SECONDS`` have passed) the rate is not
+    shown, nor an ETA. Unknown parts are left out rather than shown as ``?`` or blank; when
+    every file is done the ETA gives way to ``done``."""
+    total = f"/{total_seconds / 3600:.2f}" if total_seconds > 0 else ""
+    fields = {
+        "files": f"{done_files}/{n_files} files",
+        "hours": f"{done_seconds / 3600:.2f}{total} h",
+        "speed": "",
+        "eta": "",
+    }
+    if n_files and done_files >= n_files:
+        fields["eta"] = "done"
+    rate_known = done_seconds > 0 and elapsed > 0
+    if not rate_known or (done_files == 0 and elapsed < RATE_AFTER_SECONDS):
+        return fields
+    rate = done_seconds / elapsed
+    fields["speed"] = f"{rate:.2f}× rt"
+    if not fields["eta"] and total_seconds > done_seconds:
+        left = round((total_seconds - done_seconds) / rate)
+        fields["eta"] = f"ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
+    return fields
+
+
+#: before the first finished file, the rate (and ETA) wait this long for enough windows
+RATE_AFTER_SECONDS = 10.0
+
+
+class ExtractProgress(ExtractionListener):
+    """Rich progress on stderr: files, audio hours, × real time, ETA (see
+    :func:`progress_fields`)."""
+
+    def __init__(self, *, quiet: bool = False, console=None, clock=None):
+        import time
+
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -326,11 +360,11 @@ class ExtractProgress(ExtractionListener):
             TextColumn("{task.fields[hours]}"),
             TextColumn("{task.fields[speed]}"),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=err_console(),
+            TextColumn("{task.fields[eta]}"),
+            console=console or err_console(),
             transient=False,
         )
+        self.clock = clock or time.perf_counter
         self.task = None
         self.n_files = 0
         self.done_files = 0
@@ -339,10 +373,10 @@ class ExtractProgress(ExtractionListener):
         self.started = False
         self.quiet = quiet
         self.printed: set[str] = set()
+        self.t0 = self.clock()
 
     def on_plan(self, plan) -> None:
         import threading
-        import time
 
         if self.quiet:
             return
@@ -354,7 +388,7 @@ class ExtractProgress(ExtractionListener):
         if plan.todo:
             self.progress.start()
             self.started = True
-            self.t0 = time.perf_counter()
+            self.t0 = self.clock()
             # the audio total needs every file's header (slow for thousands of MP3s): count it in
             # the background; until then the bar is indeterminate
             self.task = self.progress.add_task("extract", total=None, **self._fields())
@@ -378,19 +412,17 @@ class ExtractProgress(ExtractionListener):
                 self.task,
                 total=self.total_seconds,
                 completed=min(self.done_seconds, self.total_seconds),
+                **self._fields(),
             )
 
     def _fields(self) -> dict:
-        import time
-
-        elapsed = time.perf_counter() - getattr(self, "t0", time.perf_counter())
-        speed = self.done_seconds / elapsed if elapsed > 0 else 0.0
-        total = f"{self.total_seconds / 3600:.2f}" if self.total_seconds else "?"
-        return {
-            "files": f"{self.done_files}/{self.n_files} files",
-            "hours": f"{self.done_seconds / 3600:.2f}/{total} h",
-            "speed": f"{speed:.2f}× rt",
-        }
+        return progress_fields(
+            done_files=self.done_files,
+            n_files=self.n_files,
+            done_seconds=self.done_seconds,
+            total_seconds=self.total_seconds,
+            elapsed=self.clock() - self.t0,
+        )
 
     def on_window(self, track, seconds: float) -> None:
         self.done_seconds += seconds
@@ -411,7 +443,12 @@ class ExtractProgress(ExtractionListener):
             self.printed.add(result.error)
             self.progress.console.print(result.error, highlight=False, markup=False, soft_wrap=True)
         if self.task is not None:
-            self.progress.update(self.task, **self._fields())
+            update = self._fields()
+            if self.done_files >= self.n_files:  # all done (failed files too): a full bar
+                end = max(self.total_seconds, self.done_seconds, 1e-9)
+                self.progress.update(self.task, total=end, completed=end, **update)
+            else:
+                self.progress.update(self.task, **update)
 
     def stop(self) -> None:
         if self.started:

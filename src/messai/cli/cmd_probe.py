@@ -182,7 +182,7 @@ def _print_probe_table(results, min_r2: float) -> None:
                     txt += "~"
                 cells.append(f"[bold]{txt}*[/]" if layer == res.best_layer else txt)
             table.add_row(str(layer), *cells)
-        console.print(table)
+        console.print(table, soft_wrap=False)  # the title wraps too
     console.print(legend, highlight=False, soft_wrap=False)
 
     def at(values, best):
@@ -244,7 +244,9 @@ def aspects_command(  # registered as the 'mess aspects' group's callback (cmd_a
         print_json(rows)
         return
     title = f"aspects · {store.dataset} · {store.model_id}"
-    render_rows(rows, fmt, columns=cols, title=title, header=not no_header)
+    render_rows(  # narrow: the target goes before the source (which says 'not validated')
+        rows, fmt, columns=cols, title=title, header=not no_header, drop_first=("target",)
+    )
 
 
 @app.command("targets")

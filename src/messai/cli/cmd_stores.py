@@ -46,7 +46,13 @@ def tracks_command(
                 print(r["track_id"])
         return
     title = f"{store.dataset} · {store.model_id}"
-    render_rows(rows, Format(fmt.value), title=title, header=not no_header)
+    render_rows(
+        rows,
+        Format(fmt.value),
+        title=title,
+        header=not no_header,
+        drop_first=("source", "n_segments"),  # the id shows the source; seconds the windows
+    )
 
 
 @app.command("datasets")
@@ -82,5 +88,5 @@ def datasets_command(
             }
             for s in rows
         ]
-    title = f"stores under {short_path(str(settings.stores_location), 60)}"
+    title = f"stores under {settings.stores_location}"  # a title wraps: the whole path
     render_rows(rows, fmt, columns=columns, title=title, header=not no_header)

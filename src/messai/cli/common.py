@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import json
 import os
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,9 +21,14 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 from messai.numeric import json_safe
 
 
-@functools.cache
 def out_console():
-    """Rich console on stdout (created on first use: rich is not imported on the fast path)."""
+    """Rich console on stdout (created on first use: rich is not imported on the fast path;
+    a new one when ``COLUMNS`` changes, as between commands run in one process)."""
+    return _out_console(os.environ.get("COLUMNS"))
+
+
+@functools.cache
+def _out_console(columns: str | None):
     from rich.console import Console
 
     console = Console(soft_wrap=True)
@@ -285,8 +293,15 @@ def print_tsv(
 
 
 def print_table(
-    rows: list[dict[str, Any]], columns: list[str] | None = None, *, title: str | None = None
+    rows: list[dict[str, Any]],
+    columns: list[str] | None = None,
+    *,
+    title: str | None = None,
+    drop_first: Sequence[str] = (),
 ) -> None:
+    """Rows as a table that fits the console's width (see :func:`fit_table`): ids and numbers
+    whole, text wrapped at spaces, paths shortened in the middle, and when even that does not
+    fit, columns left out (``drop_first`` first, then from the right) with a note on stderr."""
     from rich import box
     from rich.table import Table
 
@@ -294,6 +309,13 @@ def print_table(
     if rows:  # a column empty on every row only takes width
         columns = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
     cells = [["" if r.get(c) is None else _cell(r.get(c)) for c in columns] for r in rows]
+    width = out_console().width
+    layout = fit_table(columns, cells, width, drop_first=drop_first)
+    if layout.dropped:
+        notice(
+            f"note: {', '.join(layout.dropped)} left out to fit {width} columns "
+            "(--format tsv or json shows every column)"
+        )
     table = Table(
         title=title,
         show_lines=False,
@@ -303,20 +325,106 @@ def print_table(
         padding=(0, 1, 0, 0),  # with the box's blank rule: two spaces between columns
         show_edge=False,
     )
-    for i, c in enumerate(columns):
-        values = [row[i] for row in cells]
-        if _atomic(c, values):  # numbers and ids are never cut or broken mid-word
-            width = max((len(v) for v in values), default=1)
-            table.add_column(_header(c), min_width=width, overflow="fold")
-        else:
-            table.add_column(_header(c), overflow="fold")
+    for col in layout.columns:
+        table.add_column(
+            col.header, width=col.width, overflow="fold"
+        )  # cells fit: only headers wrap
     for row in cells:
-        table.add_row(*row)
-    out_console().print(table)
+        table.add_row(*(col.show(row[col.index]) for col in layout.columns))
+    out_console().print(table, soft_wrap=False)  # the title wraps too
 
 
 #: columns that hold identifiers: printed whole, on one line
 ID_COLUMNS = {"track_id", "dataset", "model", "query", "aspect", "target", "layer", "rank"}
+#: columns that hold paths: shortened in the middle (both ends stay) when space is short
+PATH_COLUMNS = {"path", "source", "store_path", "config_file"}
+#: a word longer than this may be folded in a narrow text column (rather than a column so wide)
+LONGEST_UNBROKEN_WORD = 16
+#: the space between two columns (the box's blank rule plus the right padding)
+COLUMN_GAP = 2
+#: a shortened path keeps at least this many characters
+SHORTEST_PATH = 20
+
+
+@dataclass
+class FittedColumn:
+    """One column of a fitted table: its position in the row, header and width."""
+
+    name: str
+    index: int
+    header: str
+    width: int
+    atomic: bool  # ids, numbers, short words: never wrapped
+    path: bool  # shortened in the middle to ``width``
+
+    def show(self, text: str) -> str:
+        return short_path(text, self.width) if self.path else text
+
+
+@dataclass
+class TableLayout:
+    columns: list[FittedColumn]
+    dropped: list[str]
+
+
+def fit_table(
+    columns: list[str], cells: list[list[str]], width: int, *, drop_first: Sequence[str] = ()
+) -> TableLayout:
+    """Widths for a table of ``cells`` (rows of strings) within ``width`` characters.
+
+    Each column has a natural width (its longest cell or header) and a least width: ids,
+    numbers and short words keep their longest cell (only the header may wrap, at ``_`` or
+    spaces), text keeps its longest word (up to ``LONGEST_UNBROKEN_WORD``), paths
+    ``SHORTEST_PATH``. When the natural widths do not fit, the columns that can give way share
+    the room in proportion to what they give up; when even the least widths do not fit,
+    columns are left out — those in ``drop_first``, in order, then paths, then from the right,
+    never the first — and named in ``dropped``."""
+    specs = []
+    for i, c in enumerate(columns):
+        values = [row[i] for row in cells]
+        header = _header(c)
+        header_word = max(len(w) for w in header.replace("_", " ").split(" ") or [header])
+        longest = max((len(v) for v in values), default=0)
+        atomic = _atomic(c, values)
+        path = c in PATH_COLUMNS and not atomic and any("/" in v or os.sep in v for v in values)
+        if atomic:
+            least = max(longest, header_word)
+        elif path:
+            least = max(header_word, min(longest, SHORTEST_PATH))
+        else:
+            word = max((len(w) for v in values for w in v.split()), default=0)
+            least = max(header_word, min(word, LONGEST_UNBROKEN_WORD))
+        specs.append((c, i, header, max(longest, len(header), 1), max(least, 1), atomic, path))
+
+    def room(kept) -> int:
+        return width - COLUMN_GAP * (len(kept) - 1)
+
+    kept = list(specs)
+    dropped: list[str] = []
+    order = [c for c in drop_first if c in columns]
+    order += [s[0] for s in specs[1:] if s[6]]  # paths: long, and in the JSON anyway
+    order += list(reversed(columns[1:]))
+    for name in order:
+        if sum(s[4] for s in kept) <= room(kept) or len(kept) == 1:
+            break
+        if name not in dropped:
+            kept = [s for s in kept if s[0] != name]
+            dropped.append(name)
+    dropped = [_header(c) for c in dropped]
+    natural = [s[3] for s in kept]
+    widths = [s[4] for s in kept]
+    extra = room(kept) - sum(widths)
+    # the room left goes first to the columns that need least to be whole (a short text on one
+    # line), then what remains to the next one
+    for j in sorted(range(len(kept)), key=lambda j: natural[j] - widths[j]):
+        more = min(natural[j] - widths[j], max(extra, 0))
+        widths[j] += more
+        extra -= more
+    fitted = []
+    for (c, i, header, _, _, atomic, path), w in zip(kept, widths, strict=True):
+        shown = header if len(header) <= w else header.replace("_", " ")
+        fitted.append(FittedColumn(c, i, shown, w, atomic, path))
+    return TableLayout(fitted, dropped)
 
 
 def _atomic(column: str, values: list[str]) -> bool:
@@ -366,13 +474,14 @@ def render_rows(
     columns: list[str] | None = None,
     title: str | None = None,
     header: bool = True,
+    drop_first: Sequence[str] = (),
 ) -> None:
     if fmt == Format.json:
         print_json(rows)
     elif fmt == Format.tsv:
         print_tsv(rows, columns, header=header)
     else:
-        print_table(rows, columns, title=title)
+        print_table(rows, columns, title=title, drop_first=drop_first)
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -388,6 +497,37 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+@contextlib.contextmanager
+def step_progress():
+    """A progress display on stderr for library calls that report ``progress(step, done,
+    total)`` (one bar per step, e.g. "searching layers 3/13"); it goes away when done."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console(),
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(step: str, done: int, total: int) -> None:
+        if step not in tasks:
+            tasks[step] = bars.add_task(step, total=total)
+        bars.update(tasks[step], completed=done, total=total)
+
+    with bars:
+        yield update
 
 
 def notice(message: str) -> None:

@@ -108,20 +108,22 @@ def plan_extraction(
     hash), ones whose stored features are missing, or all with ``force``. Unchanged content
     with a new mtime is refreshed in the store without model work. A file whose last extraction
     failed and that has not been modified since is not retried (``failed_earlier``) unless
-    ``retry_failed`` or ``force``."""
+    ``retry_failed`` or ``force`` — also when an earlier version of it is stored (the track is
+    ``stale``); a stale track whose file is back to the stored content is up to date again."""
     from messai.features.store import file_content_hash
 
     todo, skipped, failed_earlier = [], [], []
     complete = store.window_counts_ok()  # tracks whose stored windows are all there
-    failures = store.failures() if not (force or retry_failed) else {}
+    every_failure = store.failures()
+    failures = every_failure if not (force or retry_failed) else {}
     for t in tracks:
         entry = store.get_entry(t.track_id)
         failure = failures.get(t.track_id)
-        if entry is None and failure is not None and _unchanged_since_failure(t.path, failure):
-            failed_earlier.append((t, failure.reason))
-            continue
         if force or entry is None or t.track_id not in complete:
-            todo.append(t)
+            if entry is None and failure is not None and _unchanged_since_failure(t.path, failure):
+                failed_earlier.append((t, failure.reason))
+            else:
+                todo.append(t)
             continue
         try:
             st = t.path.stat()
@@ -129,9 +131,18 @@ def plan_extraction(
             todo.append(t)  # the extractor reports why it cannot be read
             continue
         if entry.size == st.st_size and entry.mtime_ns == st.st_mtime_ns:
-            skipped.append(t)
+            up_to_date = True  # the stored file itself (also one restored after a failure)
+        elif failure is not None and _unchanged_since_failure(t.path, failure):
+            failed_earlier.append((t, failure.reason))  # stale: the version that failed
+            continue
         elif file_content_hash(t.path) == entry.content_hash:
             store.refresh_file_stat(t.track_id, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            up_to_date = True
+        else:
+            up_to_date = False
+        if up_to_date:
+            if t.track_id in every_failure:
+                store.forget_failure(t.track_id)  # stale no more: its stored file is back
             skipped.append(t)
         else:
             todo.append(t)
@@ -148,7 +159,8 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 def _unchanged_since_failure(path: Path, failure) -> bool:
     """The file is as it was when it failed: the same size and mtime (a cheap stat); for a
-    failure recorded without them, last modified before the failure's time."""
+    failure recorded without them (a stored track that failed later: its row keeps the stored
+    file's stat), not modified since the attempt that failed began (``failure.at``)."""
     try:
         st = path.stat()
     except OSError:
@@ -159,12 +171,12 @@ def _unchanged_since_failure(path: Path, failure) -> bool:
         return False
     try:
         at = _dt.datetime.fromisoformat(failure.at)
-        mtime = st.st_mtime
     except ValueError:
         return False
     if at.tzinfo is None:
         at = at.replace(tzinfo=_dt.UTC)
-    return mtime < at.timestamp()
+    at_ns = int(at.timestamp()) * 1_000_000_000 + at.microsecond * 1000
+    return st.st_mtime_ns < at_ns
 
 
 class StopRequested(Exception):
@@ -369,6 +381,8 @@ def _extract_dataset(
             store.commit()
             if plan.todo:
                 done = 0
+                # when the attempt began (before the stats: a file changed later is retried)
+                began = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
                 attempted = {t.track_id: _stat(t.path) for t in plan.todo}
                 run = engine or local_engine
                 watched = _StopAtWindow(listener, stop)
@@ -384,6 +398,7 @@ def _extract_dataset(
                             report,
                             source_uri,
                             attempted=attempted.get(result.track.track_id),
+                            began=began,
                         )
                         listener.on_track(result)
                         done += 1
@@ -521,9 +536,11 @@ def _store_result(
     source_uri: str | None = None,
     *,
     attempted: tuple[int, int] | None = None,
+    began: str | None = None,
 ) -> None:
     """Store one finished track, or record its failure with ``attempted`` — the file's size
-    and mtime when the attempt began (a file that changed meanwhile is then retried)."""
+    and mtime when the attempt began — and ``began``, that time (a file that changed
+    meanwhile is then retried)."""
     tid = result.track.track_id
     source = result.track.path.relative_to(root).as_posix()
     if not result.ok:
@@ -532,7 +549,7 @@ def _store_result(
         prefix = f"{shown}: "
         reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
         size, mtime = attempted if attempted is not None else (None, None)
-        store.mark_failed(tid, source, reason, size=size, mtime_ns=mtime)
+        store.mark_failed(tid, source, reason, size=size, mtime_ns=mtime, at=began)
         return
     size, mtime, digest = result.source
     entry = TrackEntry(

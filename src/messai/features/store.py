@@ -1028,12 +1028,14 @@ class FeatureStore:
         *,
         size: int | None = None,
         mtime_ns: int | None = None,
+        at: str | None = None,
     ) -> None:
-        """Record a failed extraction (``size``/``mtime_ns``: the file as it was then)."""
+        """Record a failed extraction (``size``/``mtime_ns``: the file as it was then; ``at``:
+        when the attempt began, ISO 8601, default now)."""
         track_id = nfc(track_id)
         _check_text(track_id, source)
         self._pending.failures[track_id] = TrackFailure(
-            track_id, source, reason, now_iso(), size, mtime_ns
+            track_id, source, reason, at or now_iso(), size, mtime_ns
         )
         self._maybe_commit()
 
