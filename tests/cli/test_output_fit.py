@@ -136,7 +136,7 @@ def long_names_store(tmp_path_factory, tiny_ckpt):
     env = {"MESS_HOME": str(base / "home"), "MESS_CONFIG": str(base / "config.toml")}
     for args in (
         ("extract", lib, "-d", "tables", "--model", tiny_ckpt, "--device", "cpu", "-q"),
-        ("probe", "-d", "tables", "--format", "json"),
+        ("probe", "-d", "tables", "--group-by", "track", "--format", "json"),
         ("index", "-d", "tables"),
     ):
         r = mess(*args, env=env)
@@ -151,7 +151,7 @@ TABLE_COMMANDS = {
     "index": ("index", "-d", "tables"),
     "index-verify": ("index", "-d", "tables", "--verify"),
     "recommend": ("recommend", "-d", "tables", "--track", NAMES[4][0], "-a", "timbral_texture"),
-    "probe": ("probe", "-d", "tables", "--no-save"),
+    "probe": ("probe", "-d", "tables", "--group-by", "track", "--no-save"),
     "config": ("config",),
 }
 
