@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,8 +30,24 @@ from messai.search.backend import (
 )
 from messai.search.normalise import INDEX_MODES, Normalizer
 
-if TYPE_CHECKING:  # pragma: no cover
-    from messai.search.layer_index import LayerIndex
+
+class LayerIndex(Protocol):
+    """What this module reads of an index to write it (:class:`messai.search.layer_index.
+    LayerIndex`, named structurally so the two modules do not import each other)."""
+
+    dim: int
+    faiss_index: Any
+    fingerprint: Any
+    kind: str
+    meta: dict[str, Any]
+    n_fit: int
+    n_total: int
+    normalize: str
+    normalizer: Any
+    params: dict[str, Any]
+    refine_vectors: Any
+    track_ids: Any
+
 
 __all__ = [
     "FORMAT",
