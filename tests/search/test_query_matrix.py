@@ -173,9 +173,22 @@ def test_matrix(fitted_home, tmp_path, space_type, kind, option):
         order = [ids0[i] for i in np.argsort(-sims0, kind="stable") if ids0[i] not in QUERIES]
         removed = set(order[:5])  # the nearest ones: they would be returned
         _build(home, kind, space_type)
-        remove_tracks(home, store, sorted(removed))
+        _ = _rec(home, kind, mode).recommend_by_id(QUERIES[0], aspects, 1)  # flat: cached now
+        cached = {
+            name
+            for name, space in _data(store)[3].items()
+            if (
+                FittedSpaceSource(store, space).folder(home, normalize="none", kind=kind)
+                / "meta.json"
+            ).is_file()
+        }
+        report = remove_tracks(home, store, sorted(removed))  # updates every cached index
+        if mode == "aspect":  # every cached space index is brought up to date
+            assert cached >= {a.split(":")[0] for a in aspects}
+            assert {r.get("space") for r in report.indices} - {None} == cached
+            if kind != "flat":
+                assert {r["action"] for r in report.indices if r.get("space")} == {"updated"}
         store = _store(home)
-        _build(home, kind, space_type)
     elif (str(home), kind) not in _BUILT:
         _build(home, kind, space_type)
         _BUILT.add((str(home), kind))

@@ -164,6 +164,16 @@ def test_every_fit_suggestion_is_a_command_that_works(isolated_env):
         assert again.exit_code == 0, again.output
 
 
+def test_an_unknown_aspect_is_one_line_without_a_suggestion_that_fails(isolated_env):
+    """issue 21 item 6: 'mess recommend -a brightness' printed 'fit one: … --aspect brightness'
+    (which fails) before its error."""
+    planted_store(Path(isolated_env))
+    r = mess("recommend", "-d", "planted", "-t", QUERY, "-a", "brightness")
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown aspect" in lines[0] and "fit one" not in lines[0]
+
+
 def test_aspects_in_one_comma_separated_option(isolated_env):
     """issue 21 item 12: -a a:0.7,b:0.3 equals -a a:0.7 -a b:0.3."""
     planted_store(Path(isolated_env))

@@ -56,6 +56,6 @@ def remove_command(
     if report.indices:
         print_table(
             report.indices,
-            ["layer", "action", "n_tracks", "n_removed", "seconds", "path"],
+            ["space", "layer", "action", "n_tracks", "n_removed", "seconds", "path"],
             title="indices updated",
         )

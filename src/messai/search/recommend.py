@@ -222,6 +222,9 @@ class LayerBasedRecommender:
             fit = self._fit_command(missing[0])
             if self.space == "aspect":
                 raise ConfigError(f"no fitted space for aspect {missing[0]!r}; {fit}")
+            mapped = self.aspect_map()
+            if any(mapped.get(n) is None or mapped[n].layer is None for n in missing):
+                return None  # no layer either: the whole-layer plan says so, in one line
             self._notice_once(
                 f"note: no fitted space for {', '.join(missing)}: searching the whole layer ({fit})"
             )

@@ -318,3 +318,24 @@ def build_space_indices(
         )
         for n in wanted
     ]
+
+
+def update_space_indices(home, store) -> list[dict[str, Any]]:
+    """Bring the cached indices of the store's fitted spaces up to date after tracks were added
+    or removed (appends / tombstones like a layer's): one ``IndexOutcome.to_dict()`` each; a
+    space whose saved entry is damaged is listed with ``"action": "skipped: …"``."""
+    from messai.analysis.aspect_fit import verify_spaces
+    from messai.search.backend import KINDS
+    from messai.search.cache import build_source_index
+
+    rows = []
+    for row in verify_spaces(store):
+        if row["fitted"] is None:
+            rows.append({"space": row["space"], "action": f"skipped: {row['status']}"})
+            continue
+        source = FittedSpaceSource(store, row["fitted"])
+        for kind in KINDS:
+            if (source.folder(home, normalize="none", kind=kind) / "meta.json").is_file():
+                out = build_source_index(home, source, normalize="none", kind=kind)
+                rows.append(out.to_dict())
+    return rows

@@ -36,13 +36,15 @@ class RemovalReport:
 
 def update_cached_indices(home: Path, store) -> list[dict[str, Any]]:
     """Bring every cached FAISS index of ``store`` up to date (tombstones / appends where the
-    kind allows, rebuilds otherwise); returns their outcomes."""
+    kind allows, rebuilds otherwise), those of its fitted aspect spaces included; returns their
+    outcomes."""
     from messai.search.cache import build_layer_index, cached_indices
+    from messai.search.spaces import update_space_indices
 
     return [
         build_layer_index(home, store, layer, normalize=normalize, kind=kind).to_dict()
         for layer, normalize, kind in cached_indices(home, store)
-    ]
+    ] + update_space_indices(home, store)
 
 
 def remove_tracks(home: Path, store, track_ids: Sequence[str]) -> RemovalReport:
