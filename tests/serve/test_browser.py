@@ -29,7 +29,6 @@ def test_listen_find_neighbours_and_exclude(home, chromium, tmp_path):
     from messai.serve.live import ServeConfig
 
     audio_status: list[int] = []
-    posts: list[str] = []
     with (
         ServerThread(create_app(ServeConfig(home=home))) as srv,
         playwright_api.sync_playwright() as p,
@@ -49,10 +48,6 @@ def test_listen_find_neighbours_and_exclude(home, chromium, tmp_path):
                 "response",
                 lambda r: audio_status.append(r.status) if "/audio" in r.url else None,
             )
-            page.on(
-                "request",
-                lambda r: posts.append(r.post_data or "") if r.method == "POST" else None,
-            )
             page.set_default_timeout(90_000)  # a loaded CI machine: generous, never a timing check
             page.goto(srv.url + "/")
             page.wait_for_selector("#dataset option[value='lib']", state="attached")
@@ -62,9 +57,10 @@ def test_listen_find_neighbours_and_exclude(home, chromium, tmp_path):
             assert page.evaluate("document.activeElement.id") == "q"
             page.keyboard.type("t1")
             page.keyboard.press("Enter")
+            # the answer replaces the full list (a/t1 was in it already): wait for one match
+            page.wait_for_function("document.querySelectorAll('#tracks li').length === 1")
             track = page.locator("#tracks button[data-track='a/t1']")
-            track.wait_for()
-            assert page.locator("#tracks li").count() == 1
+            assert track.count() == 1
             with page.expect_response(lambda r: "/audio" in r.url) as first_audio:
                 track.click()
             assert first_audio.value.status == 206  # the media element asks for a range
