@@ -10,6 +10,8 @@ const state = {
   negative: [],         // exclude: less like these
   cursor: null,         // next page of neighbours
   tracksCursor: null,
+  searchSeq: 0,
+  queriesSeq: 0,
 };
 
 function status(text) { $("status").textContent = text || ""; }
@@ -108,8 +110,10 @@ async function loadProbe() {
 // ------------------------------------------------------------------ tracks
 async function search(more = false) {
   const list = $("tracks");
-  if (!more) { list.replaceChildren(); state.tracksCursor = null; }
+  const seq = ++state.searchSeq;  // answers arriving out of order never overwrite a later search
   const d = await api("/v1/tracks?" + qs({ dataset: state.dataset, q: $("q").value, cursor: more ? state.tracksCursor : null, limit: 20 }));
+  if (seq !== state.searchSeq) return;
+  if (!more) list.replaceChildren();
   for (const t of d.tracks) {
     list.append(el("li", {},
       el("button", { type: "button", class: "track", "data-track": t.track_id, onclick: () => openTrack(t.track_id) }, t.track_id),
@@ -165,6 +169,7 @@ async function neighbours(more = false) {
     cursor: more ? state.cursor : null,
   };
   let d;
+  const seq = ++state.queriesSeq;
   if (state.positive.length === 1 && !state.negative.length) {
     d = await api(`/v1/tracks/${enc(state.query)}/similar?` + qs(common));
   } else {
@@ -174,6 +179,7 @@ async function neighbours(more = false) {
       body: JSON.stringify({ ...common, positive: state.positive, negative: state.negative }),
     });
   }
+  if (seq !== state.queriesSeq) return;  // a later query was sent meanwhile
   renderResult(d, more);
 }
 
