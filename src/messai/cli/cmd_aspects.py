@@ -57,7 +57,7 @@ def add_space_rows(store, rows: list[dict[str, Any]]) -> list[str]:
     """Add the store's fitted spaces to the ``mess aspects`` rows: a ``space`` entry on the row of
     its aspect, or a row of its own for a label-defined aspect. Returns the extra table columns
     (none when nothing is fitted, so the listing is unchanged)."""
-    from messai.analysis.aspect_fit import load_spaces
+    from messai.analysis.space_file import load_spaces
     from messai.analysis.space_validation import space_validation
 
     spaces = load_spaces(store)

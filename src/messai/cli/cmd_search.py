@@ -269,7 +269,7 @@ def _verify_indices(store, layers: list[int], settings, fmt: Format, spaces) -> 
 def _verify_spaces(store, settings, spaces) -> tuple[list[dict], int]:
     """Every fitted space against its checksum in aspect_spaces.json, and the indices of the
     ``--space`` ones."""
-    from messai.analysis.aspect_fit import verify_spaces
+    from messai.analysis.space_file import verify_spaces
     from messai.errors import SearchIndexError
     from messai.search.index_io import verify_index_dir
 

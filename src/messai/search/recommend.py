@@ -107,7 +107,7 @@ class LayerBasedRecommender:
     def fitted_spaces(self) -> dict[str, tuple[Any, bool]]:
         """The store's fitted aspect spaces: name → (``AspectSpace``, stale?), read once."""
         if self._fitted is None:
-            from messai.analysis.aspect_fit import load_spaces
+            from messai.analysis.space_file import load_spaces
 
             self._fitted = load_spaces(self.store)
         return self._fitted
@@ -245,7 +245,7 @@ class LayerBasedRecommender:
         """A 'mess aspects fit' command that works for ``name``, or what to do instead."""
         from shlex import quote
 
-        from messai.analysis.aspect_fit import fit_suggestion
+        from messai.analysis.space_file import fit_suggestion
 
         return fit_suggestion(self.store, name, refit=refit, quote=quote)
 
