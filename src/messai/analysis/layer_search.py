@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from messai.analysis.aspect_sources import SpaceSource
-from messai.analysis.aspect_space import _folds, _standardise, cv_r2_by_name, ridge_cv
+from messai.analysis.space_fitting import _folds, _standardise, cv_r2_by_name, ridge_cv
 
 
 def _window_matrix(segments: np.ndarray, layers: list[int]) -> np.ndarray:
