@@ -13,7 +13,7 @@ COMMAND_MODULES = {
     "datasets": "cmd_stores",
     "demo": "cmd_demo",
     "extract": "cmd_extract",
-    "index": "cmd_search",
+    "index": "cmd_index",
     "model": "cmd_model",
     "probe": "cmd_probe",
     "recommend": "cmd_search",
@@ -24,11 +24,29 @@ COMMAND_MODULES = {
     "tracks": "cmd_stores",
 }
 
+#: the order the modules register in when all are needed: the order of ``mess --help``
+#: (``index`` just before ``recommend``, as when both lived in one module)
+MODULE_ORDER = (
+    "cmd_aspects",
+    "cmd_benchmark",
+    "cmd_config",
+    "cmd_demo",
+    "cmd_extract",
+    "cmd_model",
+    "cmd_probe",
+    "cmd_remove",
+    "cmd_index",
+    "cmd_search",
+    "cmd_serve",
+    "cmd_store",
+    "cmd_stores",
+)
+
 
 def register(command: str | None = None) -> None:
     """Import the module of ``command`` so it registers itself on the app; every module when
     ``command`` is None or unknown (help, suggestions for a misspelt command)."""
     module = COMMAND_MODULES.get(command or "")
-    names = [module] if module else sorted(set(COMMAND_MODULES.values()))
+    names = [module] if module else MODULE_ORDER
     for name in names:
         importlib.import_module(f"messai.cli.{name}")

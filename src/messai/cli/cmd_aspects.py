@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from messai.cli.aspect_listing import _summary
 from messai.cli.common import (
     TYPER_SUGGESTS,
     Format,
@@ -48,57 +49,9 @@ def aspects_callback(
         from messai.errors import ConfigError
 
         raise ConfigError("give --dataset NAME (or a subcommand: mess aspects fit --help)")
-    from messai.cli.cmd_probe import aspects_command
+    from messai.cli.aspect_listing import aspects_command
 
     aspects_command(dataset, model, stores=stores, fmt=fmt, no_header=no_header)
-
-
-def add_space_rows(store, rows: list[dict[str, Any]]) -> list[str]:
-    """Add the store's fitted spaces to the ``mess aspects`` rows: a ``space`` entry on the row of
-    its aspect, or a row of its own for a label-defined aspect. Returns the extra table columns
-    (none when nothing is fitted, so the listing is unchanged)."""
-    from messai.analysis.aspect_fit import load_spaces
-    from messai.analysis.space_validation import space_validation
-
-    spaces = load_spaces(store)
-    if not spaces:
-        return []
-    by_aspect = {r["aspect"]: r for r in rows}
-    for name, (space, stale) in spaces.items():
-        ok, why = space_validation(space)
-        if stale:
-            why = "; ".join(x for x in (why, "fitted before the store changed") if x)
-        info = {**space.describe(), "stale": stale, "validated": ok and not stale, "caveat": why}
-        row = by_aspect.get(name)
-        if row is None:
-            row = {"aspect": name, "layer": space.layers[0], "source": f"label:{space.sources[0]}"}
-            rows.append(row)
-        row["space"] = info
-    notice_stale = [n for n, (_, stale) in spaces.items() if stale]
-    if notice_stale:
-        notice(
-            f"note: space(s) {', '.join(notice_stale)} were fitted before the store changed; refit with 'mess aspects fit'"
-        )
-    for row in rows:
-        s = row.get("space")
-        row["space_summary"] = _summary(s) if s else None
-    return ["space_summary"]
-
-
-def _summary(s: dict[str, Any]) -> str:
-    ev = s.get("evidence") or {}
-    if "cv_r2" in ev:
-        fig = "cv R² " + ", ".join(f"{k} {v:.2f}" for k, v in ev["cv_r2"].items())
-    else:
-        fig = f"cv accuracy {ev.get('cv_accuracy')} (chance {ev.get('chance')})"
-    layers = ",".join(map(str, s["layers"]))
-    v = ev.get("validation") or {}
-    if v.get("ci_low") is not None:
-        fig += f" (CI low {v['ci_low']})"
-    verdict = "validated" if s.get("validated") else f"NOT VALIDATED: {s.get('caveat')}"
-    return f"{s['dim']}-d {s['method']} on layer(s) {layers}; {fig}; {verdict}" + (
-        " [stale]" if s.get("stale") else ""
-    )
 
 
 @aspects_app.command("fit")

@@ -1,4 +1,5 @@
-"""``mess probe``, ``mess aspects`` and ``mess targets``: layer discovery."""
+"""``mess probe`` and ``mess targets``: layer discovery (the ``mess aspects`` listing is in
+:mod:`messai.cli.aspect_listing`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ import typer
 
 from messai.cli.common import (
     DatasetOpt,
-    Format,
     ModelOpt,
     StoresOpt,
     app,
     notice,
     print_json,
-    render_rows,
     settings_from,
 )
 
@@ -211,41 +210,6 @@ def _print_probe_table(results, min_r2: float) -> None:
         "~ the best layer's folds disagree (sign, or spread)",
         highlight=False,
         soft_wrap=False,
-    )
-
-
-def aspects_command(  # registered as the 'mess aspects' group's callback (cmd_aspects)
-    dataset: DatasetOpt,
-    model: ModelOpt = None,
-    stores: StoresOpt = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
-    no_header: Annotated[
-        bool, typer.Option("--no-header", help="TSV without its header line (for scripts).")
-    ] = False,
-) -> None:
-    """Every aspect with its layer, R², control and source: this dataset's probe, or the
-    prototype's defaults (layer 0 brightness, 1 timbre, 2 structure) labelled unvalidated."""
-    from messai.analysis.aspects import aspect_map
-    from messai.features.store import FeatureStore
-
-    settings = settings_from(stores=stores)
-    store = FeatureStore.open(dataset, model, stores=settings.stores_location)
-    mapping = aspect_map(store)
-    if any(e.stale for e in mapping.values()):
-        notice(
-            f"note: the store changed after the last probe; re-run 'mess probe --dataset {dataset}'"
-        )
-    rows = [e.to_dict() for e in mapping.values()]
-    from messai.cli.cmd_aspects import add_space_rows
-
-    cols = ["aspect", "layer", "r2", "control_r2", "random_model_r2", "target", "source"]
-    cols += add_space_rows(store, rows)  # fitted aspect spaces, when there are any
-    if fmt == Format.json:
-        print_json(rows)
-        return
-    title = f"aspects · {store.dataset} · {store.model_id}"
-    render_rows(  # narrow: the target goes before the source (which says 'not validated')
-        rows, fmt, columns=cols, title=title, header=not no_header, drop_first=("target",)
     )
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from messai.errors import ConfigError, MessError
+from messai.errors import ConfigError
+from messai.search.audio_query import AudioQueries
 from messai.search.records import (  # noqa: F401 - re-exported: the public names live here too
     RESULT_FIELDS,
     Part,
@@ -26,11 +27,12 @@ from messai.search.records import (  # noqa: F401 - re-exported: the public name
     parse_aspect_spec,
     split_aspect_specs,
 )
+from messai.search.scopes import LabelScopes
 
 log = logging.getLogger(__name__)
 
 
-class LayerBasedRecommender:
+class LayerBasedRecommender(LabelScopes, AudioQueries):
     """Recommend tracks of a dataset by aspect (the prototype's API, made honest).
 
     >>> rec = LayerBasedRecommender(dataset="smd")  # doctest: +SKIP
@@ -39,6 +41,8 @@ class LayerBasedRecommender:
     Every query goes through :meth:`recommend_by_vector`: :meth:`recommend_by_id` passes the
     track's indexed vectors, :meth:`recommend_by_audio` the vectors extracted from a file.
     ``recommend`` and ``recommend_audio`` return the same answers as JSON-ready dicts.
+    The label filters (:class:`~messai.search.scopes.LabelScopes`) and the audio-file queries
+    (:class:`~messai.search.audio_query.AudioQueries`) are mixed in from their own modules.
     """
 
     def __init__(
@@ -107,7 +111,7 @@ class LayerBasedRecommender:
     def fitted_spaces(self) -> dict[str, tuple[Any, bool]]:
         """The store's fitted aspect spaces: name → (``AspectSpace``, stale?), read once."""
         if self._fitted is None:
-            from messai.analysis.aspect_fit import load_spaces
+            from messai.analysis.space_file import load_spaces
 
             self._fitted = load_spaces(self.store)
         return self._fitted
@@ -245,7 +249,7 @@ class LayerBasedRecommender:
         """A 'mess aspects fit' command that works for ``name``, or what to do instead."""
         from shlex import quote
 
-        from messai.analysis.aspect_fit import fit_suggestion
+        from messai.analysis.space_file import fit_suggestion
 
         return fit_suggestion(self.store, name, refit=refit, quote=quote)
 
@@ -298,67 +302,6 @@ class LayerBasedRecommender:
             )
         return self._indices[layer]
 
-    # ------------------------------------------------------------------ filters
-    def labels_by_id(self) -> dict[str, dict[str, Any]]:
-        """Every stored track's labels (read once)."""
-        if self._label_cache is None:
-            self._label_cache = self.tracks.label_rows()
-        return self._label_cache
-
-    def where_scope(self, where: str | None) -> Callable[[Sequence[str]], np.ndarray] | None:
-        """A ``--where`` filter as a function: track ids → bool mask (unknown ids: False);
-        parsed and checked against the store's labels once per filter text."""
-        if where is None:
-            return None
-        if where not in self._scopes:
-            self._scopes[where] = self._new_scope(where)
-        return self._scopes[where]
-
-    def _new_scope(self, where: str) -> Callable[[Sequence[str]], np.ndarray]:
-        from messai.search.filters import parse_where
-
-        parsed = parse_where(where)
-        labels = self.labels_by_id()
-        parsed.check_columns({k for d in labels.values() for k in d})
-        masks: dict[int, tuple[Sequence[str], np.ndarray]] = {}
-
-        def scope(ids: Sequence[str]) -> np.ndarray:
-            # one evaluation per id list (an index's track_ids): batches of queries reuse it
-            hit = masks.get(id(ids))
-            if hit is None or hit[0] is not ids:
-                hit = masks[id(ids)] = (ids, parsed.mask([labels.get(t) for t in ids]))
-            return hit[1]
-
-        return scope
-
-    def _check_max_per(self, max_per: tuple[str, int] | None) -> None:
-        if max_per is None:
-            return
-        label, n = max_per
-        known = {k for d in self.labels_by_id().values() for k in d}
-        if label not in known:
-            raise ConfigError(
-                f"--max-per: unknown label {label!r} (labels here: {', '.join(sorted(known)) or 'none'})"
-            )
-        if n < 1:
-            raise ConfigError(f"--max-per needs N of at least 1, got {n}")
-
-    def _exclusions(self, track_id: str, exclude_same: Sequence[str]) -> set[str]:
-        out: set[str] = set()
-        labels = self.tracks.labels(track_id)
-        for label in exclude_same:
-            value = labels.get(label)
-            if value is None:
-                known = sorted(
-                    {k for t in self.tracks.track_ids()[:1000] for k in self.tracks.labels(t)}
-                )
-                raise ConfigError(
-                    f"--exclude-same {label}: track {track_id!r} has no {label!r} label (labels here: {', '.join(known) or 'none'})"
-                )
-            out |= {t for t, d in self.labels_by_id().items() if d.get(label) == value}
-        out.discard(track_id)
-        return out
-
     # ------------------------------------------------------------------ queries
     def recommend(
         self,
@@ -386,20 +329,6 @@ class LayerBasedRecommender:
             max_per=max_per,
             explain=explain,
             offset=offset,
-        ).to_dict()
-
-    def recommend_audio(
-        self,
-        path: str | Path,
-        aspect: str | Sequence[str] = "spectral_brightness",
-        n_recommendations: int = 5,
-        *,
-        layer: int | None = None,
-        device: str = "auto",
-    ) -> dict[str, Any]:
-        """:meth:`recommend_by_audio` as the documented JSON dict."""
-        return self.recommend_by_audio(
-            path, aspect, n_recommendations, layer=layer, device=device
         ).to_dict()
 
     def recommend_by_id(
@@ -503,65 +432,6 @@ class LayerBasedRecommender:
             where=where,
             max_per=max_per,
             explain_track=pos[0] if explain else None,
-            offset=offset,
-        )
-
-    def recommend_by_audio(
-        self,
-        path: str | Path,
-        aspect: str | Sequence[str] = "spectral_brightness",
-        n_recommendations: int = 5,
-        *,
-        layer: int | None = None,
-        device: str = "auto",
-        where: str | None = None,
-        max_per: tuple[str, int] | None = None,
-        offset: int = 0,
-    ) -> RecommendationResult:
-        """Recommend for an audio file: it is extracted with the store's model, revision and
-        window settings (this loads torch), then :meth:`recommend_by_vector`. A stored track with
-        the same content (the file itself, or a copy) is never among the results."""
-        from messai.features.extractor import FeatureExtractor
-
-        s, m = self.store.settings, self.store.model
-        model = m["id"]
-        if m.get("revision") not in (None, "local"):
-            model_rev = m.get("requested_revision") or m["revision"]
-        else:
-            model_rev = None
-        self.plan_parts(aspect, layer)  # a bad aspect fails before the model loads
-        self.where_scope(where)
-        self._check_max_per(max_per)
-        fx = FeatureExtractor(
-            model,
-            revision=model_rev,
-            device=device,
-            precision=s.get("precision", "float32"),
-            segment_seconds=s["segment_seconds"],
-            hop_seconds=s["hop_seconds"],
-            min_seconds=s["min_seconds"],
-            compute_targets=False,
-        )
-        now = fx.checkpoint.identity()
-        changed = [
-            k for k in ("id", "config_hash", "weights_sha256", "revision") if now.get(k) != m.get(k)
-        ]
-        if changed:
-            raise MessError(
-                f"the checkpoint {model} is not the one the store was built with ({', '.join(changed)} differ); "
-                "an --audio query must be extracted by the same model: re-extract the store, or restore the checkpoint"
-            )
-        aggregated = fx.extract(path)["aggregated"]  # [n_layers, dim]
-        same = self.store.tracks_with_content(path)  # the query's own track, as with --track
-        return self.recommend_by_vector(
-            aggregated,
-            aspect,
-            n_recommendations,
-            layer=layer,
-            exclude_ids=same,
-            query={"audio": str(path), "dataset": self.store.dataset},
-            where=where,
-            max_per=max_per,
             offset=offset,
         )
 

@@ -293,7 +293,7 @@ def build_space_indices(
 ):
     """Build (or bring up to date) the cached indices of fitted spaces (``names``, or
     ``["all"]``) for ``mess index --space``: :class:`messai.search.cache.IndexOutcome` each."""
-    from messai.analysis.aspect_fit import load_spaces
+    from messai.analysis.space_file import load_spaces
     from messai.search.cache import build_source_index
 
     spaces = load_spaces(store)
@@ -324,7 +324,7 @@ def update_space_indices(home, store) -> list[dict[str, Any]]:
     """Bring the cached indices of the store's fitted spaces up to date after tracks were added
     or removed (appends / tombstones like a layer's): one ``IndexOutcome.to_dict()`` each; a
     space whose saved entry is damaged is listed with ``"action": "skipped: …"``."""
-    from messai.analysis.aspect_fit import verify_spaces
+    from messai.analysis.space_file import verify_spaces
     from messai.search.backend import KINDS
     from messai.search.cache import build_source_index
 
