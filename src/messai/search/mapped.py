@@ -120,6 +120,9 @@ class StringColumn(Sequence[str]):
         )
         self._sorted = bool(flags & _SORTED)
         self._blob = mm[at:]
+        # rows are read through a plain buffer: slicing the memmap made a numpy object per row
+        # (its Python __array_finalize__ hook was most of a lookup's cost)
+        self._view = memoryview(mm)[at:]
 
     def __len__(self) -> int:
         return self._n
@@ -129,7 +132,7 @@ class StringColumn(Sequence[str]):
         start, end = int(self._offsets[i]), int(self._offsets[i + 1])
         if not 0 <= start <= end <= self._blob_bytes:
             raise SearchIndexError(f"{self.path}: row {i} points outside the file (damaged)")
-        return bytes(self._blob[start:end])
+        return bytes(self._view[start:end])
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
