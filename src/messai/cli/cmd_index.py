@@ -84,6 +84,7 @@ def index_command(
     from messai.errors import ConfigError
     from messai.features.store import FeatureStore
     from messai.search.cache import build_layer_index
+    from messai.search.index_sources import PARAM_FLAGS
 
     settings = settings_from(index_kind=kind, normalize=normalize, stores=stores)
     store = FeatureStore.open(dataset, model, stores=settings.stores_location)
@@ -97,16 +98,6 @@ def index_command(
         "pq_bits": pq_bits,
         "refine": refine,
     }
-    flags = {
-        "M": "--hnsw-m",
-        "efConstruction": "--ef-construction",
-        "efSearch": "--ef-search",
-        "nlist": "--nlist",
-        "nprobe": "--nprobe",
-        "pq_m": "--pq-m",
-        "pq_bits": "--pq-bits",
-        "refine": "--refine",
-    }
     params = {k: v for k, v in named.items() if v is not None} or None
     takes = {
         "flat": set(),
@@ -115,7 +106,7 @@ def index_command(
         "ivfpq": {"nlist", "nprobe", "pq_m", "pq_bits", "refine"},
         "hnsw-sq8": {"M", "efConstruction", "efSearch", "refine"},
     }[settings.index_kind]
-    wrong = [flags[k] for k in params or {} if k not in takes]
+    wrong = [PARAM_FLAGS[k] for k in params or {} if k not in takes]
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} do(es) not apply to --kind {settings.index_kind}")
     if verify:

@@ -120,28 +120,21 @@ def write_bytes(location: str, data: bytes) -> None:
 
 def list_dirs(location: str) -> list[str]:
     """Names of the folders directly under ``location`` (empty when it does not exist)."""
-    path = local_path(location)
-    if path is not None:
-        try:
-            return sorted(p.name for p in path.iterdir() if p.is_dir())
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-    import pyarrow.fs as pafs
-
-    fs, p = _filesystem(location)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
-    except OSError as exc:
-        raise StoreError(f"{location}: cannot list ({exc})") from None
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    return _list(location, folders=True)
 
 
 def list_files(location: str) -> list[str]:
     """Names of the files directly under ``location`` (empty when it does not exist)."""
+    return _list(location, folders=False)
+
+
+def _list(location: str, *, folders: bool) -> list[str]:
     path = local_path(location)
     if path is not None:
         try:
-            return sorted(p.name for p in path.iterdir() if p.is_file())
+            return sorted(
+                p.name for p in path.iterdir() if (p.is_dir() if folders else p.is_file())
+            )
         except (FileNotFoundError, NotADirectoryError):
             return []
     import pyarrow.fs as pafs
@@ -151,7 +144,8 @@ def list_files(location: str) -> list[str]:
         infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     except OSError as exc:
         raise StoreError(f"{location}: cannot list ({exc})") from None
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+    kind = pafs.FileType.Directory if folders else pafs.FileType.File
+    return sorted(i.base_name for i in infos if i.type == kind)
 
 
 def remove_file(location: str) -> None:

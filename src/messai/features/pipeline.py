@@ -258,38 +258,25 @@ def extract_dataset(
     """
     from messai.features.store import StoreRemovedError
 
+    options = dict(
+        dataset=dataset,
+        settings=settings,
+        layout=layout,
+        force=force,
+        prune=prune,
+        scan_options=scan_options,
+        listener=listener,
+        retry_failed=retry_failed,
+        stop=stop,
+        engine=engine,
+        source_uri=source_uri,
+    )
     try:
-        return _extract_dataset(
-            path,
-            dataset=dataset,
-            settings=settings,
-            layout=layout,
-            force=force,
-            prune=prune,
-            scan_options=scan_options,
-            listener=listener,
-            retry_failed=retry_failed,
-            stop=stop,
-            engine=engine,
-            source_uri=source_uri,
-        )
+        return _extract_dataset(path, **options)
     except StoreRemovedError:
         # the empty store was removed by the run that created it while this one waited for
         # it: nothing of it was ours or anyone's; create it again, once
-        return _extract_dataset(
-            path,
-            dataset=dataset,
-            settings=settings,
-            layout=layout,
-            force=force,
-            prune=prune,
-            scan_options=scan_options,
-            listener=listener,
-            retry_failed=retry_failed,
-            stop=stop,
-            engine=engine,
-            source_uri=source_uri,
-        )
+        return _extract_dataset(path, **options)
 
 
 def _extract_dataset(

@@ -75,21 +75,24 @@ def check_track_vectors(store, layer: int, ids: list[str], vectors: np.ndarray) 
         )
 
 
+#: index parameter → its ``mess index`` option
+PARAM_FLAGS = {
+    "M": "--hnsw-m",
+    "efConstruction": "--ef-construction",
+    "efSearch": "--ef-search",
+    "nlist": "--nlist",
+    "nprobe": "--nprobe",
+    "pq_m": "--pq-m",
+    "pq_bits": "--pq-bits",
+    "refine": "--refine",
+}
+
+
 def stale_command(
     store, layer: int, *, normalize: str, kind: str, params: dict[str, Any] | None
 ) -> str:
     """The exact 'mess index' command that rebuilds one index."""
-    flags = {
-        "M": "--hnsw-m",
-        "efConstruction": "--ef-construction",
-        "efSearch": "--ef-search",
-        "nlist": "--nlist",
-        "nprobe": "--nprobe",
-        "pq_m": "--pq-m",
-        "pq_bits": "--pq-bits",
-        "refine": "--refine",
-    }
-    extra = "".join(f" {flags[k]} {v}" for k, v in (params or {}).items() if k in flags)
+    extra = "".join(f" {PARAM_FLAGS[k]} {v}" for k, v in (params or {}).items() if k in PARAM_FLAGS)
     from shlex import quote
 
     return (
